@@ -1,0 +1,1 @@
+"""backout's command line: one module per command group."""

@@ -1,0 +1,44 @@
+"""The `backout` command: global options and the command groups."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from backout import __version__
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help=(
+        "Make upgrades of an SQLite-backed service safe to undo: upgrade with a restore point, "
+        "decide when to roll back, roll back the image and, when forward-only migrations made the "
+        "brain unreadable for the old version, the brain too, without losing the bad window's "
+        "writes; and rehearse it all in timed drills."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"backout {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Optional[bool] = typer.Option(
+        None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Plan rollback before you need it."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="backout")

@@ -1,0 +1,210 @@
+"""`engine`: run the reference Engine, list its releases, drive traffic and evals, seed brains."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn, Optional
+
+import typer
+
+from engine.releases import RELEASES, UnknownRelease, get_release
+from engine.settings import Settings, SettingsError, key_hash_from_env
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="The reference Engine: an AI-agent service with an SQLite brain, used to rehearse upgrades "
+    "and rollbacks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print a one-line error and exit non-zero."""
+    typer.echo(f"engine: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def api_key(key_file: Optional[Path]) -> str:
+    """The API key for clients: from --key-file or ENGINE_API_KEY (never from a flag's value)."""
+    if key_file is not None:
+        try:
+            key = key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            fail(f"cannot read key file {key_file}: {exc.strerror}")
+        if not key:
+            fail(f"key file {key_file} is empty")
+        return key
+    key = os.environ.get("ENGINE_API_KEY", "")
+    if not key:
+        fail("set ENGINE_API_KEY in the environment or pass --key-file PATH")
+    return key
+
+
+@app.command()
+def serve(
+    release: str = typer.Option(..., "--release", help="Version to run, e.g. 2.3.1 (see `engine releases`)."),
+    brain: Optional[Path] = typer.Option(
+        None, "--brain", help="Brain file (SQLite). Default: $SQLITE_DB_PATH or /data/brain.sqlite."
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
+    turn_ms: Optional[int] = typer.Option(
+        None, "--turn-ms", help="Simulated model time per turn, 20-200 ms (default $ENGINE_TURN_MS or 50)."
+    ),
+    drain_timeout: Optional[float] = typer.Option(
+        None, "--drain-timeout", help="Seconds to drain on SIGTERM (default $ENGINE_DRAIN_TIMEOUT or 25)."
+    ),
+) -> None:
+    """Serve the Engine API. The key comes from ENGINE_API_KEY or ENGINE_KEY_HASH in the environment."""
+    from engine.serve import run
+
+    env = os.environ
+    try:
+        settings = Settings(
+            release=get_release(release),
+            brain=Path(brain or env.get("SQLITE_DB_PATH") or "/data/brain.sqlite").absolute(),
+            host=host,
+            port=port,
+            key_hash=key_hash_from_env(env),
+            drain_timeout=_drain_timeout(drain_timeout, env.get("ENGINE_DRAIN_TIMEOUT")),
+            turn_ms=Settings.turn_ms_from(turn_ms if turn_ms is not None else env.get("ENGINE_TURN_MS")),
+            ad_key=env.get("AD_ENCRYPTION_KEY") or None,
+            llm_outage_file=Path(env["ENGINE_LLM_OUTAGE_FILE"]) if env.get("ENGINE_LLM_OUTAGE_FILE") else None,
+        )
+        code = run(settings)
+    except (UnknownRelease, SettingsError) as exc:
+        fail(str(exc.args[0]))
+    raise typer.Exit(code)
+
+
+def _drain_timeout(flag: float | None, env_value: str | None) -> float:
+    if flag is not None:
+        value = flag
+    else:
+        try:
+            value = float(env_value) if env_value else 25.0
+        except ValueError:
+            raise SettingsError(f"ENGINE_DRAIN_TIMEOUT must be a number of seconds, got {env_value!r}") from None
+    if not 0 < value <= 600:
+        raise SettingsError(f"drain timeout must be between 0 and 600 seconds, got {value}")
+    return value
+
+
+@app.command()
+def releases(
+    as_json: bool = typer.Option(False, "--json", help="Print the catalogue as JSON."),
+    changelog: Optional[str] = typer.Option(None, "--changelog", metavar="VERSION",
+                                            help="Print one release's changelog instead."),
+) -> None:
+    """List the releases: version, migration head and known bug."""
+    if changelog is not None:
+        try:
+            entry = get_release(changelog).changelog()
+        except UnknownRelease as exc:
+            fail(str(exc.args[0]))
+        if as_json:
+            typer.echo(json.dumps(entry, indent=2))
+            return
+        typer.echo(f"{entry['version']}: {entry['summary']}")
+        for change in entry["changes"]:  # type: ignore[attr-defined]
+            typer.echo(f"  - {change}")
+        expected = entry["expected_changes"]
+        typer.echo(f"  expected changes: {json.dumps(expected)}")
+        return
+    rows = [{"version": r.version, "migration_head": r.head, "bug": r.bug, "summary": r.summary}
+            for r in RELEASES.values()]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    typer.echo(f"{'VERSION':<16}{'HEAD':>5}  {'BUG':<8} SUMMARY")
+    for row in rows:
+        typer.echo(f"{row['version']:<16}{row['migration_head']:>5}  {row['bug']:<8} {row['summary']}")
+
+
+@app.command("eval")
+def eval_(
+    url: str = typer.Option(..., "--url", help="Base URL of the Engine, e.g. http://127.0.0.1:8000."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML results here."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write JSON results here."),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help="Read the API key from this file."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the summary line."),
+) -> None:
+    """Run the regression eval suite against a running Engine; exit 1 when a case fails."""
+    from engine.evals import run_suite, write_json, write_junit
+
+    key = api_key(key_file)
+    try:
+        result = run_suite(url, key)
+    except OSError as exc:
+        fail(f"cannot reach the Engine at {url}: {exc}")
+    for case in result.cases:
+        if not quiet or not case.passed:
+            mark = "PASS" if case.passed else "FAIL"
+            typer.echo(f"{mark} {case.name}" + ("" if case.passed else f": {case.detail}"))
+    if junit:
+        write_junit(result, junit)
+    if json_out:
+        write_json(result, json_out)
+    typer.echo(f"{result.passed}/{len(result.cases)} cases passed against {result.version or url}")
+    raise typer.Exit(0 if result.ok else 1)
+
+
+@app.command()
+def traffic(
+    url: str = typer.Option(..., "--url", help="Base URL of the Engine."),
+    rate: float = typer.Option(5.0, "--rate", min=0.1, max=500, help="Turns per second."),
+    duration: float = typer.Option(10.0, "--duration", min=0.1, help="Seconds to run."),
+    seed: int = typer.Option(0, "--seed", help="Random seed for the message mix."),
+    poison_every: int = typer.Option(0, "--poison-every", min=0,
+                                     help="Every Nth turn goes to the poisoned task (0: never)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help="Read the API key from this file."),
+) -> None:
+    """Send realistic traffic (people, facts, feedback, MCP asks) and print a summary."""
+    from engine.traffic import TrafficPlan, run_traffic
+
+    key = api_key(key_file)
+    summary = run_traffic(TrafficPlan(url=url, key=key, rate=rate, duration=duration, seed=seed,
+                                      poison_every=poison_every))
+    if as_json:
+        typer.echo(json.dumps(summary.as_dict(), indent=2))
+    else:
+        typer.echo(summary.render())
+    if summary.sent == 0:
+        fail(f"no turn could be sent to {url}", code=1)
+
+
+@app.command()
+def seed(
+    brain: Path = typer.Option(..., "--brain", help="Brain file to create or grow."),
+    size: str = typer.Option("50MB", "--size", help="Target size, e.g. 500MB or 2GB."),
+    release: str = typer.Option("2.3.1", "--release", help="Release whose migrations build the schema."),
+    rng_seed: int = typer.Option(0, "--seed", help="Random seed."),
+) -> None:
+    """Build a realistic large brain quickly, through the release's own migrations."""
+    from engine.seed import parse_size, seed_brain
+    from engine.serve import check_brain_path
+
+    try:
+        target = parse_size(size)
+        rel = get_release(release)
+        check_brain_path(brain.absolute())
+        result = seed_brain(brain, target, rel, rng_seed)
+    except (UnknownRelease, SettingsError, ValueError) as exc:
+        fail(str(exc.args[0]))
+    typer.echo(json.dumps(result))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="engine")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
