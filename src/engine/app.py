@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import re
 import time
 import uuid
 from typing import Any, AsyncIterator
@@ -22,6 +23,7 @@ from engine.releases import POISONED_TASK_ID
 __all__ = ["create_app", "EngineError", "MAX_BODY"]
 
 MAX_BODY = 1024 * 1024
+_MS = re.compile(r"-?[0-9]{1,15}")
 _ERRORS_SHARE = 3  # out of 10 turns fail on the errors-broken build
 
 
@@ -137,12 +139,15 @@ async def replay(request: Request) -> Response:
     """GET /execute/replay?after=<ms>[&task_id=]: buffered channel events."""
     core = _guard(request)
     raw = request.query_params.get("after", "0")
-    if not raw.lstrip("-").isdigit():
+    if not _MS.fullmatch(raw):
         raise EngineError(400, "INVALID_REQUEST", "query parameter 'after' must be a millisecond timestamp")
+    after_id = request.query_params.get("after_id", "0")
+    if not after_id.isascii() or not after_id.isdigit():
+        raise EngineError(400, "INVALID_REQUEST", "query parameter 'after_id' must be an event id")
     task_id = request.query_params.get("task_id")
     if task_id:
         request.scope["state"]["task_id"] = task_id
-    events = await core.db(lambda b: b.replay(int(raw), task_id))
+    events = await core.db(lambda b: b.replay(int(raw), task_id, int(after_id)))
     return JSONResponse({"events": events})
 
 
@@ -195,8 +200,8 @@ async def memory_import(request: Request) -> Response:
         raise EngineError(400, "INVALID_BUNDLE", "not an engine-memory/1 bundle (made by GET /memory/export)")
     try:
         added = await core.db(lambda b: b.import_bundle(data))
-    except (KeyError, TypeError) as exc:
-        raise EngineError(400, "INVALID_BUNDLE", f"bundle entry lacks a field: {exc}") from None
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise EngineError(400, "INVALID_BUNDLE", f"bundle is malformed: {exc!r}") from None
     return JSONResponse({"status": "imported", "added": added})
 
 
@@ -232,8 +237,23 @@ class AccessLog:
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
             await send(message)
 
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send_wrapper(message)
+
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, send_tracked)
+        except Exception as exc:  # answer in the envelope and log JSON, not a bare traceback
+            status, state["error_code"] = 500, "INTERNAL_ERROR"
+            self.core.log.error("unhandled error", request_id=request_id, error=repr(exc), code="INTERNAL_ERROR")
+            if not started:
+                body = json.dumps({"error": {"code": "INTERNAL_ERROR", "message": "internal error"}}).encode()
+                await send_wrapper({"type": "http.response.start", "status": 500,
+                                    "headers": [(b"content-type", b"application/json")]})
+                await send_wrapper({"type": "http.response.body", "body": body})
         finally:
             self._record(scope, state, status, time.perf_counter() - start)
 
@@ -271,11 +291,6 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     return _error_response(request, EngineError(status, code, f"{request.method} {request.url.path}: {code.lower()}"))
 
 
-async def _internal(request: Request, exc: Exception) -> Response:
-    _core(request).log.error("unhandled error", error=repr(exc), code="INTERNAL_ERROR")
-    return _error_response(request, EngineError(500, "INTERNAL_ERROR", "internal error"))
-
-
 def create_app(core: EngineCore) -> Starlette:
     """The ASGI app of one Engine process."""
 
@@ -293,8 +308,7 @@ def create_app(core: EngineCore) -> Starlette:
     app = Starlette(
         routes=_ROUTES,
         lifespan=lifespan,
-        exception_handlers={EngineError: _error_response, 404: _not_found, 405: _not_found,
-                            Exception: _internal},
+        exception_handlers={EngineError: _error_response, 404: _not_found, 405: _not_found},
     )
     app.state.core = core
     app.add_middleware(AccessLog, core=core)

@@ -245,20 +245,24 @@ class Brain:
             )
         return out
 
-    def replay(self, after_ms: int, task_id: str | None, limit: int = 1000) -> list[dict[str, Any]]:
-        """Channel-state events newer than `after_ms` that have not expired."""
+    def replay(self, after_ms: int, task_id: str | None, after_id: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """Channel-state events newer than `after_ms` (and after event `after_id`) that have not expired."""
         now_ms = int(time.time() * 1000)
         sql = (
-            "SELECT task_id, ts_ms, event, data FROM channel_state_snapshots"
+            "SELECT id, task_id, ts_ms, event, data FROM channel_state_snapshots"
             " WHERE ts_ms > ? AND expires_at_ms > ?"
         )
         args: list[Any] = [after_ms, now_ms]
+        if after_id:
+            sql += " AND id > ?"
+            args.append(after_id)
         if task_id:
             sql += " AND task_id = ?"
             args.append(task_id)
         rows = self.conn.execute(sql + " ORDER BY id LIMIT ?", [*args, limit]).fetchall()
+        # `id` orders events that share a millisecond; clients page on it with after_id.
         return [
-            {"task_id": t, "ts": ts, "event": e, "data": json.loads(d)} for t, ts, e, d in rows
+            {"id": i, "task_id": t, "ts": ts, "event": e, "data": json.loads(d)} for i, t, ts, e, d in rows
         ]
 
     def export(self) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import errno
 import os
 import socket
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import uvicorn
@@ -25,10 +26,20 @@ def check_brain_path(brain: Path) -> None:
         raise SettingsError(f"brain path {brain} is a directory; give the path of the SQLite file")
     if not parent.is_dir():
         raise SettingsError(f"folder {parent} of the brain does not exist; create it first")
-    if brain.exists() and not os.access(brain, os.R_OK | os.W_OK):
-        raise SettingsError(f"brain {brain} is not readable and writable by this user")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise SettingsError(f"folder {parent} is not writable (the brain needs its -wal and -shm files there)")
+    try:  # probe for real: permissions, read-only mounts and full disks all show here
+        fd, probe = tempfile.mkstemp(prefix=".engine-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise SettingsError(
+            f"folder {parent} is not writable ({exc.strerror}); the brain needs its -wal and -shm files there"
+        ) from None
+    if brain.exists():
+        try:
+            with brain.open("r+b"):
+                pass
+        except OSError as exc:
+            raise SettingsError(f"brain {brain} cannot be opened for writing ({exc.strerror})") from None
     if brain.exists() and brain.stat().st_size > 0:
         with brain.open("rb") as f:
             if f.read(16) != b"SQLite format 3\x00":
