@@ -159,3 +159,14 @@ def test_a_brain_needs_the_encryption_key_it_was_written_with(start_engine, tmp_
     eng = start_engine("2.3.1", brain=brain, env={"AD_ENCRYPTION_KEY": "other-key"}, wait=False)
     body = eng.wait_health(lambda r: r.status_code == 503)
     assert body["subsystems"]["asset_directory"] == "error"
+
+
+def test_key_hash_instead_of_key(start_engine) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+
+    from engine_proc import DEFAULT_KEY
+
+    digest = hashlib.sha256(DEFAULT_KEY.encode()).hexdigest()
+    eng = start_engine("2.3.1", env={"ENGINE_API_KEY": None, "ENGINE_KEY_HASH": digest})
+    assert httpx.get(f"{eng.url}/memory/export", headers=eng.headers).status_code == 200
+    assert httpx.get(f"{eng.url}/memory/export", headers={"X-Engine-Key": digest}).status_code == 401

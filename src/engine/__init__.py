@@ -1,4 +1,2 @@
 """The reference Engine: a real HTTP agent service with an SQLite brain, forward-only migrations
 and a graceful drain, used to exercise backout's upgrades, rollbacks and drills."""
-
-__version__ = "2.4.1"

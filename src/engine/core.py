@@ -243,4 +243,4 @@ class EngineCore:
 
     def is_done(self, event: TurnEvent) -> bool:
         """True for the queue's end marker."""
-        return event is _DONE or event[0] == "__done__"
+        return event is _DONE
