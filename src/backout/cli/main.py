@@ -39,6 +39,17 @@ def root(
     """Plan rollback before you need it."""
 
 
+def _register() -> None:
+    """Attach the command groups (imported here so `backout --version` stays fast)."""
+    from backout.cli import schema, snapshot
+
+    app.add_typer(snapshot.app, name="snapshot")
+    app.add_typer(schema.app, name="schema", help="Schema stamps and diffs: can an older version read this brain?")
+
+
+_register()
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="backout")

@@ -1,0 +1,1 @@
+"""Everything that touches SQLite: snapshots, restore, schema stamps and diffs, salvage."""

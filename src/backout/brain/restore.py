@@ -1,0 +1,278 @@
+"""Atomic, journaled restore of a snapshot over a brain, the displaced brain kept in quarantine.
+
+Steps (each idempotent; the journal records which are done):
+  verify      the snapshot against its manifest (always re-run)
+  stage       copy it next to the brain under a temporary name, fsync, check its sha256
+  checkpoint  fold the old brain's WAL into it, so nothing of it lives only in a sidecar
+  quarantine  hard-link the old brain (and any sidecars) into quarantine/<time>-<reason>/
+  swap        drop the live sidecars (kept in quarantine), rename the staged copy over the brain
+There is never a moment without a brain file at the brain's path: the old one is replaced by an
+atomic rename. `kill -9` anywhere, then the same restore again, finishes the job.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from backout.brain.liveness import lock_holders
+from backout.brain.manifest import Manifest, SnapshotError, SnapshotStore, utcnow
+from backout.brain.snapshot import SIDE_CARS, VerifyReport, verify_snapshot
+from backout.brain.tables import connect_readonly
+from backout.fsutil import (copy_fd, create_private, describe_os_error, ensure_private_dir, free_bytes,
+                            fsync_dir, fsync_path, sha256_file, atomic_write_json)
+from backout.errors import EXIT_ENVIRONMENT, EXIT_REFUSED
+from backout.journal import Journal, fault_point
+from backout.progress import NO_PROGRESS, Progress
+
+__all__ = ["RestoreRequest", "RestoreResult", "restore_snapshot", "staged_path", "newest_passing"]
+
+STEPS = ("verify", "stage", "checkpoint", "quarantine", "swap")
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    """What to restore where, and why."""
+
+    store: SnapshotStore
+    snapshot_id: str
+    brain: Path
+    deployment: str
+    state_dir: Path
+    reason: str = "restore"
+    service_stopped: bool = False  # the caller knows the service is stopped (skip the lock probe)
+
+
+@dataclass
+class RestoreResult:
+    """What a restore did."""
+
+    snapshot_id: str
+    brain: Path
+    quarantine: Path | None
+    resumed: bool
+    steps: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"snapshot": self.snapshot_id, "brain": str(self.brain),
+                "quarantine": str(self.quarantine) if self.quarantine else None,
+                "resumed": self.resumed, "steps": self.steps}
+
+
+def staged_path(brain: Path, snapshot_id: str) -> Path:
+    """Where a snapshot is staged beside the brain (same filesystem, so the swap is a rename)."""
+    return brain.with_name(f".{brain.name}.restore-{snapshot_id}.tmp")
+
+
+def _journal_path(state_dir: Path, brain: Path) -> Path:
+    key = hashlib.sha256(str(brain).encode()).hexdigest()[:12]
+    return state_dir / "journals" / f"restore-{key}.json"
+
+
+def newest_passing(store: SnapshotStore, deployment: str, exclude: str | None = None) -> str | None:
+    """Id of the newest snapshot of `deployment` that passes verification, if any."""
+    for manifest in store.manifests():
+        if isinstance(manifest, Manifest) and manifest.deployment == deployment and manifest.id != exclude:
+            if verify_snapshot(store, manifest.id).ok:
+                return manifest.id
+    return None
+
+
+def _refuse(req: RestoreRequest, reason: str) -> SnapshotError:
+    better = newest_passing(req.store, req.deployment, exclude=req.snapshot_id)
+    hint = f"; the newest snapshot that would pass is {better}" if better else "; no other snapshot of this deployment passes"
+    return SnapshotError(reason + hint, EXIT_REFUSED)
+
+
+def _check_not_running(req: RestoreRequest) -> None:
+    if req.service_stopped:
+        return
+    pids = lock_holders(req.brain) if req.brain.exists() else []
+    if pids:
+        raise SnapshotError(
+            f"the brain {req.brain} is open by process {', '.join(map(str, pids))}: stop the service "
+            "(drained) before restoring; pass --service-stopped only if you are sure nothing writes it",
+            EXIT_REFUSED,
+        )
+
+
+def _preflight(req: RestoreRequest, journal: Journal, progress: Progress) -> Manifest:
+    manifest = req.store.load(req.snapshot_id)
+    if manifest.deployment != req.deployment:
+        raise _refuse(req, f"snapshot {req.snapshot_id} was taken from deployment {manifest.deployment!r}, "
+                           f"not {req.deployment!r}")
+    if not journal.done("stage"):  # once staged and checked, the staged copy is what counts
+        report: VerifyReport = verify_snapshot(req.store, req.snapshot_id, progress)
+        if not report.ok:
+            raise _refuse(req, f"snapshot {req.snapshot_id} fails verification ({report.failures()})")
+    return manifest
+
+
+def _stage(req: RestoreRequest, manifest: Manifest, progress: Progress) -> Path:
+    staged = staged_path(req.brain, req.snapshot_id)
+    if staged.exists() and staged.stat().st_size == manifest.size and sha256_file(staged) == manifest.sha256:
+        return staged  # staged earlier (by the upgrade flow, or a run that crashed after staging)
+    staged.unlink(missing_ok=True)
+    if free_bytes(req.brain.parent) < manifest.size:
+        raise SnapshotError(f"not enough space beside {req.brain} to stage {manifest.size // 2**20} MiB; free space first",
+                            EXIT_ENVIRONMENT)
+    progress.phase("stage", manifest.size)
+    src = os.open(req.store.db_path(req.snapshot_id), os.O_RDONLY)
+    try:
+        dst = create_private(staged)
+        try:
+            copy_fd(src, dst, progress.advance)
+            os.fsync(dst)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+    if sha256_file(staged) != manifest.sha256:
+        staged.unlink(missing_ok=True)
+        raise SnapshotError(f"the staged copy of {req.snapshot_id} does not match its manifest; disk trouble? nothing was changed")
+    fsync_dir(staged.parent)
+    return staged
+
+
+def _checkpoint(brain: Path) -> None:
+    """Fold the WAL into the brain so the file alone holds everything (best effort)."""
+    if not brain.exists():
+        return
+    try:
+        conn = sqlite3.connect(brain, isolation_level=None, timeout=5)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        pass  # not readable as SQLite: quarantine keeps every file as it is
+
+
+def _quarantine_dir(req: RestoreRequest, journal: Journal) -> Path:
+    name = journal.facts.get("quarantine")
+    if name is None:
+        stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
+        slug = re.sub(r"[^a-z0-9]+", "-", req.reason.lower()).strip("-")[:40] or "restore"
+        name, n = f"{stamp}-{slug}", 1
+        while (req.state_dir / "quarantine" / name).exists():  # never mix two displaced brains
+            n += 1
+            name = f"{stamp}-{slug}-{n}"
+        journal.remember(quarantine=name)
+    return req.state_dir / "quarantine" / str(name)
+
+
+def _keep(src: Path, dst: Path) -> None:
+    """Hard-link `src` as `dst`; across filesystems, copy durably instead (never move)."""
+    if dst.exists():
+        if os.path.samefile(src, dst) or sha256_file(src) == sha256_file(dst):
+            return
+        raise SnapshotError(f"{dst} exists and differs from {src}; inspect the quarantine before retrying")
+    try:
+        os.link(src, dst)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+        tmp = dst.with_name(dst.name + ".partial")
+        tmp.unlink(missing_ok=True)
+        s, d = os.open(src, os.O_RDONLY), create_private(tmp)
+        try:
+            copy_fd(s, d)
+            os.fsync(d)
+        finally:
+            os.close(s)
+            os.close(d)
+        os.rename(tmp, dst)
+
+
+def _quarantine(req: RestoreRequest, qdir: Path, manifest: Manifest) -> None:
+    present = [p for p in (req.brain.with_name(req.brain.name + s) for s in ("", *SIDE_CARS)) if p.exists()]
+    if not present:
+        return  # nothing to displace: restoring into an empty place
+    ensure_private_dir(qdir)
+    kept = []
+    for src in present:
+        _keep(src, qdir / src.name)
+        kept.append(src.name)
+    fsync_dir(qdir)
+    atomic_write_json(qdir / "quarantine.json", {
+        "displaced_brain": str(req.brain), "deployment": req.deployment, "reason": req.reason,
+        "replaced_by_snapshot": manifest.id, "files": kept,
+        "at": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "note": "backout never deletes quarantine; salvage reads the bad window's rows from here",
+    })
+
+
+def _swap(req: RestoreRequest, staged: Path, manifest: Manifest) -> None:
+    if not staged.exists():
+        if req.brain.exists() and sha256_file(req.brain) == manifest.sha256:
+            return  # the rename happened before a crash
+        raise SnapshotError(f"staged copy {staged} vanished before the swap; re-run the restore")
+    for suffix in SIDE_CARS:  # a stale WAL beside the restored brain would be replayed into it
+        req.brain.with_name(req.brain.name + suffix).unlink(missing_ok=True)
+    fault_point("inside:swap")
+    os.rename(staged, req.brain)
+    fsync_dir(req.brain.parent)
+
+
+def _check_restored(brain: Path) -> None:
+    conn = connect_readonly(brain)
+    try:
+        result = conn.execute("PRAGMA quick_check").fetchone()[0]
+    finally:
+        conn.close()
+    if result != "ok":
+        raise SnapshotError(f"restored brain fails quick_check ({result}); the old brain is in quarantine")
+
+
+def restore_snapshot(req: RestoreRequest, progress: Progress = NO_PROGRESS) -> RestoreResult:
+    """Restore `req.snapshot_id` over `req.brain`, resuming an interrupted run of the same restore."""
+    path = _journal_path(req.state_dir, req.brain)
+    journal = Journal.open(path, {"kind": "restore", "snapshot": req.snapshot_id, "brain": str(req.brain),
+                                  "deployment": req.deployment, "reason": req.reason})
+    resumed = bool(journal.data["done"])
+    if journal.operation["snapshot"] != req.snapshot_id:
+        raise SnapshotError(
+            f"an interrupted restore of snapshot {journal.operation['snapshot']} over {req.brain} is pending; "
+            f"finish it first (backout snapshot restore {journal.operation['snapshot']}), journal: {path}",
+            EXIT_REFUSED,
+        )
+    try:
+        return _run(req, journal, resumed, progress)
+    except OSError as exc:
+        raise SnapshotError(f"restore stopped: {describe_os_error(exc, req.brain.parent)}; "
+                            "re-run the same restore to finish it", EXIT_ENVIRONMENT) from None
+
+
+def _run(req: RestoreRequest, journal: Journal, resumed: bool, progress: Progress) -> RestoreResult:
+    if not journal.done("swap"):
+        _check_not_running(req)
+    manifest = _preflight(req, journal, progress)
+    result = RestoreResult(req.snapshot_id, req.brain, None, resumed)
+    staged = staged_path(req.brain, req.snapshot_id)
+    qdir = _quarantine_dir(req, journal)
+    actions = {
+        "stage": lambda: _stage(req, manifest, progress),
+        "checkpoint": lambda: _checkpoint(req.brain),
+        "quarantine": lambda: _quarantine(req, qdir, manifest),
+        "swap": lambda: _swap(req, staged, manifest),
+    }
+    for step in STEPS[1:]:
+        if journal.done(step):
+            continue
+        fault_point(f"before:{step}")
+        actions[step]()
+        journal.mark(step)
+        result.steps.append(step)
+        fault_point(f"after:{step}")
+    _check_restored(req.brain)
+    result.quarantine = qdir if qdir.exists() else None
+    journal.finish()
+    return result

@@ -1,0 +1,142 @@
+"""What every command shares: choosing the deployment, output as text or JSON, errors, progress."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, NoReturn, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+
+from backout.config import ConfigError, Target, resolve_target
+from backout.errors import EXIT_USAGE, BackoutError
+
+__all__ = [
+    "ConfigOpt", "DeploymentOpt", "BrainOpt", "IntoOpt", "JsonOpt", "YesOpt", "DryRunOpt",
+    "fail", "emit_json", "target_from", "progress_bar", "confirm", "human_bytes", "human_age", "handle_errors",
+]
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="backout.toml to use (default: ./backout.toml or $BACKOUT_CONFIG).")
+DeploymentOpt = typer.Option(None, "--deployment", "-d", help="Deployment in the config (needed when it has several).")
+BrainOpt = typer.Option(None, "--brain", help="The brain (SQLite file); without a config this names the deployment.")
+IntoOpt = typer.Option(None, "--into", help="Snapshot folder (default: from the config, or ./.backout/snapshots).")
+JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts instead of text.")
+YesOpt = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
+DryRunOpt = typer.Option(False, "--dry-run", help="Show what would be done and change nothing.")
+
+err_console = Console(stderr=True, highlight=False)
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    """One line on stderr, then exit with `code`."""
+    typer.echo(f"backout: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def handle_errors() -> Iterator[None]:
+    """Turn BackoutError (and config errors) into one line and the right exit code."""
+    try:
+        yield
+    except BackoutError as exc:
+        fail(str(exc), exc.exit_code)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except KeyboardInterrupt:
+        fail("interrupted; anything half-done is journaled: re-run the same command to finish it", 130)
+
+
+def emit_json(data: Any) -> None:
+    """Print `data` as JSON on stdout."""
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def target_from(config: Optional[Path], deployment: Optional[str], brain: Optional[Path],
+                into: Optional[Path] = None) -> Target:
+    """Resolve the deployment a command works on."""
+    try:
+        return resolve_target(config, deployment, brain, into)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask before changing something, unless --yes; without a terminal, --yes is required."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        fail(f"{question} — refusing without a terminal to ask; pass --yes", EXIT_USAGE)
+    if not typer.confirm(question, default=False):
+        fail("cancelled; nothing was changed", 1)
+
+
+class _Bar:
+    """A rich progress bar on stderr that appears only when work lasts over a second."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and err_console.is_terminal
+        self.start = time.monotonic()
+        self.bar: RichProgress | None = None
+        self.task: Any = None
+        self.name, self.total, self.done = "", None, 0
+
+    def phase(self, name: str, total: int | None = None) -> None:
+        self.name, self.total, self.done = name, total, 0
+        if self.bar is not None:
+            self.task = self.bar.add_task(name, total=total)
+        self._maybe_start()
+
+    def advance(self, amount: int) -> None:
+        self.done += amount
+        if self.bar is not None and self.task is not None:
+            self.bar.update(self.task, advance=amount)
+        else:
+            self._maybe_start()
+
+    def _maybe_start(self) -> None:
+        if self.bar is None and self.enabled and time.monotonic() - self.start > 1.0:
+            self.bar = RichProgress(TextColumn("{task.description:<8}"), BarColumn(), DownloadColumn(),
+                                    TimeElapsedColumn(), console=err_console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(self.name, total=self.total, completed=self.done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[_Bar]:
+    """A Progress sink for library calls; silent when stderr is not a terminal or with --json."""
+    bar = _Bar(enabled)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def human_bytes(n: int | float) -> str:
+    """1536 -> '1.5 KiB'."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def human_age(seconds: float) -> str:
+    """3700 -> '1h 1m'."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86400:
+        return f"{seconds // 3600}h {seconds % 3600 // 60}m"
+    return f"{seconds // 86400}d {seconds % 86400 // 3600}h"

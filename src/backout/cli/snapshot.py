@@ -1,0 +1,259 @@
+"""`backout snapshot`: create, list, show, verify, pin, prune and restore brain snapshots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from backout.brain.manifest import Manifest, SnapshotError, SnapshotStore
+from backout.brain.restore import RestoreRequest, restore_snapshot
+from backout.brain.retention import plan_prune
+from backout.brain.snapshot import create_snapshot, verify_snapshot
+from backout.cli.common import (BrainOpt, ConfigOpt, DeploymentOpt, DryRunOpt, IntoOpt, JsonOpt, YesOpt, confirm,
+                                emit_json, handle_errors, human_age, human_bytes, progress_bar, target_from)
+from backout.config import Target
+from backout.errors import EXIT_FAILED
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="Verified, consistent snapshots of a live brain, and atomic restore with quarantine. "
+    "Works without a config: --brain PATH and --into DIR, like the sqlite3 shell.",
+    no_args_is_help=True,
+)
+
+
+def _store(target: Target) -> SnapshotStore:
+    return SnapshotStore(target.snapshot_dir)
+
+
+def _row(m: Manifest, target: Target) -> dict[str, object]:
+    age = m.age_seconds()
+    return {"id": m.id, "created_at": m.created_at, "age_seconds": round(age), "size": m.size,
+            "label": m.label, "version": m.version, "pinned": m.pinned,
+            "stale": age > target.max_age.total_seconds(), "schema_head": m.schema_stamp.get("head")}
+
+
+@app.command()
+def create(
+    label: Optional[str] = typer.Option(None, "--label", help="A note kept in the manifest."),
+    pin: bool = typer.Option(False, "--pin", help="Never prune this snapshot."),
+    version: Optional[str] = typer.Option(None, "--version-running", help="Version the service runs now (recorded)."),
+    dry_run: bool = DryRunOpt,
+    yes: bool = YesOpt,
+    as_json: bool = JsonOpt,
+    config: Optional[Path] = ConfigOpt,
+    deployment: Optional[str] = DeploymentOpt,
+    brain: Optional[Path] = BrainOpt,
+    into: Optional[Path] = IntoOpt,
+) -> None:
+    """Take an online snapshot of the live brain (the service keeps running), verify it, record it."""
+    target = target_from(config, deployment, brain, into)
+    if dry_run:
+        plan = {"action": "snapshot create", "brain": str(target.brain), "into": str(target.snapshot_dir),
+                "deployment": target.deployment, "label": label, "pinned": pin}
+        emit_json(plan) if as_json else typer.echo(
+            f"would snapshot {target.brain} into {target.snapshot_dir} (deployment {target.deployment})")
+        return
+    with handle_errors(), progress_bar(not as_json) as bar:
+        manifest = create_snapshot(_store(target), target.brain, target.deployment, label=label, pin=pin,
+                                   version=version, progress=bar)
+    if as_json:
+        emit_json(manifest.model_dump(mode="json"))
+        return
+    typer.echo(f"snapshot {manifest.id}: {human_bytes(manifest.size)}, integrity {manifest.integrity_check}, "
+               f"schema head {manifest.schema_stamp.get('head')}, {manifest.duration_s:.2f}s "
+               f"-> {_store(target).db_path(manifest.id)}")
+
+
+@app.command("list")
+def list_(
+    as_json: bool = JsonOpt,
+    config: Optional[Path] = ConfigOpt,
+    deployment: Optional[str] = DeploymentOpt,
+    brain: Optional[Path] = BrainOpt,
+    into: Optional[Path] = IntoOpt,
+) -> None:
+    """List snapshots, newest first: age, size, label, version, pinned; stale ones are flagged."""
+    target = target_from(config, deployment, brain, into)
+    store = _store(target)
+    rows, broken = [], []
+    for item in store.manifests():
+        if isinstance(item, SnapshotError):
+            broken.append(str(item))
+        else:
+            rows.append(_row(item, target))
+    leftovers = [str(p) for p in store.incomplete()]
+    if as_json:
+        emit_json({"deployment": target.deployment, "folder": str(store.folder),
+                   "max_age_seconds": target.max_age.total_seconds(), "snapshots": rows,
+                   "unreadable": broken, "incomplete": leftovers})
+        return
+    if not rows:
+        typer.echo(f"no snapshots in {store.folder}")
+    else:
+        typer.echo(f"{'ID':<25} {'AGE':>8} {'SIZE':>10} {'VERSION':<10} {'PIN':<3} LABEL")
+        for r in rows:
+            stale = "  STALE" if r["stale"] else ""
+            typer.echo(f"{r['id']:<25} {human_age(float(r['age_seconds'])):>8} {human_bytes(int(r['size'])):>10} "
+                       f"{str(r['version'] or '-'):<10} {'yes' if r['pinned'] else '':<3} {r['label'] or ''}{stale}")
+        if any(r["stale"] for r in rows):
+            typer.echo(f"STALE: older than the maximum age ({human_age(target.max_age.total_seconds())})")
+    for line in broken:
+        typer.echo(f"unreadable: {line}")
+    for path in leftovers:
+        typer.echo(f"incomplete (interrupted snapshot, not usable): {path}")
+
+
+@app.command()
+def show(
+    snapshot_id: str = typer.Argument(..., metavar="ID"),
+    as_json: bool = JsonOpt,
+    config: Optional[Path] = ConfigOpt,
+    deployment: Optional[str] = DeploymentOpt,
+    brain: Optional[Path] = BrainOpt,
+    into: Optional[Path] = IntoOpt,
+) -> None:
+    """Show one snapshot's manifest: source, schema stamp, tables and their high-water marks."""
+    target = target_from(config, deployment, brain, into)
+    with handle_errors():
+        manifest = _store(target).load(snapshot_id)
+    if as_json:
+        emit_json(manifest.model_dump(mode="json"))
+        return
+    typer.echo(f"id          {manifest.id}\ndeployment  {manifest.deployment}\ncreated     {manifest.created_at} "
+               f"({human_age(manifest.age_seconds())} ago)\nsource      {manifest.source}\nversion     "
+               f"{manifest.version or '-'}\nlabel       {manifest.label or '-'}\npinned      {manifest.pinned}\n"
+               f"size        {human_bytes(manifest.size)}\nsha256      {manifest.sha256}\nintegrity   "
+               f"{manifest.integrity_check}\nschema      head {manifest.schema_stamp.get('head')} "
+               f"({manifest.schema_stamp.get('head_source')}), fingerprint "
+               f"{str(manifest.schema_stamp.get('fingerprint'))[:16]}…\nmethod      {manifest.method}")
+    typer.echo(f"{'TABLE':<28} {'ROWS':>10} {'MAX ROWID':>10}")
+    for table, mark in manifest.tables.items():
+        typer.echo(f"{table:<28} {mark['rows']:>10} {str(mark['max_rowid'] or '-'):>10}")
+
+
+@app.command()
+def verify(
+    snapshot_id: str = typer.Argument(..., metavar="ID"),
+    as_json: bool = JsonOpt,
+    config: Optional[Path] = ConfigOpt,
+    deployment: Optional[str] = DeploymentOpt,
+    brain: Optional[Path] = BrainOpt,
+    into: Optional[Path] = IntoOpt,
+) -> None:
+    """Check a snapshot: sha256, integrity_check, and the manifest agreeing with the file. Exit 1 if not."""
+    target = target_from(config, deployment, brain, into)
+    store = _store(target)
+    with handle_errors(), progress_bar(not as_json) as bar:
+        store.check_id(snapshot_id)
+        report = verify_snapshot(store, snapshot_id, bar)
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        for name, ok, detail in report.checks:
+            typer.echo(f"{'ok  ' if ok else 'FAIL'} {name:<16} {detail}")
+        typer.echo(f"snapshot {snapshot_id}: {'verified' if report.ok else 'FAILED verification'}")
+    if not report.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _set_pin(snapshot_id: str, pinned: bool, target: Target) -> None:
+    store = _store(target)
+    with handle_errors():
+        manifest = store.load(snapshot_id)
+        manifest.pinned = pinned
+        store.save(manifest)
+    typer.echo(f"snapshot {snapshot_id} {'pinned' if pinned else 'unpinned'}")
+
+
+@app.command()
+def pin(snapshot_id: str = typer.Argument(..., metavar="ID"), config: Optional[Path] = ConfigOpt,
+        deployment: Optional[str] = DeploymentOpt, brain: Optional[Path] = BrainOpt,
+        into: Optional[Path] = IntoOpt) -> None:
+    """Pin a snapshot so prune never deletes it."""
+    _set_pin(snapshot_id, True, target_from(config, deployment, brain, into))
+
+
+@app.command()
+def unpin(snapshot_id: str = typer.Argument(..., metavar="ID"), config: Optional[Path] = ConfigOpt,
+          deployment: Optional[str] = DeploymentOpt, brain: Optional[Path] = BrainOpt,
+          into: Optional[Path] = IntoOpt) -> None:
+    """Unpin a snapshot (prune may delete it once it is not among the last N)."""
+    _set_pin(snapshot_id, False, target_from(config, deployment, brain, into))
+
+
+@app.command()
+def prune(
+    keep_last: Optional[int] = typer.Option(None, "--keep-last", min=1, help="Keep this many newest (default: config, 10)."),
+    dry_run: bool = DryRunOpt,
+    yes: bool = YesOpt,
+    as_json: bool = JsonOpt,
+    config: Optional[Path] = ConfigOpt,
+    deployment: Optional[str] = DeploymentOpt,
+    brain: Optional[Path] = BrainOpt,
+    into: Optional[Path] = IntoOpt,
+) -> None:
+    """Delete old snapshots: keeps the last N, everything pinned, and the latest restore point."""
+    target = target_from(config, deployment, brain, into)
+    store = _store(target)
+    manifests = [m for m in store.manifests() if isinstance(m, Manifest)]
+    plan = plan_prune(manifests, keep_last or target.keep_last)
+    if as_json and (dry_run or not plan.delete):
+        emit_json({**plan.to_dict(), "dry_run": dry_run})
+        return
+    if not as_json:
+        for sid, why in plan.keep.items():
+            typer.echo(f"keep    {sid}  ({why})")
+        for sid in plan.delete:
+            typer.echo(f"delete  {sid}")
+    if dry_run or not plan.delete:
+        typer.echo("nothing deleted" + (" (dry run)" if dry_run else ""))
+        return
+    confirm(f"delete {len(plan.delete)} snapshot(s) from {store.folder}?", yes)
+    for sid in plan.delete:
+        store.remove(sid)
+    emit_json({**plan.to_dict(), "dry_run": False}) if as_json else typer.echo(f"deleted {len(plan.delete)} snapshot(s)")
+
+
+@app.command()
+def restore(
+    snapshot_id: str = typer.Argument(..., metavar="ID"),
+    reason: str = typer.Option("manual restore", "--reason", help="Why; names the quarantine folder."),
+    service_stopped: bool = typer.Option(False, "--service-stopped",
+                                         help="Skip the check that nothing has the brain open (you stopped it)."),
+    dry_run: bool = DryRunOpt,
+    yes: bool = YesOpt,
+    as_json: bool = JsonOpt,
+    config: Optional[Path] = ConfigOpt,
+    deployment: Optional[str] = DeploymentOpt,
+    brain: Optional[Path] = BrainOpt,
+    into: Optional[Path] = IntoOpt,
+) -> None:
+    """Restore a snapshot over the brain. The service must be stopped; the current brain goes to quarantine.
+
+    Journaled: if interrupted, run the same command again to finish."""
+    target = target_from(config, deployment, brain, into)
+    store = _store(target)
+    req = RestoreRequest(store, snapshot_id, target.brain, target.deployment, target.state_dir, reason,
+                         service_stopped)
+    with handle_errors():
+        manifest = store.load(snapshot_id)
+    if dry_run:
+        steps = [f"verify snapshot {snapshot_id} ({human_bytes(manifest.size)}, {human_age(manifest.age_seconds())} old)",
+                 f"copy it beside the brain as a temporary file, fsync, check sha256",
+                 f"move {target.brain} (and -wal/-shm) into {target.state_dir / 'quarantine'}/<time>-<reason>/",
+                 f"rename the staged copy over {target.brain}"]
+        emit_json({"dry_run": True, "steps": steps}) if as_json else typer.echo("\n".join(f"{i+1}. {s}" for i, s in enumerate(steps)))
+        return
+    confirm(f"replace {target.brain} with snapshot {snapshot_id} (the current brain goes to quarantine)?", yes)
+    with handle_errors(), progress_bar(not as_json) as bar:
+        result = restore_snapshot(req, bar)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        typer.echo(f"restored {snapshot_id} over {target.brain}" + (" (resumed)" if result.resumed else ""))
+        if result.quarantine:
+            typer.echo(f"displaced brain kept in {result.quarantine}")

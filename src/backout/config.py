@@ -1,0 +1,178 @@
+"""The backout.toml model, in one place: deployments, their brains and snapshot settings."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Deployment",
+    "SalvageSettings",
+    "SnapshotSettings",
+    "Target",
+    "find_config",
+    "load_config",
+    "parse_duration",
+    "resolve_target",
+]
+
+CONFIG_NAME = "backout.toml"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class ConfigError(ValueError):
+    """The configuration is missing, unreadable or malformed; the message says where and what to do."""
+
+
+def parse_duration(value: Any) -> timedelta:
+    """'90s', '15m', '24h', '7d', '2w' (or a number of seconds) -> timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return timedelta(seconds=float(value))
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a duration like 90s, 15m, 24h or 7d")
+    return timedelta(seconds=float(match[1]) * _SECONDS[match[2]])
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SnapshotSettings(_Model):
+    """Where a deployment's snapshots live and how long they are kept."""
+
+    dir: Path | None = None  # default: <state_dir>/snapshots/<deployment>
+    keep_last: int = Field(10, ge=1)
+    max_age: Duration = timedelta(hours=24)
+
+
+class SalvageSettings(_Model):
+    """Which tables salvage extracts (glob patterns; empty include = every table)."""
+
+    include: list[str] = []
+    exclude: list[str] = []
+
+
+class Deployment(_Model):
+    """One service that backout manages."""
+
+    brain: Path
+    health_url: str | None = None
+    staging: bool = False
+    snapshots: SnapshotSettings = SnapshotSettings()
+    salvage: SalvageSettings = SalvageSettings()
+
+
+class Config(_Model):
+    """A whole backout.toml."""
+
+    state_dir: Path = Path(".backout")
+    deployments: dict[str, Deployment] = Field(min_length=1)
+
+
+def find_config(explicit: Path | None) -> Path | None:
+    """The config to use: --config, else $BACKOUT_CONFIG, else ./backout.toml when it exists."""
+    if explicit is not None:
+        return explicit
+    env = os.environ.get("BACKOUT_CONFIG")
+    if env:
+        return Path(env)
+    local = Path(CONFIG_NAME)
+    return local if local.is_file() else None
+
+
+def _relative_to(base: Path, path: Path) -> Path:
+    return path if path.is_absolute() else (base / path)
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a backout.toml; relative paths in it are relative to its folder."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; create it or drop --config") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{path}: {where}: {first['msg']} ({len(exc.errors())} problem(s) in all)") from None
+    base = path.absolute().parent
+    deployments = {
+        name: dep.model_copy(update={
+            "brain": _relative_to(base, dep.brain),
+            "snapshots": dep.snapshots.model_copy(
+                update={"dir": _relative_to(base, dep.snapshots.dir) if dep.snapshots.dir else None}),
+        })
+        for name, dep in config.deployments.items()
+    }
+    return config.model_copy(update={"state_dir": _relative_to(base, config.state_dir), "deployments": deployments})
+
+
+@dataclass(frozen=True)
+class Target:
+    """The deployment a command works on, with every path resolved."""
+
+    deployment: str  # its name in the config, or the brain's absolute path when there is none
+    brain: Path
+    snapshot_dir: Path
+    state_dir: Path
+    keep_last: int = 10
+    max_age: timedelta = timedelta(hours=24)
+    salvage: SalvageSettings = SalvageSettings()
+    health_url: str | None = None
+    staging: bool = False
+    config_path: Path | None = None
+
+
+def resolve_target(
+    config_path: Path | None,
+    deployment: str | None = None,
+    brain: Path | None = None,
+    into: Path | None = None,
+) -> Target:
+    """Pick the deployment from the config, or build one from --brain/--into without a config."""
+    found = find_config(config_path)
+    if found is None:
+        if brain is None:
+            raise ConfigError(f"no {CONFIG_NAME} here: pass --brain PATH (and --into DIR) or --config FILE")
+        state = Path(".backout").absolute()
+        return Target(deployment=str(brain.absolute()), brain=brain.absolute(),
+                      snapshot_dir=(into or state / "snapshots").absolute(), state_dir=state)
+    config = load_config(found)
+    name = deployment or _only_deployment(config, found)
+    if name not in config.deployments:
+        known = ", ".join(sorted(config.deployments))
+        raise ConfigError(f"deployment {name!r} is not in {found}; known: {known}")
+    dep = config.deployments[name]
+    snapshot_dir = into or dep.snapshots.dir or config.state_dir / "snapshots" / name
+    return Target(deployment=name, brain=(brain or dep.brain).absolute(), snapshot_dir=snapshot_dir.absolute(),
+                  state_dir=config.state_dir.absolute(), keep_last=dep.snapshots.keep_last,
+                  max_age=dep.snapshots.max_age, salvage=dep.salvage, health_url=dep.health_url,
+                  staging=dep.staging, config_path=found.absolute())
+
+
+def _only_deployment(config: Config, path: Path) -> str:
+    if len(config.deployments) == 1:
+        return next(iter(config.deployments))
+    known = ", ".join(sorted(config.deployments))
+    raise ConfigError(f"{path} has several deployments ({known}); choose one with --deployment NAME")

@@ -1,0 +1,19 @@
+"""Errors that end a command, each with its exit code (the table is in the README)."""
+
+from __future__ import annotations
+
+__all__ = ["BackoutError", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_REFUSED", "EXIT_ENVIRONMENT"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the command ran and its check failed (e.g. a snapshot fails verification)
+EXIT_USAGE = 2  # bad input: unknown id, missing or malformed file or config
+EXIT_REFUSED = 3  # refused for safety: service running, wrong deployment, unverified snapshot
+EXIT_ENVIRONMENT = 4  # the machine failed us: disk full, I/O error, permissions, Docker down
+
+
+class BackoutError(Exception):
+    """A failure to report in one line, with what to do, and the exit code to leave with."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

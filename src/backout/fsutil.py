@@ -1,0 +1,139 @@
+"""Durable, private file operations: 0600 files, 0700 folders, fsync of data and of directories."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = [
+    "Progress",
+    "atomic_write_json",
+    "copy_fd",
+    "create_private",
+    "ensure_private_dir",
+    "free_bytes",
+    "fsync_dir",
+    "fsync_path",
+    "sha256_file",
+    "describe_os_error",
+]
+
+Progress = Callable[[int], None]  # called with the number of bytes just done
+_CHUNK = 8 * 1024 * 1024
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create `path` (and parents) if needed and make it 0700."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o777 != 0o700:
+        os.chmod(path, 0o700)
+    return path
+
+
+def create_private(path: Path) -> int:
+    """Create a new file 0600 (fails if it exists) and return a writable descriptor.
+
+    SQLite creates files 0644 whatever the umask, so snapshot files are created here first.
+    """
+    return os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so renames and creations in it survive power loss."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file's data and metadata."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def copy_fd(src: int, dst: int, progress: Progress | None = None) -> int:
+    """Copy from `src`'s offset 0 to EOF into `dst` in the kernel where possible; returns bytes copied."""
+    total, offset = 0, 0
+    while True:
+        try:
+            n = os.copy_file_range(src, dst, _CHUNK, offset, offset)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            return _copy_fd_userspace(src, dst, offset, total, progress)
+        if n == 0:
+            return total
+        offset += n
+        total += n
+        if progress:
+            progress(n)
+
+
+def _copy_fd_userspace(src: int, dst: int, offset: int, total: int, progress: Progress | None) -> int:
+    while True:
+        chunk = os.pread(src, _CHUNK, offset)
+        if not chunk:
+            return total
+        os.pwrite(dst, chunk, offset)
+        offset += len(chunk)
+        total += len(chunk)
+        if progress:
+            progress(len(chunk))
+
+
+def sha256_file(path: Path, progress: Progress | None = None) -> str:
+    """Hex SHA-256 of a file, read in large chunks (hashlib releases the GIL on them)."""
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+            if progress:
+                progress(len(chunk))
+    return digest.hexdigest()
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write JSON durably: temporary 0600 file, fsync, rename over `path`, fsync the folder."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
+    fd = create_private(tmp)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes available to this user on the filesystem holding `path`."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def describe_os_error(exc: OSError, where: Path) -> str:
+    """A one-line explanation of an OSError with what to do about it."""
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device holding {where}; free space there or choose another folder"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write in {where} ({exc.strerror}); check its permissions or choose another folder"
+    if exc.errno == errno.EIO:
+        return f"I/O error on {where}; the device may be failing: check dmesg before retrying"
+    return f"{exc.strerror or exc} ({where})"
