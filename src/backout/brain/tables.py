@@ -46,13 +46,19 @@ def connect_readonly(path: Path | str, immutable: bool = False) -> sqlite3.Conne
 def user_tables(conn: sqlite3.Connection) -> list[str]:
     """Names of the user tables (not sqlite_* internals), sorted."""
     rows = conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND substr(name, 1, 7) <> 'sqlite_' ORDER BY name"
     ).fetchall()
     return [r[0] for r in rows]
 
 
 def has_rowid(conn: sqlite3.Connection, table: str) -> bool:
     """False for WITHOUT ROWID tables."""
+    try:  # SQLite >= 3.37 says so directly; older ones are asked through the table's SQL
+        row = conn.execute("SELECT wr FROM pragma_table_list WHERE name = ?", (table,)).fetchone()
+        if row is not None:
+            return not row[0]
+    except sqlite3.OperationalError:
+        pass
     sql = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
     return not (sql and sql[0] and "WITHOUT ROWID" in " ".join(sql[0].upper().split()))
 
