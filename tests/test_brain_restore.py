@@ -109,3 +109,31 @@ def test_kill_9_at_any_step_then_rerun_finishes(start_engine, tmp_path: Path, fa
     assert again.returncode == 0, again.stderr  # a second run restores again, with a new quarantine
     assert len(list((tmp_path / ".backout" / "quarantine").iterdir())) == 2
     assert old  # the crashed brain had files to protect
+
+
+def test_salvage_after_a_brain_rollback_keeps_the_bad_window(start_engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Snapshot on 2.3.1, upgrade to 2.4.0 (forward-only), write, restore, salvage, replay."""
+    eng = _brain_with_turns(start_engine, turns=3)
+    args = ["--brain", str(eng.brain), "--into", str(tmp_path / "snaps")]
+    assert eng.stop() == 0
+    snap = backout_json("snapshot", "create", *args, cwd=tmp_path)
+    bad = start_engine("2.4.0", brain=eng.brain)
+    for i in range(4):
+        r = httpx.post(f"{bad.url}/execute", headers=bad.headers,
+                       json={"task_id": "window", "message": f"The window fact {i} is kept. Met Yara."})
+        assert r.status_code == 200
+    assert bad.stop() == 0
+    result = backout_json("snapshot", "restore", snap["id"], "--yes", *args, cwd=tmp_path)
+    quarantined = Path(result["quarantine"]) / eng.brain.name
+    report = backout_json("salvage", "--snapshot", snap["id"], "--from", str(quarantined), *args, cwd=tmp_path)
+    counts = {t["table"]: t for t in report["tables"]}
+    assert counts["episodes"]["added"] == 4 and counts["knowledge_store"]["added"] == 4
+    assert report["schema_diff"]["kind"] == "breaking"  # 2.4.0's forward-only migration, shown beside the rows
+    assert [t["table"] for t in report["tables"]][:3] == ["episodes", "knowledge_store", "social_graph_nodes"]
+    bundle = Path(report["out_dir"]) / "memory-import.json"
+    # Replay into the restored brain through the old version's own API.
+    old = start_engine("2.3.1", brain=eng.brain)
+    added = httpx.post(f"{old.url}/memory/import", headers=old.headers, content=bundle.read_bytes()).json()["added"]
+    assert added["episodes"] == 4 and added["knowledge"] == 4
+    facts = httpx.post(f"{old.url}/memory/knowledge/search", headers=old.headers, json={"query": "window fact"}).json()
+    assert len(facts["results"]) == 4

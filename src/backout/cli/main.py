@@ -41,10 +41,11 @@ def root(
 
 def _register() -> None:
     """Attach the command groups (imported here so `backout --version` stays fast)."""
-    from backout.cli import schema, snapshot
+    from backout.cli import salvage, schema, snapshot
 
     app.add_typer(snapshot.app, name="snapshot")
     app.add_typer(schema.app, name="schema", help="Schema stamps and diffs: can an older version read this brain?")
+    app.command("salvage")(salvage.command)
 
 
 _register()
