@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup quickstart test lint clean
+.PHONY: setup quickstart test bench clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,10 @@ quickstart: $(STAMP)
 # The whole test suite, on both cores.
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2
+
+# Benchmarks against cp+sync and sqlite3 .backup; results go to bench/RESULTS.md (not part of the tests).
+bench: $(STAMP)
+	$(BIN)/python bench/bench_brain.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

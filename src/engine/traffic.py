@@ -103,6 +103,7 @@ class TrafficSummary:
     failed_by_task: dict[str, int] = field(default_factory=dict)
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
+    latency_p99_ms: float | None = None
     latency_max_ms: float | None = None
     feedback_sent: int = 0
     feedback_failed: int = 0
@@ -121,7 +122,7 @@ class TrafficSummary:
             "by_code": dict(sorted(self.by_code.items())),
             "failed_by_task": dict(sorted(self.failed_by_task.items())),
             "latency_p50_ms": self.latency_p50_ms, "latency_p95_ms": self.latency_p95_ms,
-            "latency_max_ms": self.latency_max_ms, "feedback_sent": self.feedback_sent,
+            "latency_p99_ms": self.latency_p99_ms, "latency_max_ms": self.latency_max_ms, "feedback_sent": self.feedback_sent,
             "feedback_failed": self.feedback_failed, "mcp_asks": self.mcp_asks, "elapsed_s": self.elapsed_s,
             "rate": self.rate, "duration": self.duration, "seed": self.seed,
             "poison_every": self.poison_every,
@@ -136,7 +137,7 @@ class TrafficSummary:
                       f"failed {self.failed}"),
             ("status", _counts(self.by_status)),
             ("errors", _counts(self.by_code)),
-            ("latency", f"p50 {_ms(self.latency_p50_ms)}  p95 {_ms(self.latency_p95_ms)}  "
+            ("latency", f"p50 {_ms(self.latency_p50_ms)}  p95 {_ms(self.latency_p95_ms)}  p99 {_ms(self.latency_p99_ms)}  "
                         f"max {_ms(self.latency_max_ms)}"),
             ("feedback", f"{self.feedback_sent} sent, {self.feedback_failed} failed"),
             ("mcp asks", str(self.mcp_asks)),
@@ -237,6 +238,7 @@ def _summarise(plan: TrafficPlan, tally: _Tally, elapsed: float) -> TrafficSumma
         failed_by_task=dict(Counter(t.task_id for t, _ in failed)),
         latency_p50_ms=_percentile(latencies, 50),
         latency_p95_ms=_percentile(latencies, 95),
+        latency_p99_ms=_percentile(latencies, 99),
         latency_max_ms=latencies[-1] if latencies else None,
         feedback_sent=tally.feedback_sent,
         feedback_failed=tally.feedback_failed,

@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import re
 import sqlite3
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from backout.brain.liveness import lock_holders
 from backout.brain.manifest import Manifest, SnapshotError, SnapshotStore, utcnow
-from backout.brain.snapshot import SIDE_CARS, VerifyReport, verify_snapshot
+from backout.brain.snapshot import SIDE_CARS, verify_snapshot
 from backout.brain.tables import connect_readonly
 from backout.fsutil import (copy_fd, create_private, describe_os_error, ensure_private_dir, free_bytes,
                             fsync_dir, fsync_path, sha256_file, atomic_write_json)
@@ -32,7 +34,7 @@ from backout.errors import EXIT_ENVIRONMENT, EXIT_REFUSED
 from backout.journal import Journal, fault_point
 from backout.progress import NO_PROGRESS, Progress
 
-__all__ = ["RestoreRequest", "RestoreResult", "restore_snapshot", "staged_path", "newest_passing"]
+__all__ = ["RestoreRequest", "RestoreResult", "restore_snapshot", "stage_snapshot", "staged_path", "newest_passing"]
 
 STEPS = ("verify", "stage", "checkpoint", "quarantine", "swap")
 
@@ -104,28 +106,52 @@ def _check_not_running(req: RestoreRequest) -> None:
         )
 
 
-def _preflight(req: RestoreRequest, journal: Journal, progress: Progress) -> Manifest:
+def _preflight(req: RestoreRequest) -> Manifest:
+    """Cheap refusals first; the snapshot's bytes are verified while it is staged."""
     manifest = req.store.load(req.snapshot_id)
     if manifest.deployment != req.deployment:
         raise _refuse(req, f"snapshot {req.snapshot_id} was taken from deployment {manifest.deployment!r}, "
                            f"not {req.deployment!r}")
-    if not journal.done("stage"):  # once staged and checked, the staged copy is what counts
-        report: VerifyReport = verify_snapshot(req.store, req.snapshot_id, progress)
-        if not report.ok:
-            raise _refuse(req, f"snapshot {req.snapshot_id} fails verification ({report.failures()})")
+    if manifest.integrity_check != "ok":
+        raise _refuse(req, f"snapshot {req.snapshot_id} did not pass integrity_check when it was taken")
     return manifest
 
 
-def _stage(req: RestoreRequest, manifest: Manifest, progress: Progress) -> Path:
-    staged = staged_path(req.brain, req.snapshot_id)
-    if staged.exists() and staged.stat().st_size == manifest.size and sha256_file(staged) == manifest.sha256:
-        return staged  # staged earlier (by the upgrade flow, or a run that crashed after staging)
+class SnapshotMismatch(SnapshotError):
+    """The snapshot's bytes do not hash to its manifest's sha256."""
+
+
+def _stamp_path(staged: Path) -> Path:
+    return staged.with_name(staged.name + ".verified")
+
+
+def _staged_ok(staged: Path, manifest: Manifest) -> bool:
+    """True when `staged` is the verified copy recorded at staging time (same inode, size, mtime)."""
+    try:
+        record = json.loads(_stamp_path(staged).read_text(encoding="utf-8"))
+        st = staged.stat()
+    except (OSError, ValueError):
+        return False
+    return record == {"sha256": manifest.sha256, "size": st.st_size, "inode": st.st_ino,
+                      "mtime_ns": st.st_mtime_ns} and st.st_size == manifest.size
+
+
+def stage_snapshot(store: SnapshotStore, snapshot_id: str, brain: Path, progress: Progress = NO_PROGRESS) -> Path:
+    """Copy a snapshot beside the brain and verify it, so a later restore is only a rename."""
+    manifest = store.load(snapshot_id)
+    staged = staged_path(brain, snapshot_id)
+    if _staged_ok(staged, manifest):
+        return staged
     staged.unlink(missing_ok=True)
-    if free_bytes(req.brain.parent) < manifest.size:
-        raise SnapshotError(f"not enough space beside {req.brain} to stage {manifest.size // 2**20} MiB; free space first",
+    _stamp_path(staged).unlink(missing_ok=True)
+    if free_bytes(brain.parent) < manifest.size:
+        raise SnapshotError(f"not enough space beside {brain} to stage {manifest.size // 2**20} MiB; free space first",
                             EXIT_ENVIRONMENT)
     progress.phase("stage", manifest.size)
-    src = os.open(req.store.db_path(req.snapshot_id), os.O_RDONLY)
+    source = store.db_path(snapshot_id)
+    # Verify the snapshot (hash of the store's file) while the kernel copies it; then the copy.
+    source_hash = _hash_in_thread(source)
+    src = os.open(source, os.O_RDONLY)
     try:
         dst = create_private(staged)
         try:
@@ -135,11 +161,47 @@ def _stage(req: RestoreRequest, manifest: Manifest, progress: Progress) -> Path:
             os.close(dst)
     finally:
         os.close(src)
+    if source_hash() != manifest.sha256:
+        staged.unlink(missing_ok=True)
+        raise SnapshotMismatch(f"snapshot {snapshot_id} fails verification (sha256 differs from its manifest)",
+                               EXIT_REFUSED)
     if sha256_file(staged) != manifest.sha256:
         staged.unlink(missing_ok=True)
-        raise SnapshotError(f"the staged copy of {req.snapshot_id} does not match its manifest; disk trouble? nothing was changed")
-    fsync_dir(staged.parent)
+        raise SnapshotError(f"the staged copy of {snapshot_id} does not match its manifest; disk trouble? "
+                            "nothing was changed", EXIT_ENVIRONMENT)
+    st = staged.stat()
+    atomic_write_json(_stamp_path(staged), {"sha256": manifest.sha256, "size": st.st_size, "inode": st.st_ino,
+                                            "mtime_ns": st.st_mtime_ns})
     return staged
+
+
+def _hash_in_thread(path: Path) -> Callable[[], str]:
+    """Start hashing `path` in a thread; the returned function waits for the digest."""
+    result: dict[str, str | BaseException] = {}
+
+    def work() -> None:
+        try:
+            result["sha256"] = sha256_file(path)
+        except OSError as exc:
+            result["error"] = exc
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+
+    def wait() -> str:
+        worker.join()
+        if "error" in result:
+            raise result["error"]  # type: ignore[misc]
+        return str(result["sha256"])
+
+    return wait
+
+
+def _stage_for_restore(req: RestoreRequest, progress: Progress) -> None:
+    try:
+        stage_snapshot(req.store, req.snapshot_id, req.brain, progress)
+    except SnapshotMismatch as exc:
+        raise _refuse(req, str(exc)) from None
 
 
 def _checkpoint(brain: Path) -> None:
@@ -213,23 +275,26 @@ def _quarantine(req: RestoreRequest, qdir: Path, manifest: Manifest) -> None:
 def _swap(req: RestoreRequest, staged: Path, manifest: Manifest) -> None:
     if not staged.exists():
         if req.brain.exists() and sha256_file(req.brain) == manifest.sha256:
+            _stamp_path(staged).unlink(missing_ok=True)
             return  # the rename happened before a crash
         raise SnapshotError(f"staged copy {staged} vanished before the swap; re-run the restore")
     for suffix in SIDE_CARS:  # a stale WAL beside the restored brain would be replayed into it
         req.brain.with_name(req.brain.name + suffix).unlink(missing_ok=True)
     fault_point("inside:swap")
     os.rename(staged, req.brain)
+    _stamp_path(staged).unlink(missing_ok=True)
     fsync_dir(req.brain.parent)
 
 
 def _check_restored(brain: Path) -> None:
+    """The restored file is byte-for-byte a verified snapshot; check only that it opens as one."""
     conn = connect_readonly(brain)
     try:
-        result = conn.execute("PRAGMA quick_check").fetchone()[0]
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise SnapshotError(f"restored brain does not open ({exc}); the old brain is in quarantine") from None
     finally:
         conn.close()
-    if result != "ok":
-        raise SnapshotError(f"restored brain fails quick_check ({result}); the old brain is in quarantine")
 
 
 def restore_snapshot(req: RestoreRequest, progress: Progress = NO_PROGRESS) -> RestoreResult:
@@ -254,12 +319,12 @@ def restore_snapshot(req: RestoreRequest, progress: Progress = NO_PROGRESS) -> R
 def _run(req: RestoreRequest, journal: Journal, resumed: bool, progress: Progress) -> RestoreResult:
     if not journal.done("swap"):
         _check_not_running(req)
-    manifest = _preflight(req, journal, progress)
+    manifest = _preflight(req)
     result = RestoreResult(req.snapshot_id, req.brain, None, resumed)
     staged = staged_path(req.brain, req.snapshot_id)
     qdir = _quarantine_dir(req, journal)
     actions = {
-        "stage": lambda: _stage(req, manifest, progress),
+        "stage": lambda: _stage_for_restore(req, progress),
         "checkpoint": lambda: _checkpoint(req.brain),
         "quarantine": lambda: _quarantine(req, qdir, manifest),
         "swap": lambda: _swap(req, staged, manifest),

@@ -22,7 +22,7 @@ from backout.brain.manifest import FORMAT, Manifest, SnapshotError, SnapshotStor
 from backout.brain.schema import stamp
 from backout.brain.tables import connect_readonly, table_marks
 from backout.errors import EXIT_ENVIRONMENT, EXIT_USAGE
-from backout.fsutil import copy_fd, create_private, describe_os_error, free_bytes, fsync_dir, sha256_file
+from backout.fsutil import background_priority, copy_fd, run_at_background_priority, create_private, describe_os_error, free_bytes, fsync_dir, sha256_file
 from backout.progress import NO_PROGRESS, Progress
 
 __all__ = ["VerifyReport", "check_is_sqlite", "create_snapshot", "verify_snapshot", "SIDE_CARS"]
@@ -112,6 +112,7 @@ def _finish_copy(tmp: Path) -> sqlite3.Connection:
 
 
 def _fsync_and_hash(tmp: Path, result: _Checked) -> None:
+    background_priority()
     try:
         fd = os.open(tmp, os.O_RDONLY)
         try:
@@ -149,7 +150,23 @@ def create_snapshot(
     version: str | None = None,
     progress: Progress = NO_PROGRESS,
 ) -> Manifest:
-    """Take an online snapshot of `source`, verify it, and record its manifest."""
+    """Take an online snapshot of `source`, verify it, and record its manifest.
+
+    The work runs at low CPU and I/O priority so the service keeps its latency meanwhile."""
+    return run_at_background_priority(lambda: _create(store, source, deployment, label=label, pin=pin,
+                                                      version=version, progress=progress))
+
+
+def _create(
+    store: SnapshotStore,
+    source: Path,
+    deployment: str,
+    *,
+    label: str | None = None,
+    pin: bool = False,
+    version: str | None = None,
+    progress: Progress = NO_PROGRESS,
+) -> Manifest:
     check_is_sqlite(source)
     store.ensure()
     wal = source.with_name(source.name + "-wal")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+import httpx
 import typer
 
 from backout.brain.manifest import Manifest, SnapshotError, SnapshotStore
@@ -27,6 +28,18 @@ app = typer.Typer(
 
 def _store(target: Target) -> SnapshotStore:
     return SnapshotStore(target.snapshot_dir)
+
+
+def _running_version(target: Target) -> str | None:
+    """The version the service reports on its health URL, when it has one and says so."""
+    if not target.health_url:
+        return None
+    try:
+        body = httpx.get(target.health_url, timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    version = body.get("version") if isinstance(body, dict) else None
+    return str(version) if version else None
 
 
 def _row(m: Manifest, target: Target) -> dict[str, object]:
@@ -59,7 +72,7 @@ def create(
         return
     with handle_errors(), progress_bar(not as_json) as bar:
         manifest = create_snapshot(_store(target), target.brain, target.deployment, label=label, pin=pin,
-                                   version=version, progress=bar)
+                                   version=version or _running_version(target), progress=bar)
     if as_json:
         emit_json(manifest.model_dump(mode="json"))
         return
