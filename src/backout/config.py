@@ -8,9 +8,9 @@ import tomllib
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = [
     "Config",
@@ -68,14 +68,58 @@ class SalvageSettings(_Model):
     exclude: list[str] = []
 
 
+class Secrets(_Model):
+    """Environment for the service. Secrets never appear here in clear: only their names."""
+
+    env: dict[str, str] = {}  # plain settings, written as they are
+    pass_env: list[str] = []  # names passed through from backout's own environment
+    env_files: dict[str, Path] = {}  # NAME = file whose content is the value
+
+
+class ProcessSettings(Secrets):
+    """A version is a value put into a command template, run as a local process group."""
+
+    command: str  # e.g. "engine serve --release {version} --brain {brain} --port {port}"
+    check: str | None = None  # exits 0 when {version} exists, e.g. "engine releases --changelog {version}"
+    port: int | None = Field(None, ge=1, le=65535)
+    migrate: str | None = None  # run after the old version stopped, before the new one starts
+    workdir: Path | None = None
+
+
+class ComposeSettings(Secrets):
+    """A version is an image tag of one service in a docker compose project."""
+
+    file: Path
+    service: str
+    project: str | None = None  # default: the compose file's folder name
+    version_variable: str | None = None  # e.g. ENGINE_VERSION in `image: engine:${ENGINE_VERSION}`
+    env_file: Path | None = None  # where that variable lives; default: .env beside the compose file
+    registry: str | None = None  # pull from here when the image is not local, e.g. 127.0.0.1:5000
+    migrate: str | None = None  # command run in a one-off container of the new image
+
+
 class Deployment(_Model):
     """One service that backout manages."""
 
     brain: Path
     health_url: str | None = None
     staging: bool = False
+    runtime: Literal["process", "compose"] | None = None
+    drain_timeout: Duration = timedelta(seconds=30)
+    boot_timeout: Duration = timedelta(seconds=60)
+    frozen: list[str] = []  # versions never to switch to
+    process: ProcessSettings | None = None
+    compose: ComposeSettings | None = None
     snapshots: SnapshotSettings = SnapshotSettings()
     salvage: SalvageSettings = SalvageSettings()
+
+    @model_validator(mode="after")
+    def _runtime_has_settings(self) -> "Deployment":
+        if self.runtime == "process" and self.process is None:
+            raise ValueError("runtime = 'process' needs a [deployments.NAME.process] table with `command`")
+        if self.runtime == "compose" and self.compose is None:
+            raise ValueError("runtime = 'compose' needs a [deployments.NAME.compose] table with `file` and `service`")
+        return self
 
 
 class Config(_Model):
@@ -117,15 +161,28 @@ def load_config(path: Path) -> Config:
         where = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"{path}: {where}: {first['msg']} ({len(exc.errors())} problem(s) in all)") from None
     base = path.absolute().parent
-    deployments = {
-        name: dep.model_copy(update={
-            "brain": _relative_to(base, dep.brain),
-            "snapshots": dep.snapshots.model_copy(
-                update={"dir": _relative_to(base, dep.snapshots.dir) if dep.snapshots.dir else None}),
-        })
-        for name, dep in config.deployments.items()
-    }
+    deployments = {name: _absolute_paths(dep, base) for name, dep in config.deployments.items()}
     return config.model_copy(update={"state_dir": _relative_to(base, config.state_dir), "deployments": deployments})
+
+
+def _absolute_paths(dep: Deployment, base: Path) -> Deployment:
+    """Paths in a deployment are relative to the config file's folder."""
+    update: dict[str, Any] = {
+        "brain": _relative_to(base, dep.brain),
+        "snapshots": dep.snapshots.model_copy(
+            update={"dir": _relative_to(base, dep.snapshots.dir) if dep.snapshots.dir else None}),
+    }
+    for name in ("process", "compose"):
+        section = getattr(dep, name)
+        if section is None:
+            continue
+        fields: dict[str, Any] = {"env_files": {k: _relative_to(base, v) for k, v in section.env_files.items()}}
+        for key in ("workdir", "file", "env_file"):
+            value = getattr(section, key, None)
+            if value is not None:
+                fields[key] = _relative_to(base, value)
+        update[name] = section.model_copy(update=fields)
+    return dep.model_copy(update=update)
 
 
 @dataclass(frozen=True)
@@ -142,6 +199,14 @@ class Target:
     health_url: str | None = None
     staging: bool = False
     config_path: Path | None = None
+    settings: Deployment | None = None  # the whole deployment section, when there is a config
+
+    def require_settings(self) -> Deployment:
+        """The deployment's configuration; ConfigError when running without a backout.toml."""
+        if self.settings is None or self.settings.runtime is None:
+            raise ConfigError("this command needs a deployment with a runtime in backout.toml; "
+                              "create one with `backout init`")
+        return self.settings
 
 
 def resolve_target(
@@ -168,7 +233,7 @@ def resolve_target(
     return Target(deployment=name, brain=(brain or dep.brain).absolute(), snapshot_dir=snapshot_dir.absolute(),
                   state_dir=config.state_dir.absolute(), keep_last=dep.snapshots.keep_last,
                   max_age=dep.snapshots.max_age, salvage=dep.salvage, health_url=dep.health_url,
-                  staging=dep.staging, config_path=found.absolute())
+                  staging=dep.staging, config_path=found.absolute(), settings=dep)
 
 
 def _only_deployment(config: Config, path: Path) -> str:

@@ -41,11 +41,16 @@ def root(
 
 def _register() -> None:
     """Attach the command groups (imported here so `backout --version` stays fast)."""
-    from backout.cli import salvage, schema, snapshot
+    from backout.cli import deploy, history, init, salvage, schema, snapshot, status
 
     app.add_typer(snapshot.app, name="snapshot")
     app.add_typer(schema.app, name="schema", help="Schema stamps and diffs: can an older version read this brain?")
     app.command("salvage")(salvage.command)
+    app.command("init")(init.init)
+    app.command("status")(status.status)
+    app.command("history")(history.history)
+    app.command("switch")(deploy.switch)
+    app.command("stop")(deploy.stop)
 
 
 _register()

@@ -1,0 +1,91 @@
+"""`backout switch` and `backout stop`: the plain building blocks, with drain and history."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from backout.cli.common import ConfigOpt, DeploymentOpt, DryRunOpt, JsonOpt, YesOpt, confirm, emit_json, handle_errors, target_from
+from backout.errors import EXIT_FAILED
+from backout.flows.switch import plan_switch, stop_service, switch_version
+from backout.runtime.factory import runtime_for
+
+__all__ = ["switch", "stop"]
+
+
+def switch(
+    version: str = typer.Argument(..., help="Version to run (image tag, or the value for the command template)."),
+    reason: str = typer.Option("", "--reason", help="Why; kept in the history."),
+    dry_run: bool = DryRunOpt,
+    yes: bool = YesOpt,
+    as_json: bool = JsonOpt,
+    config: Optional[Path] = ConfigOpt,
+    deployment: Optional[str] = DeploymentOpt,
+) -> None:
+    """Drain and stop what runs, run `migrate` if configured, start VERSION, wait until healthy.
+
+    No snapshot and no watch window: for a guarded upgrade with a restore point use `backout upgrade`."""
+    target = target_from(config, deployment, None)
+    with handle_errors():
+        runtime = runtime_for(target)
+        commands = plan_switch(target, runtime, version)
+        current = runtime.current()
+    if dry_run:
+        if as_json:
+            emit_json({"dry_run": True, "from": current.version if current.running else None, "to": version,
+                       "commands": [c.to_dict() for c in commands]})
+            return
+        typer.echo(f"switch {target.deployment}: {current.version if current.running else 'nothing running'} -> {version}")
+        for i, c in enumerate(commands, 1):
+            typer.echo(f"{i}. {c.purpose}\n   $ {c.shell()}" + (f"\n   env: {', '.join(c.env_names)}" if c.env_names else ""))
+        typer.echo("note: no snapshot is taken; `backout upgrade` is the guarded path")
+        return
+    confirm(f"switch {target.deployment} to {version} (no snapshot, no watch)?", yes)
+    with handle_errors():
+        result = switch_version(target, runtime, version, kind="manual", reason=reason)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        if result.drain and result.drain.stopped:
+            typer.echo(f"stopped {result.from_version}: {'clean drain' if result.drain.clean else 'FORCED'} "
+                       f"in {result.drain.seconds:.1f}s ({result.drain.detail})")
+        health = result.health
+        if result.healthy and health:
+            typer.echo(f"{version} is healthy after {health.seconds:.1f}s (no snapshot taken: see `backout upgrade`)")
+        else:
+            typer.echo(f"{version} is NOT healthy: {health.reason if health else 'unknown'}")
+            for line in (health.log_tail if health else [])[-10:]:
+                typer.echo(f"  | {line}")
+    if not result.healthy:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def stop(
+    reason: str = typer.Option("", "--reason", help="Why; kept in the history."),
+    dry_run: bool = DryRunOpt,
+    yes: bool = YesOpt,
+    as_json: bool = JsonOpt,
+    config: Optional[Path] = ConfigOpt,
+    deployment: Optional[str] = DeploymentOpt,
+) -> None:
+    """Drain and stop what runs (SIGTERM, the drain timeout, then kill); recorded in the history."""
+    target = target_from(config, deployment, None)
+    with handle_errors():
+        runtime = runtime_for(target)
+        current = runtime.current()
+    if dry_run:
+        drain = target.require_settings().drain_timeout.total_seconds()
+        text = f"would drain and stop {current.version} (up to {drain:g}s)" if current.running else "nothing is running"
+        emit_json({"dry_run": True, "running": current.to_dict()}) if as_json else typer.echo(text)
+        return
+    confirm(f"drain and stop {target.deployment} ({current.version or 'nothing running'})?", yes)
+    with handle_errors():
+        result = stop_service(target, runtime, reason)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        typer.echo(f"{'clean' if result.clean else 'FORCED'} stop in {result.seconds:.1f}s: {result.detail}")
+    if not result.clean:
+        raise typer.Exit(EXIT_FAILED)

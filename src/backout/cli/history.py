@@ -1,0 +1,39 @@
+"""`backout history`: every change of version, with drain result, schema stamps and outcome."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from backout.cli.common import BrainOpt, ConfigOpt, DeploymentOpt, JsonOpt, emit_json, target_from
+from backout.history import History
+
+__all__ = ["history"]
+
+
+def history(
+    limit: int = typer.Option(20, "--limit", "-n", min=1, help="Show the newest N changes."),
+    as_json: bool = JsonOpt,
+    config: Optional[Path] = ConfigOpt,
+    deployment: Optional[str] = DeploymentOpt,
+    brain: Optional[Path] = BrainOpt,
+) -> None:
+    """List what ran when: time, kind (upgrade, rollback, drill, manual, stop), from, to, outcome."""
+    target = target_from(config, deployment, brain)
+    entries = History(target.state_dir).entries(target.deployment)[-limit:]
+    if as_json:
+        emit_json(entries)
+        return
+    if not entries:
+        typer.echo("no history yet")
+        return
+    typer.echo(f"{'AT':<24} {'KIND':<9} {'FROM':<14} {'TO':<14} {'OUTCOME':<8} DETAIL")
+    for e in entries:
+        drain = e.get("drain") or {}
+        extra = "" if not drain.get("stopped") else f" drain {'clean' if drain.get('clean') else 'FORCED'} {drain.get('seconds')}s;"
+        head = lambda s: (s or {}).get("head")  # noqa: E731
+        schema = f" schema {head(e.get('schema_before'))}->{head(e.get('schema_after'))}" if e.get("schema_after") else ""
+        typer.echo(f"{e['at'][:23]:<24} {e['kind']:<9} {str(e.get('from_version') or '-'):<14} "
+                   f"{str(e.get('to_version') or '-'):<14} {e['outcome']:<8}{extra}{schema} {e.get('detail', '')}")

@@ -1,0 +1,132 @@
+"""`backout init`: write a commented backout.toml, detecting what it can, every value overridable."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from backout.cli.common import DryRunOpt, emit_json, fail
+from backout.config import CONFIG_NAME, ConfigError, load_config
+from backout.errors import EXIT_REFUSED, EXIT_USAGE
+
+__all__ = ["init", "render_config"]
+
+_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _q(value: object) -> str:
+    """A TOML value (JSON strings are valid TOML basic strings)."""
+    return json.dumps(str(value)) if not isinstance(value, (int, float, bool)) else json.dumps(value)
+
+
+def _env_pairs(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not _ENV.match(name):
+            fail(f"--env wants NAME=VALUE, got {pair!r} (secrets go by name: --pass-env NAME)", EXIT_USAGE)
+        out[name] = value
+    return out
+
+
+def render_config(name: str, brain: str, health_url: str | None, runtime: str, section: dict[str, object],
+                  env: dict[str, str], pass_env: list[str], env_files: dict[str, str], staging: bool) -> str:
+    """The text of a commented backout.toml for one deployment."""
+    lines = [
+        "# backout.toml — written by `backout init`; relative paths are relative to this file.",
+        'state_dir = ".backout"   # history, journals, quarantine, salvage bundles, drill reports',
+        "",
+        f"[deployments.{name}]",
+        f"brain = {_q(brain)}   # the SQLite file (with its -wal/-shm) as seen from this host",
+        (f"health_url = {_q(health_url)}" if health_url else "# health_url = \"http://127.0.0.1:8000/health\""),
+        f"runtime = {_q(runtime)}",
+        f"staging = {'true' if staging else 'false'}   # drills refuse non-staging deployments unless told",
+        'drain_timeout = "30s"   # SIGTERM, then this long to drain, then kill',
+        'boot_timeout = "60s"    # how long a new version may take to become healthy',
+        "frozen = []             # versions never to switch to",
+        "",
+        f"[deployments.{name}.{runtime}]",
+    ]
+    lines += [f"{key} = {_q(value)}" for key, value in section.items() if value is not None]
+    lines.append("# Plain settings only; secrets by name (pass_env) or from files (env_files), never here.")
+    lines.append("env = {" + ", ".join(f"{k} = {_q(v)}" for k, v in env.items()) + "}")
+    lines.append("pass_env = [" + ", ".join(_q(n) for n in pass_env) + "]")
+    lines.append("env_files = {" + ", ".join(f"{k} = {_q(v)}" for k, v in env_files.items()) + "}")
+    lines += [
+        "",
+        f"[deployments.{name}.snapshots]",
+        "keep_last = 10      # prune keeps these, every pinned one and the restore point",
+        'max_age = "24h"     # older snapshots are flagged STALE',
+        "",
+        f"[deployments.{name}.salvage]",
+        "exclude = []        # tables (glob) not to salvage, e.g. caches",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def init(
+    runtime: str = typer.Option("process", "--runtime", help="process (local command) or compose."),
+    name: str = typer.Option("engine", "--name", help="Deployment name."),
+    command: Optional[str] = typer.Option(None, "--command", help="Process: template with {version} {brain} {port}."),
+    check: Optional[str] = typer.Option(None, "--check", help="Process: command that exits 0 when {version} exists."),
+    port: Optional[int] = typer.Option(None, "--port", help="Process: the port the service listens on."),
+    migrate: Optional[str] = typer.Option(None, "--migrate", help="Migration command template, run before start."),
+    compose_file: Optional[Path] = typer.Option(None, "--compose-file", help="Compose: the compose file."),
+    service: Optional[str] = typer.Option(None, "--service", help="Compose: the service running the brain."),
+    brain: Optional[str] = typer.Option(None, "--brain", help="The brain's path on this host."),
+    health_url: Optional[str] = typer.Option(None, "--health-url", help="e.g. http://127.0.0.1:8000/health"),
+    env: list[str] = typer.Option([], "--env", help="Plain setting NAME=VALUE (repeatable)."),
+    pass_env: list[str] = typer.Option([], "--pass-env", help="Secret passed by name from backout's environment."),
+    env_file: list[str] = typer.Option([], "--env-file", help="Secret read from a file: NAME=PATH (repeatable)."),
+    staging: bool = typer.Option(False, "--staging", help="Mark the deployment as staging (drills run on it)."),
+    output: Path = typer.Option(Path(CONFIG_NAME), "--output", "-o", help="Where to write the config."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+    dry_run: bool = DryRunOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print what was detected as JSON."),
+) -> None:
+    """Write a commented backout.toml for one deployment (detects compose settings where it can)."""
+    for n in pass_env:
+        if not _ENV.match(n):
+            fail(f"--pass-env wants a variable name, got {n!r}", EXIT_USAGE)
+    files = _env_pairs(env_file)
+    if runtime == "process":
+        if not command or not brain:
+            fail("--runtime process needs --command TEMPLATE and --brain PATH", EXIT_USAGE)
+        section: dict[str, object] = {"command": command, "check": check, "port": port, "migrate": migrate}
+    elif runtime == "compose":
+        from backout.runtime.compose_file import detect
+
+        if compose_file is None:
+            fail("--runtime compose needs --compose-file FILE (and --service NAME when it has several)", EXIT_USAGE)
+        try:
+            found = detect(compose_file, service)
+        except ConfigError as exc:
+            fail(str(exc), EXIT_USAGE)
+        brain = brain or found.brain
+        health_url = health_url or found.health_url
+        if not brain:
+            fail(f"cannot tell where service {found.service}'s brain is on this host; pass --brain PATH", EXIT_USAGE)
+        section = {"file": str(compose_file), "service": found.service, "project": found.project,
+                   "version_variable": found.version_variable, "migrate": migrate}
+    else:
+        fail(f"--runtime must be process or compose, not {runtime!r}", EXIT_USAGE)
+    text = render_config(name, str(brain), health_url, runtime, section, _env_pairs(env), pass_env, files, staging)
+    if as_json or dry_run:
+        emit_json({"path": str(output), "dry_run": dry_run, "runtime": runtime, "brain": brain,
+                   "health_url": health_url, runtime: section}) if as_json else typer.echo(text)
+        if dry_run:
+            return
+    if output.exists() and not force:
+        fail(f"{output} exists; pass --force to overwrite it", EXIT_REFUSED)
+    output.write_text(text, encoding="utf-8")
+    try:
+        load_config(output)  # what we wrote must load
+    except ConfigError as exc:
+        fail(f"the written config does not validate ({exc}); please report this", EXIT_USAGE)
+    if not as_json:
+        typer.echo(f"wrote {output}")

@@ -1,0 +1,113 @@
+"""Switch: the plain building block of upgrade and rollback — drain, migrate, start, wait, record.
+
+No snapshot and no watch window: `backout upgrade` is the guarded path."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from backout.brain.schema import SchemaError, stamp
+from backout.config import Target
+from backout.errors import EXIT_REFUSED, BackoutError
+from backout.history import Change, History, deployment_state
+from backout.lock import operation_lock
+from backout.runtime.base import Command, HealthWait, Runtime, RuntimeFailure, StopResult
+
+__all__ = ["SwitchResult", "brain_stamp", "plan_switch", "stop_service", "switch_version"]
+
+
+@dataclass
+class SwitchResult:
+    """What a switch did, step by step."""
+
+    from_version: str | None
+    to_version: str
+    healthy: bool = False
+    drain: StopResult | None = None
+    migrate_output: list[str] | None = None
+    health: HealthWait | None = None
+    schema_before: dict[str, Any] | None = None
+    schema_after: dict[str, Any] | None = None
+    seconds: float = 0.0
+    commands: list[Command] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"from": self.from_version, "to": self.to_version, "healthy": self.healthy,
+                "drain": self.drain.to_dict() if self.drain else None,
+                "migrated": self.migrate_output is not None,
+                "health": self.health.to_dict() if self.health else None,
+                "schema_before": self.schema_before, "schema_after": self.schema_after,
+                "seconds": round(self.seconds, 3), "commands": [c.to_dict() for c in self.commands]}
+
+
+def brain_stamp(target: Target) -> dict[str, Any] | None:
+    """The brain's migration head and fingerprint, or None when there is no readable brain yet."""
+    if not target.brain.exists():
+        return None
+    try:
+        s = stamp(target.brain)
+    except SchemaError:
+        return None
+    return {"head": s.head, "head_source": s.head_source, "fingerprint": s.fingerprint}
+
+
+def plan_switch(target: Target, runtime: Runtime, version: str) -> list[Command]:
+    """Refuse early (frozen, unavailable), then return the commands a switch would run."""
+    settings = target.require_settings()
+    if version in settings.frozen:
+        raise BackoutError(f"version {version} is frozen for {target.deployment} (`frozen` in backout.toml)",
+                           EXIT_REFUSED)
+    available = runtime.is_available(version)
+    if not available.ok:
+        raise BackoutError(f"version {version} is not available: {available.detail}; nothing was stopped",
+                           EXIT_REFUSED)
+    return runtime.describe(version)
+
+
+def switch_version(target: Target, runtime: Runtime, version: str, kind: str = "manual",
+                   reason: str = "") -> SwitchResult:
+    """Drain what runs, migrate if configured, start `version`, wait for health, record it."""
+    settings = target.require_settings()
+    folder = deployment_state(target.state_dir, target.deployment)
+    with operation_lock(folder, f"switch to {version}"):
+        commands = plan_switch(target, runtime, version)
+        started = time.monotonic()
+        current = runtime.current()
+        result = SwitchResult(current.version if current.running else None, version, commands=commands)
+        result.schema_before = brain_stamp(target)
+        try:
+            result.drain = runtime.stop(settings.drain_timeout.total_seconds())
+            result.migrate_output = runtime.migrate(version)
+            runtime.start(version)
+            result.health = runtime.wait_healthy(time.monotonic() + settings.boot_timeout.total_seconds())
+            result.healthy = result.health.healthy
+        except RuntimeFailure as exc:
+            result.health = HealthWait(False, time.monotonic() - started, None, str(exc), exc.log_tail)
+        result.schema_after = brain_stamp(target)
+        result.seconds = time.monotonic() - started
+        History(target.state_dir).append(Change(
+            deployment=target.deployment, kind=kind, from_version=result.from_version, to_version=version,
+            outcome="ok" if result.healthy else "failed", reason=reason,
+            schema_before=result.schema_before, schema_after=result.schema_after,
+            drain=result.drain.to_dict() if result.drain else None,
+            health=result.health.to_dict() if result.health else None, duration_s=round(result.seconds, 3),
+            detail=result.health.reason if result.health else ""))
+        return result
+
+
+def stop_service(target: Target, runtime: Runtime, reason: str = "") -> StopResult:
+    """Drain and stop what runs, and record it."""
+    settings = target.require_settings()
+    with operation_lock(deployment_state(target.state_dir, target.deployment), "stop"):
+        current = runtime.current()
+        result = runtime.stop(settings.drain_timeout.total_seconds())
+        if result.stopped:
+            History(target.state_dir).append(Change(
+                deployment=target.deployment, kind="stop", from_version=current.version, to_version=None,
+                outcome="stopped", reason=reason, drain=result.to_dict(), duration_s=round(result.seconds, 3),
+                detail=result.detail))
+        return result
+

@@ -1,0 +1,41 @@
+"""One operation per deployment at a time: an flock on a file in the deployment's state folder.
+
+flock (not POSIX locks) because the kernel drops it when the holder dies, even by kill -9, and
+closing some other descriptor of the file does not release it."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from backout.errors import EXIT_REFUSED, BackoutError
+from backout.fsutil import ensure_private_dir
+
+__all__ = ["operation_lock", "LockBusy"]
+
+
+class LockBusy(BackoutError):
+    """Another backout operation holds the deployment's lock."""
+
+
+@contextmanager
+def operation_lock(folder: Path, what: str) -> Iterator[None]:
+    """Hold the deployment's lock for the duration of `what`; LockBusy if someone else has it."""
+    ensure_private_dir(folder)
+    path = folder / "operation.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise LockBusy(f"another backout operation is running on this deployment ({holder}); "
+                           "wait for it to finish", EXIT_REFUSED) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}: {what}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,1 @@
+"""How a version runs, drains, logs: the process adapter (default) and the compose adapter."""

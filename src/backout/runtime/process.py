@@ -1,0 +1,317 @@
+"""The process runtime: a version is a value put into a command template, run as its own
+process group (setsid), detached, with a pid file and a log file in the state folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from backout.brain.liveness import lock_holders
+from backout.config import ProcessSettings
+from backout.errors import EXIT_REFUSED, EXIT_USAGE
+from backout.fsutil import atomic_write_json, ensure_private_dir
+from backout.runtime.base import Availability, Command, Current, Runtime, RuntimeFailure, StopResult
+from backout.runtime.env import service_env
+
+__all__ = ["ProcessRuntime", "CLEAN_EXIT_CODES"]
+
+# After SIGTERM: a clean exit, the shell convention for "killed by SIGTERM", or Python's -15.
+CLEAN_EXIT_CODES = (0, 143, -15)
+_PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH")
+
+
+def _proc_start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks (from /proc), to tell a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(pid: int, start_time: str | None) -> bool:
+    current = _proc_start_time(pid)
+    if current is None or (start_time is not None and current != start_time):
+        return False
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return state != "Z"  # a zombie has exited; only its parent has not reaped it yet
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # Zombies of the group count as gone.
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+class ProcessRuntime(Runtime):
+    """Runs versions of one deployment as local, detached process groups."""
+
+    name = "process"
+
+    def __init__(self, settings: ProcessSettings, brain: Path, health_url: str | None, state: Path) -> None:
+        super().__init__(health_url, brain)
+        self.settings = settings
+        self.state = state
+        self.pid_file = state / "service.pid.json"
+        self.exit_file = state / "service.exit.json"
+        self.log_file = state / "service.log"
+        self._child: subprocess.Popen[bytes] | None = None
+
+    # -- commands as data ----------------------------------------------------------------------
+
+    def _values(self, version: str) -> dict[str, str]:
+        return {"version": version, "brain": str(self.brain), "port": str(self.settings.port or ""),
+                "state": str(self.state)}
+
+    def _argv(self, template: str, version: str) -> tuple[str, ...]:
+        values = self._values(version)
+        try:
+            return tuple(token.format(**values) for token in shlex.split(template))
+        except (KeyError, IndexError, ValueError) as exc:
+            raise RuntimeFailure(f"command template {template!r} is malformed ({exc}); placeholders are "
+                                 "{version}, {brain}, {port}, {state}", EXIT_USAGE) from None
+
+    def _env_names(self) -> tuple[str, ...]:
+        s = self.settings
+        return tuple(sorted({*s.env, *s.pass_env, *s.env_files}))
+
+    def describe(self, version: str) -> list[Command]:
+        """Drain what runs, migrate if configured, start `version`."""
+        commands = [Command("drain and stop: SIGTERM to the process group, SIGKILL at the drain deadline",
+                            ("kill", "-TERM", "--", "-<pgid>"))]
+        if self.settings.migrate:
+            commands.append(Command("migrate the brain for the new version",
+                                    self._argv(self.settings.migrate, version), self._env_names()))
+        commands.append(Command(f"start {version} detached (setsid), log to {self.log_file}",
+                                self._argv(self.settings.command, version), self._env_names()))
+        return commands
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _record(self) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(self.pid_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return data
+
+    def current(self) -> Current:
+        """The version in the pid file, and whether its process still runs."""
+        rec = self._record()
+        if rec is None:
+            return Current(None, False)
+        running = _alive(int(rec["pid"]), rec.get("start_time"))
+        return Current(rec.get("version"), running, str(rec["pid"]), rec.get("started_at"))
+
+    def is_available(self, version: str) -> Availability:
+        """The command resolves; with a `check` template, the service itself accepts the version."""
+        argv = self._argv(self.settings.command, version)
+        exe = argv[0]
+        found = shutil.which(exe, path=self._env().get("PATH")) if "/" not in exe else (exe if os.access(exe, os.X_OK) else None)
+        if not found:
+            return Availability(False, f"command {exe!r} not found or not executable; fix `command` in backout.toml")
+        if self.settings.check:
+            check = self._argv(self.settings.check, version)
+            try:
+                out = subprocess.run(check, env=self._env(), capture_output=True, text=True, timeout=60,
+                                     cwd=self.settings.workdir or None)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                return Availability(False, f"check command {shlex.join(check)} failed to run: {exc}")
+            if out.returncode != 0:
+                said = (out.stderr or out.stdout).strip().splitlines()
+                return Availability(False, f"{shlex.join(check)} says no: {said[-1] if said else 'exit ' + str(out.returncode)}")
+        return Availability(True, f"{exe} resolves to {found}")
+
+    def _env(self) -> dict[str, str]:
+        base = {k: v for k, v in os.environ.items() if k in _PASSED_THROUGH or k.startswith("LC_")}
+        return service_env(base, self.settings)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def _refuse_if_taken(self) -> None:
+        port = self.settings.port
+        if port:
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    raise RuntimeFailure(f"port {port} is already in use by another process; stop it or change "
+                                         "`port` in backout.toml", EXIT_REFUSED) from None
+        if self.brain.exists():
+            holders = lock_holders(self.brain)
+            if holders:
+                raise RuntimeFailure(f"the brain {self.brain} is already open by process {', '.join(map(str, holders))};"
+                                     " another instance is running: stop it first", EXIT_REFUSED)
+
+    def start(self, version: str) -> None:
+        """Launch `version` in its own session; returns at once (see wait_healthy)."""
+        current = self.current()
+        if current.running:
+            raise RuntimeFailure(f"{current.version} is still running (pid {current.ident}); stop it first", EXIT_REFUSED)
+        self._refuse_if_taken()
+        argv = self._argv(self.settings.command, version)
+        ensure_private_dir(self.state)
+        self.started_at = datetime.now(timezone.utc)
+        started_at = self.started_at.isoformat(timespec="milliseconds")
+        with open(self.log_file, "ab") as log:
+            os.chmod(self.log_file, 0o600)
+            log.write(f"--- backout: starting {version} at {started_at}\n".encode())
+            log.flush()
+            self.exit_file.unlink(missing_ok=True)
+            supervised = [sys.executable, "-m", "backout.runtime.supervise", str(self.exit_file), "--", *argv]
+            try:
+                child = subprocess.Popen(supervised, env=self._env(), stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         cwd=self.settings.workdir or None)
+            except OSError as exc:
+                raise RuntimeFailure(f"cannot start {argv[0]!r}: {exc.strerror}", EXIT_USAGE) from None
+        self._child = child
+        atomic_write_json(self.pid_file, {"pid": child.pid, "pgid": child.pid, "version": version,
+                                          "start_time": _proc_start_time(child.pid), "started_at": started_at,
+                                          "argv": list(argv)})
+
+    def exited(self) -> int | None:
+        """The service's exit code once it has died (recorded by its supervisor), else None."""
+        if self._child is not None:
+            if self._child.poll() is None:
+                return None
+        else:
+            rec = self._record()
+            if rec is None or _alive(int(rec["pid"]), rec.get("start_time")):
+                return None
+        code = self._exit_code()
+        return code if code is not None else -1
+
+    def _exit_code(self) -> int | None:
+        try:
+            return int(json.loads(self.exit_file.read_text())["code"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def stop(self, drain_timeout: float) -> StopResult:
+        """SIGTERM to the whole group, wait for the drain, SIGKILL the group at the deadline."""
+        rec = self._record()
+        start = time.monotonic()
+        if rec is None or not _alive(int(rec["pid"]), rec.get("start_time")):
+            self._forget()
+            return StopResult(False, True, 0.0, None, "nothing was running")
+        pid, pgid = int(rec["pid"]), int(rec["pgid"])
+        self._signal_group(pgid, signal.SIGTERM)
+        deadline = start + drain_timeout
+        while time.monotonic() < deadline and (_alive(pid, rec.get("start_time")) or _group_alive(pgid)):
+            time.sleep(0.05)
+        forced = _alive(pid, rec.get("start_time")) or _group_alive(pgid)
+        if forced:
+            self._signal_group(pgid, signal.SIGKILL)
+            while _group_alive(pgid) and time.monotonic() < deadline + 10:
+                time.sleep(0.05)
+        code = self._reap()
+        seconds = time.monotonic() - start
+        self._forget()
+        if forced:
+            return StopResult(True, False, seconds, code,
+                              f"still running at the {drain_timeout:g}s drain deadline: killed (SIGKILL); "
+                              "in-flight work was lost")
+        clean = code is None or code in CLEAN_EXIT_CODES
+        detail = "drained and exited" + (f" with code {code}" if code is not None else "")
+        return StopResult(True, clean, seconds, code, detail if clean else f"exited with code {code} after SIGTERM")
+
+    def _signal_group(self, pgid: int, sig: int) -> None:
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _reap(self) -> int | None:
+        if self._child is not None:
+            try:
+                self._child.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        return self._exit_code()  # the service's own code, from its supervisor
+
+    def _forget(self) -> None:
+        self.pid_file.unlink(missing_ok=True)
+        self._child = None
+
+    def migrate(self, version: str) -> list[str] | None:
+        """Run the migrate template to completion, its output appended to the service log."""
+        if not self.settings.migrate:
+            return None
+        argv = self._argv(self.settings.migrate, version)
+        ensure_private_dir(self.state)
+        try:
+            out = subprocess.run(argv, env=self._env(), capture_output=True, text=True,
+                                 cwd=self.settings.workdir or None, timeout=3600)
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot run migrate command {argv[0]!r}: {exc.strerror}", EXIT_USAGE) from None
+        lines = (out.stdout + out.stderr).splitlines()
+        with open(self.log_file, "a", encoding="utf-8") as log:
+            log.write(f"--- backout: migrate for {version}: {shlex.join(argv)} (exit {out.returncode})\n")
+            log.writelines(line + "\n" for line in lines)
+        if out.returncode != 0:
+            raise RuntimeFailure(f"migrate for {version} failed with exit code {out.returncode}", log_tail=lines[-20:])
+        return lines
+
+    def logs(self, since: datetime | None = None, tail: int | None = None) -> list[str]:
+        """Lines of the service log, optionally only those since a time or the last `tail`."""
+        try:
+            lines = self.log_file.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return []
+        if since is not None:
+            lines = _since(lines, since)
+        return lines[-tail:] if tail else lines
+
+
+def _since(lines: list[str], since: datetime) -> list[str]:
+    """Lines from the first one stamped at or after `since` (JSON `ts`/`timestamp`, or a start marker)."""
+    for index, line in enumerate(lines):
+        stamp = _line_time(line)
+        if stamp is not None and stamp >= since:
+            return lines[index:]
+    return []
+
+
+def _line_time(line: str) -> datetime | None:
+    text = None
+    if line.startswith("{"):
+        try:
+            record = json.loads(line)
+            text = record.get("ts") or record.get("timestamp") or record.get("time")
+        except ValueError:
+            return None
+    elif line.startswith("--- backout: ") and " at " in line:
+        text = line.rsplit(" at ", 1)[1]
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)

@@ -1,0 +1,1 @@
+"""Signals about a running version: health, errors and latency, regression evals; the verdict."""

@@ -1,0 +1,143 @@
+"""The process runtime, init, switch, stop, status and history, with the real Engine on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from backout_cli import backout, backout_json
+from engine_proc import DEFAULT_KEY, free_port
+
+BIN = Path(sys.executable).parent
+ENV = {"ENGINE_API_KEY": DEFAULT_KEY}
+
+
+def _init(folder: Path, port: int, extra: list[str] | None = None, command: str | None = None) -> Path:
+    command = command or f"{BIN}/engine serve --release {{version}} --brain {{brain}} --port {{port}}"
+    out = backout("init", "--runtime", "process", "--command", command,
+                  "--check", f"{BIN}/engine releases --changelog {{version}}", "--port", str(port),
+                  "--brain", "brain.sqlite", "--health-url", f"http://127.0.0.1:{port}/health",
+                  "--pass-env", "ENGINE_API_KEY", "--env", "ENGINE_TURN_MS=20", *(extra or []), cwd=folder)
+    assert out.returncode == 0, out.stderr
+    return folder / "backout.toml"
+
+
+def _set(config: Path, key: str, value: str) -> None:
+    text = config.read_text()
+    config.write_text(text.replace(f'{key} = "30s"', f'{key} = {value}').replace(f'{key} = "60s"', f'{key} = {value}'))
+
+
+@pytest.fixture
+def deployment(tmp_path: Path):  # type: ignore[no-untyped-def]
+    config = _init(tmp_path, free_port())
+    yield config
+    backout("stop", "--yes", "--config", str(config), env=ENV)
+
+
+def test_switch_paths_status_and_history(deployment: Path) -> None:
+    cfg = ["--config", str(deployment)]
+    for version in ["2.3.0", "2.3.1", "2.3.0", "2.4.0"]:
+        result = backout_json("switch", version, "--yes", *cfg, env=ENV)
+        assert result["healthy"], result
+    assert result["schema_before"]["head"] == "2" and result["schema_after"]["head"] == "4"  # 2.4.0 migrated
+    assert result["drain"]["clean"] and result["drain"]["exit_code"] == 0
+
+    started = time.monotonic()
+    out = backout("switch", "2.3.1", "--yes", *cfg, env=ENV)
+    assert out.returncode == 1
+    assert "MIGRATION_REQUIRED" in out.stdout and time.monotonic() - started < 15  # quickly, no hang
+    assert "2.3.1" in out.stdout and "cannot read" in out.stdout  # the Engine's own log line explains
+
+    status = backout_json("status", *cfg, env=ENV)
+    assert status["running"]["version"] == "2.3.1" and not status["health"]["ok"]
+    assert status["snapshots"]["stale"] and status["restore_point"] is None
+    history = backout_json("history", *cfg)
+    assert [(h["from_version"], h["to_version"], h["outcome"]) for h in history] == [
+        (None, "2.3.0", "ok"), ("2.3.0", "2.3.1", "ok"), ("2.3.1", "2.3.0", "ok"), ("2.3.0", "2.4.0", "ok"),
+        ("2.4.0", "2.3.1", "failed")]
+    stopped = backout_json("stop", "--yes", *cfg, env=ENV)
+    assert stopped["clean"]
+    assert backout_json("history", *cfg)[-1]["kind"] == "stop"
+
+
+def test_unknown_version_is_refused_before_anything_stops(deployment: Path) -> None:
+    cfg = ["--config", str(deployment)]
+    backout_json("switch", "2.3.1", "--yes", *cfg, env=ENV)
+    out = backout("switch", "9.9.9", "--yes", *cfg, env=ENV)
+    assert out.returncode == 3 and "not available" in out.stderr and "nothing was stopped" in out.stderr
+    assert backout_json("status", *cfg, env=ENV)["health"]["ok"]  # 2.3.1 still serves
+
+
+def test_dry_run_shows_commands_and_changes_nothing(deployment: Path) -> None:
+    plan = backout_json("switch", "2.3.1", "--dry-run", *["--config", str(deployment)], env=ENV)
+    assert plan["dry_run"] and plan["commands"][-1]["argv"][1:4] == ["serve", "--release", "2.3.1"]
+    assert "ENGINE_API_KEY" in plan["commands"][-1]["env"] and DEFAULT_KEY not in json.dumps(plan)
+    assert backout_json("history", "--config", str(deployment)) == []
+
+
+def test_crash_at_boot_is_reported_with_its_log_lines(deployment: Path) -> None:
+    started = time.monotonic()
+    result = json.loads(backout("switch", "2.4.0-crash", "--yes", "--json", "--config", str(deployment), env=ENV).stdout)
+    assert not result["healthy"] and "exited with code 70" in result["health"]["reason"]
+    assert any("BOOT_CRASH" in line for line in result["health"]["log_tail"])
+    assert time.monotonic() - started < 20  # reported, not a boot timeout
+
+
+def test_drain_ignoring_build_is_killed_at_the_deadline(deployment: Path) -> None:
+    _set(deployment, "drain_timeout", '"2s"')
+    cfg = ["--config", str(deployment)]
+    assert backout_json("switch", "2.4.0-drain", "--yes", *cfg, env=ENV)["healthy"]
+    out = backout("stop", "--yes", "--json", *cfg, env=ENV)
+    assert out.returncode == 1
+    result = json.loads(out.stdout)
+    assert result["stopped"] and not result["clean"] and "SIGKILL" in result["detail"]
+    assert 2 <= result["seconds"] < 8
+
+
+def test_port_in_use_is_refused(deployment: Path, tmp_path: Path) -> None:
+    port = int(deployment.read_text().split("port = ")[1].split()[0])
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        out = backout("switch", "2.3.1", "--yes", "--json", "--config", str(deployment), env=ENV)
+    assert out.returncode == 1 and "already in use" in json.loads(out.stdout)["health"]["reason"]
+
+
+def test_stop_leaves_no_orphans(tmp_path: Path) -> None:
+    """A service that spawns a helper process: the whole group goes."""
+    port = free_port()
+    marker = tmp_path / "helper.pid"
+    command = (f"sh -c 'sleep 600 & echo $! > {marker}; exec {BIN}/engine serve --release {{version}} "
+               f"--brain {{brain}} --port {{port}}'")
+    config = _init(tmp_path, port, command=command)
+    assert backout_json("switch", "2.3.1", "--yes", "--config", str(config), env=ENV)["healthy"]
+    helper = int(marker.read_text())
+    assert backout_json("stop", "--yes", "--config", str(config), env=ENV)["stopped"]
+    time.sleep(0.2)
+    state = Path(f"/proc/{helper}/stat")
+    assert not state.exists() or state.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_missing_secret_and_malformed_config(tmp_path: Path) -> None:
+    config = _init(tmp_path, free_port())
+    out = backout("switch", "2.3.1", "--yes", "--json", "--config", str(config), env={})
+    assert out.returncode == 2 and "ENGINE_API_KEY is not set" in out.stderr  # before anything starts
+    config.write_text(config.read_text().replace('runtime = "process"', 'runtime = "kubernetes"'))
+    out = backout("status", "--config", str(config))
+    assert out.returncode == 2 and "deployments.engine.runtime" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_secret_never_written_to_config_or_history(deployment: Path) -> None:
+    canary = "bko_canary_" + os.urandom(8).hex()
+    env = {"ENGINE_API_KEY": canary}
+    assert backout_json("switch", "2.3.1", "--yes", "--config", str(deployment), env=env)["healthy"]
+    for path in deployment.parent.rglob("*"):
+        if path.is_file() and path.suffix in (".toml", ".json", ".jsonl", ".log"):
+            assert canary not in path.read_text(errors="replace"), path
