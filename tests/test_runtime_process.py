@@ -141,3 +141,16 @@ def test_secret_never_written_to_config_or_history(deployment: Path) -> None:
     for path in deployment.parent.rglob("*"):
         if path.is_file() and path.suffix in (".toml", ".json", ".jsonl", ".log"):
             assert canary not in path.read_text(errors="replace"), path
+
+
+def test_restore_asks_the_runtime_and_prune_keeps_the_restore_point(deployment: Path) -> None:
+    from backout.history import RestorePoint, save_restore_point
+
+    cfg = ["--config", str(deployment)]
+    assert backout_json("switch", "2.3.1", "--yes", *cfg, env=ENV)["healthy"]
+    ids = [backout_json("snapshot", "create", *cfg, env=ENV)["id"] for _ in range(3)]
+    out = backout("snapshot", "restore", ids[-1], "--yes", *cfg, env=ENV)
+    assert out.returncode == 3 and "is running 2.3.1" in out.stderr and "backout stop" in out.stderr
+    save_restore_point(deployment.parent / ".backout", RestorePoint("engine", "2.3.1", ids[0], {}, ""))
+    plan = backout_json("snapshot", "prune", "--keep-last", "1", "--dry-run", *cfg)
+    assert plan["keep"][ids[0]] == "restore point" and plan["delete"] == [ids[1]]

@@ -15,7 +15,8 @@ from backout.brain.snapshot import create_snapshot, verify_snapshot
 from backout.cli.common import (BrainOpt, ConfigOpt, DeploymentOpt, DryRunOpt, IntoOpt, JsonOpt, YesOpt, confirm,
                                 emit_json, handle_errors, human_age, human_bytes, progress_bar, target_from)
 from backout.config import Target
-from backout.errors import EXIT_FAILED
+from backout.errors import EXIT_FAILED, EXIT_REFUSED
+from backout.history import load_restore_point
 
 __all__ = ["app"]
 
@@ -213,7 +214,8 @@ def prune(
     target = target_from(config, deployment, brain, into)
     store = _store(target)
     manifests = [m for m in store.manifests() if isinstance(m, Manifest)]
-    plan = plan_prune(manifests, keep_last or target.keep_last)
+    point = load_restore_point(target.state_dir, target.deployment)
+    plan = plan_prune(manifests, keep_last or target.keep_last, {point.snapshot_id} if point else set())
     if as_json and (dry_run or not plan.delete):
         emit_json({**plan.to_dict(), "dry_run": dry_run})
         return
@@ -229,6 +231,18 @@ def prune(
     for sid in plan.delete:
         store.remove(sid)
     emit_json({**plan.to_dict(), "dry_run": False}) if as_json else typer.echo(f"deleted {len(plan.delete)} snapshot(s)")
+
+
+def _refuse_if_runtime_runs(target: Target, service_stopped: bool) -> None:
+    """With a configured runtime, ask it (the lock probe alone cannot see into every container)."""
+    if service_stopped or target.settings is None or target.settings.runtime is None:
+        return
+    from backout.runtime.factory import runtime_for
+
+    current = runtime_for(target).current()
+    if current.running:
+        raise SnapshotError(f"{target.deployment} is running {current.version} ({current.ident}): stop it first "
+                            "(`backout stop`), or use `backout rollback`, which drains it for you", EXIT_REFUSED)
 
 
 @app.command()
@@ -262,6 +276,8 @@ def restore(
         emit_json({"dry_run": True, "steps": steps}) if as_json else typer.echo("\n".join(f"{i+1}. {s}" for i, s in enumerate(steps)))
         return
     confirm(f"replace {target.brain} with snapshot {snapshot_id} (the current brain goes to quarantine)?", yes)
+    with handle_errors():
+        _refuse_if_runtime_runs(target, service_stopped)
     with handle_errors(), progress_bar(not as_json) as bar:
         result = restore_snapshot(req, bar)
     if as_json:
