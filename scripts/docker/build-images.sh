@@ -123,8 +123,12 @@ install -m 0755 "$ROOT/docker/engine/entrypoint.sh" "$ctx/entrypoint.sh"
 
 # Project wheel: rebuilt only when the sources change (key = hash of what goes into the wheel).
 src_files() {
-  (cd "$ROOT" && find pyproject.toml README.md LICENSE* src -type f \
-      -not -path '*/__pycache__/*' -not -path '*.egg-info/*' -not -name '*.pyc' 2>/dev/null | LC_ALL=C sort)
+  (cd "$ROOT" && {
+    for f in pyproject.toml setup.cfg setup.py MANIFEST.in README.md LICENSE LICENSE.txt; do
+      if [ -f "$f" ]; then echo "$f"; fi
+    done
+    find src -type f -not -path '*/__pycache__/*' -not -path '*.egg-info/*' -not -name '*.pyc'
+  } | LC_ALL=C sort)
 }
 app_key="$(cd "$ROOT" && src_files | xargs -d '\n' sha256sum | sha256sum | cut -c1-64)"
 if [ "$(cat "$ctx/app/.key" 2>/dev/null)" != "$app_key" ] || ! ls "$ctx"/app/*.whl >/dev/null 2>&1; then
@@ -135,7 +139,7 @@ if [ "$(cat "$ctx/app/.key" 2>/dev/null)" != "$app_key" ] || ! ls "$ctx"/app/*.w
   # A copy of the tree: no stale build/ or egg-info from the checkout ends up in the wheel, and
   # the checkout is left untouched. SOURCE_DATE_EPOCH: the same sources give the same bytes.
   SOURCE_DATE_EPOCH=315532800 "$VENV/bin/pip" wheel --quiet --disable-pip-version-check \
-    --no-deps --wheel-dir "$ctx/app" "$stage" >&2
+    --no-deps --wheel-dir "$ctx/app" "$stage" 2>&1 | quiet_pip >&2
   rm -rf "$stage"
   echo "$app_key" > "$ctx/app/.key"
 fi
@@ -145,7 +149,7 @@ fi
 constraints="$ctx/constraints.txt"
 "$VENV/bin/pip" freeze --exclude-editable --disable-pip-version-check 2>/dev/null \
   | grep -vE '^(#|-e |backout([=@ ]|$))' > "$constraints" || true
-app_whl="$(ls "$ctx"/app/*.whl | head -n 1)"
+app_whl="$(find "$ctx/app" -maxdepth 1 -name "*.whl" | head -n 1)"
 requires="$("$VENV/bin/python" - "$app_whl" <<'PY'
 import sys, zipfile
 with zipfile.ZipFile(sys.argv[1]) as z:
@@ -157,16 +161,21 @@ deps_key="$(printf '%s\n%s\n' "$(cat "$constraints")" "$requires" | sha256sum | 
 if [ "$(cat "$ctx/deps/.key" 2>/dev/null)" != "$deps_key" ]; then
   log "downloading dependency wheels (cp311, manylinux x86_64)"
   rm -f "$ctx"/deps/*.whl
+  # pip does not widen --platform to older manylinux tags by itself: list glibc 2.36 down to 2.5.
+  platforms=()
+  for minor in $(seq 36 -1 5); do platforms+=(--platform "manylinux_2_${minor}_x86_64"); done
+  platforms+=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64)
   "$VENV/bin/pip" download --quiet --disable-pip-version-check \
     --only-binary :all: --implementation cp --python-version 3.11 --abi cp311 --abi abi3 --abi none \
-    --platform manylinux_2_36_x86_64 \
-    --constraint "$constraints" --dest "$ctx/deps" "$app_whl" >&2
+    "${platforms[@]}" \
+    --constraint "$constraints" --dest "$ctx/deps" "$app_whl" 2>&1 | quiet_pip >&2
   rm -f "$ctx"/deps/backout-*.whl
   echo "$deps_key" > "$ctx/deps/.key"
 fi
 
 # --- 3. the application image -------------------------------------------------------------------
 log "docker build $APP_IMAGE"
+# (--quiet, and stderr kept aside: docker CLI 23+ warns on every classic build that it is deprecated)
 if ! docker build --quiet --network none ${no_cache[@]+"${no_cache[@]}"} -t "$APP_IMAGE" "$ctx" >/dev/null 2> "$ctx/build.log"; then
   cat "$ctx/build.log" >&2
   docker build --network none -t "$APP_IMAGE" "$ctx" >&2 || true   # shows the failing step
@@ -189,7 +198,8 @@ for line in "${releases[@]}"; do
   version="${line%% *}"; head="${line#* }"
   docker build --quiet --network none \
     --build-arg ENGINE_RELEASE="$version" --build-arg ENGINE_MIGRATION_HEAD="$head" \
-    -t "engine:$version" - < "$ROOT/docker/engine/release.Dockerfile" >/dev/null
+    -t "engine:$version" - < "$ROOT/docker/engine/release.Dockerfile" >/dev/null 2> "$ctx/build.log" \
+    || { cat "$ctx/build.log" >&2; die "building engine:$version failed"; }
   built+=("engine:$version")
   if [ "$push" = 1 ]; then
     docker tag "engine:$version" "$registry/engine:$version"

