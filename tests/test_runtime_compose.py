@@ -191,3 +191,14 @@ def test_image_pulled_from_the_registry_when_not_local(tmp_path, docker_env) -> 
         subprocess.run(["docker", "compose", "-p", folder.name, "-f", str(folder / "compose.yml"), "down", "-v",
                         "--timeout", "5"], env=env, capture_output=True)
         subprocess.run(["docker", "rmi", "-f", f"{repo}:2.3.1"], env=env, capture_output=True)
+
+
+def test_compose_migrate_runs_in_a_one_off_container(project, docker_env) -> None:  # type: ignore[no-untyped-def]
+    folder, _ = project
+    config = _init(folder, docker_env, "--migrate", "engine migrate --release {version} --brain /data/brain.sqlite")
+    cfg = ["--config", str(config)]
+    assert backout_json("switch", "2.3.1", "--yes", *cfg, env=docker_env)["healthy"]
+    plan = backout_json("switch", "2.4.0", "--dry-run", *cfg, env=docker_env)
+    assert any(c["argv"][6:9] == ["run", "--rm", "--no-deps"] for c in plan["commands"])
+    result = backout_json("switch", "2.4.0", "--yes", *cfg, env=docker_env)
+    assert result["healthy"] and result["migrated"] and result["schema_after"]["head"] == "4"

@@ -154,3 +154,20 @@ def test_restore_asks_the_runtime_and_prune_keeps_the_restore_point(deployment: 
     save_restore_point(deployment.parent / ".backout", RestorePoint("engine", "2.3.1", ids[0], {}, ""))
     plan = backout_json("snapshot", "prune", "--keep-last", "1", "--dry-run", *cfg)
     assert plan["keep"][ids[0]] == "restore point" and plan["delete"] == [ids[1]]
+
+
+def test_migrate_step_runs_between_stop_and_start(tmp_path: Path) -> None:
+    port = free_port()
+    config = _init(tmp_path, port, extra=["--migrate", f"{BIN}/engine migrate --release {{version}} --brain {{brain}}"])
+    cfg = ["--config", str(config)]
+    env = {**ENV}
+    assert backout_json("switch", "2.3.1", "--yes", *cfg, env=env)["healthy"]
+    result = backout_json("switch", "2.4.0", "--yes", *cfg, env=env)
+    assert result["healthy"] and result["migrated"] and result["schema_after"]["head"] == "4"
+    log = next(tmp_path.rglob("service.log")).read_text()
+    assert "--- backout: migrate for 2.4.0" in log and '"applied": [3, 4]' in log
+    out = backout("switch", "2.3.1", "--yes", "--json", *cfg, env=env)  # its migrate refuses the newer brain
+    assert out.returncode == 1
+    reason = json.loads(out.stdout)["health"]
+    assert "migrate for 2.3.1 failed" in reason["reason"] and any("MIGRATION_REQUIRED" in l for l in reason["log_tail"])
+    backout("stop", "--yes", *cfg, env=env)

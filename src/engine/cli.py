@@ -97,6 +97,36 @@ def _drain_timeout(flag: float | None, env_value: str | None) -> float:
 
 
 @app.command()
+def migrate(
+    release: str = typer.Option(..., "--release", help="Release whose migrations to apply."),
+    brain: Optional[Path] = typer.Option(None, "--brain", help="Brain file (default: $SQLITE_DB_PATH)."),
+) -> None:
+    """Apply the release's migrations to the brain and exit (what `serve` does at start-up).
+
+    Exit 0 when the release can serve on the brain afterwards, 1 when it refuses (MIGRATION_*)."""
+    from engine.brain import open_connection
+    from engine.schema import migrate as apply_migrations
+    from engine.serve import check_brain_path
+
+    try:
+        rel = get_release(release)
+        path = Path(brain or os.environ.get("SQLITE_DB_PATH") or "/data/brain.sqlite").absolute()
+        check_brain_path(path)
+    except (UnknownRelease, SettingsError) as exc:
+        fail(str(exc.args[0]))
+    conn = open_connection(path)
+    try:
+        state = apply_migrations(conn, rel)
+    finally:
+        conn.close()
+    typer.echo(json.dumps({"release": rel.version, "status": state.status, "head": state.head,
+                           "applied": list(state.applied), "message": state.message}))
+    if not state.ok:
+        typer.echo(f"engine: error: {state.message} ({state.status})", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
 def releases(
     as_json: bool = typer.Option(False, "--json", help="Print the catalogue as JSON."),
     changelog: Optional[str] = typer.Option(None, "--changelog", metavar="VERSION",
