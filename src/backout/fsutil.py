@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ __all__ = [
     "start_writeback",
     "background_priority",
     "run_at_background_priority",
+    "at_background_priority",
 ]
 
 T = TypeVar("T")
@@ -207,3 +209,13 @@ def run_at_background_priority(fn: Callable[[], T]) -> T:
     if error:
         raise error[0]
     return result[0]
+
+
+def at_background_priority(fn: Callable[..., T]) -> Callable[..., T]:
+    """Decorator: the function runs in a low-priority thread (see run_at_background_priority)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        return run_at_background_priority(lambda: fn(*args, **kwargs))
+
+    return wrapper

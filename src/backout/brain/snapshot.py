@@ -22,7 +22,7 @@ from backout.brain.manifest import FORMAT, Manifest, SnapshotError, SnapshotStor
 from backout.brain.schema import stamp
 from backout.brain.tables import connect_readonly, table_marks
 from backout.errors import EXIT_ENVIRONMENT, EXIT_USAGE
-from backout.fsutil import background_priority, copy_fd, run_at_background_priority, create_private, describe_os_error, free_bytes, fsync_dir, sha256_file
+from backout.fsutil import at_background_priority, background_priority, copy_fd, create_private, describe_os_error, free_bytes, fsync_dir, sha256_file
 from backout.progress import NO_PROGRESS, Progress
 
 __all__ = ["VerifyReport", "check_is_sqlite", "create_snapshot", "verify_snapshot", "SIDE_CARS"]
@@ -140,6 +140,7 @@ def _cleanup(tmp: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+@at_background_priority
 def create_snapshot(
     store: SnapshotStore,
     source: Path,
@@ -152,21 +153,7 @@ def create_snapshot(
 ) -> Manifest:
     """Take an online snapshot of `source`, verify it, and record its manifest.
 
-    The work runs at low CPU and I/O priority so the service keeps its latency meanwhile."""
-    return run_at_background_priority(lambda: _create(store, source, deployment, label=label, pin=pin,
-                                                      version=version, progress=progress))
-
-
-def _create(
-    store: SnapshotStore,
-    source: Path,
-    deployment: str,
-    *,
-    label: str | None = None,
-    pin: bool = False,
-    version: str | None = None,
-    progress: Progress = NO_PROGRESS,
-) -> Manifest:
+    Runs at low CPU and I/O priority so the service keeps its latency meanwhile."""
     check_is_sqlite(source)
     store.ensure()
     wal = source.with_name(source.name + "-wal")
