@@ -98,6 +98,44 @@ class ComposeSettings(Secrets):
     migrate: str | None = None  # command run in a one-off container of the new image
 
 
+class EvalSettings(_Model):
+    """The regression evals: a command that writes JUnit XML or JSON results to {out}."""
+
+    command: str  # e.g. "engine eval --url {url} --json {out}"; placeholders {url} {out} {version}
+    format: Literal["auto", "junit", "json"] = "auto"
+    timeout: Duration = timedelta(minutes=10)
+    pass_env: list[str] = []  # secrets the eval command needs, by name
+
+
+class VerdictSettings(_Model):
+    """How the rollback verdict is computed (thresholds default to the runbook's)."""
+
+    source: Literal["logs", "scrape", "prometheus"] = "logs"
+    scrape_url: str | None = None  # for source = "scrape", e.g. http://127.0.0.1:8000/metrics
+    scrape_key_env: str | None = None  # env var holding the key for the scrape (sent as X-Engine-Key)
+    prometheus_url: str | None = None  # for source = "prometheus"
+    path: str = "/execute"  # which requests count
+    health_failures: int = Field(3, ge=1)
+    health_duration: Duration = timedelta(minutes=3)
+    window: Duration = timedelta(seconds=60)
+    min_requests: int = Field(30, ge=1)
+    alpha: float = Field(0.01, gt=0, lt=1)
+    error_ratio: float = Field(2.0, ge=1)
+    error_floor: float = Field(0.02, ge=0)
+    latency_ratio: float = Field(1.5, ge=1)
+    sustained_windows: int = Field(2, ge=1)
+    local_share: float = Field(0.8, gt=0, le=1)
+    tie_breaker: Literal["roll-back", "hold"] = "roll-back"
+    baseline_window: Duration = timedelta(minutes=10)  # how much history a baseline captures
+
+
+class ExpectedChange(_Model):
+    """What a version announces will change (not counted against it)."""
+
+    metrics: list[Literal["errors", "latency"]] = []
+    eval_cases: list[str] = []
+
+
 class Deployment(_Model):
     """One service that backout manages."""
 
@@ -112,6 +150,10 @@ class Deployment(_Model):
     compose: ComposeSettings | None = None
     snapshots: SnapshotSettings = SnapshotSettings()
     salvage: SalvageSettings = SalvageSettings()
+    verdict: VerdictSettings = VerdictSettings()
+    evals: EvalSettings | None = None
+    expected_changes: dict[str, ExpectedChange] = {}  # version -> announced changes
+    changelog_command: str | None = None  # prints a version's changelog JSON, e.g. "engine releases --changelog {version} --json"
 
     @model_validator(mode="after")
     def _runtime_has_settings(self) -> "Deployment":
