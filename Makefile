@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup quickstart test docker bench clean
+.PHONY: setup quickstart test docker bench bench-detection clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ docker: $(STAMP)
 # Benchmarks against cp+sync and sqlite3 .backup; results go to bench/RESULTS.md (not part of the tests).
 bench: $(STAMP)
 	$(BIN)/python bench/bench_brain.py
+
+# Time from a switch to a broken build until `backout check` says roll-back (about 15 minutes).
+bench-detection: $(STAMP)
+	$(BIN)/python bench/bench_detection.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

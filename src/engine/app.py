@@ -206,11 +206,21 @@ async def memory_import(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    """GET /metrics: Prometheus text format."""
+    """GET /metrics: Prometheus text format; the key as X-Engine-Key or `Authorization: Bearer`."""
     core = _core(request)
-    if not core.settings.key_matches(request.headers.get("x-engine-key")):
-        raise EngineError(401, "INVALID_KEY", "missing or wrong X-Engine-Key header")
+    # Prometheus servers that cannot send custom headers (e.g. 2.42) send the key as a bearer token.
+    if not (core.settings.key_matches(request.headers.get("x-engine-key"))
+            or core.settings.key_matches(_bearer(request))):
+        raise EngineError(401, "INVALID_KEY", "missing or wrong X-Engine-Key header (or Authorization: Bearer)")
     return Response(core.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def _bearer(request: Request) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, if there is one."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
 
 
 class AccessLog:

@@ -41,7 +41,7 @@ def root(
 
 def _register() -> None:
     """Attach the command groups (imported here so `backout --version` stays fast)."""
-    from backout.cli import deploy, history, init, salvage, schema, snapshot, status
+    from backout.cli import check, deploy, history, init, salvage, schema, snapshot, status
 
     app.add_typer(snapshot.app, name="snapshot")
     app.add_typer(schema.app, name="schema", help="Schema stamps and diffs: can an older version read this brain?")
@@ -51,6 +51,8 @@ def _register() -> None:
     app.command("history")(history.history)
     app.command("switch")(deploy.switch)
     app.command("stop")(deploy.stop)
+    app.command("check")(check.check)
+    app.add_typer(check.baseline_app, name="baseline")
 
 
 _register()

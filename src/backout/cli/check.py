@@ -1,0 +1,79 @@
+"""`backout check` (the rollback verdict, with its evidence) and `backout baseline`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from backout.cli.common import ConfigOpt, DeploymentOpt, JsonOpt, emit_json, handle_errors, target_from
+from backout.flows.check import capture_baseline, check as compute, state_files
+from backout.runtime.factory import runtime_for
+
+__all__ = ["check", "baseline_app", "EXIT_HOLD", "EXIT_ROLL_BACK", "EXIT_INCONCLUSIVE"]
+
+EXIT_HOLD, EXIT_ROLL_BACK, EXIT_INCONCLUSIVE = 0, 3, 4
+_EXIT = {"hold": EXIT_HOLD, "roll-back": EXIT_ROLL_BACK, "inconclusive": EXIT_INCONCLUSIVE}
+
+
+def check(
+    customer_report: Optional[str] = typer.Option(None, "--customer-report", metavar="TEXT",
+                                                  help="Record a customer report first (counts as confirmed breakage)."),
+    no_evals: bool = typer.Option(False, "--no-evals", help="Skip running the regression evals this time."),
+    as_json: bool = JsonOpt,
+    config: Optional[Path] = ConfigOpt,
+    deployment: Optional[str] = DeploymentOpt,
+) -> None:
+    """Compute the rollback verdict now against the stored baseline, with the evidence.
+
+    Exit codes: 0 hold, 3 roll-back, 4 inconclusive (not enough data yet), 2 usage or config error."""
+    target = target_from(config, deployment, None)
+    with handle_errors():
+        verdict = compute(target, runtime_for(target), not no_evals, customer_report)
+    if as_json:
+        emit_json(verdict.to_dict())
+    else:
+        typer.echo(f"{'SIGNAL':<9} {'BASELINE':<26} {'NOW':<26} {'TEST':<34} VERDICT")
+        for row in verdict.evidence:
+            typer.echo(f"{row.signal:<9} {row.baseline[:26]:<26} {row.now[:26]:<26} {row.test[:34]:<34} {row.verdict}")
+        typer.echo(f"\nverdict: {verdict.decision.upper()} — {verdict.reason}")
+        if verdict.needs_seconds:
+            typer.echo(f"needs about {verdict.needs_seconds:.0f}s more traffic")
+    raise typer.Exit(_EXIT[verdict.decision])
+
+
+baseline_app = typer.Typer(help="The good version's requests, health and evals, to compare against.",
+                           no_args_is_help=True)
+
+
+@baseline_app.command("capture")
+def capture(
+    no_evals: bool = typer.Option(False, "--no-evals", help="Do not run the regression evals."),
+    as_json: bool = JsonOpt,
+    config: Optional[Path] = ConfigOpt,
+    deployment: Optional[str] = DeploymentOpt,
+) -> None:
+    """Record the running version's recent requests, health and eval results as the baseline."""
+    target = target_from(config, deployment, None)
+    with handle_errors():
+        baseline = capture_baseline(target, runtime_for(target), not no_evals)
+    summary = baseline.summary()
+    if as_json:
+        emit_json(summary)
+    else:
+        typer.echo(f"baseline of {summary['version']}: {summary['requests']} requests, error rate "
+                   f"{summary['error_rate']}, p95 {summary['p95_ms']} ms, healthy {summary['healthy']}, "
+                   f"eval cases {summary['eval_cases']} (failing: {summary['eval_failing']})")
+
+
+@baseline_app.command("show")
+def show(as_json: bool = JsonOpt, config: Optional[Path] = ConfigOpt,
+         deployment: Optional[str] = DeploymentOpt) -> None:
+    """Show the stored baseline."""
+    target = target_from(config, deployment, None)
+    baseline = state_files(target).load_baseline()
+    if baseline is None:
+        typer.echo("no baseline recorded (backout baseline capture)")
+        raise typer.Exit(2)
+    emit_json(baseline.summary()) if as_json else typer.echo(str(baseline.summary()))

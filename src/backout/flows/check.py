@@ -1,0 +1,146 @@
+"""Check: gather what is known now (against the stored baseline) and compute the verdict."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from backout.config import Deployment, Target
+from backout.errors import EXIT_USAGE, BackoutError
+from backout.history import History, deployment_state
+from backout.runtime.base import Runtime
+from backout.signals.baseline import Baseline, StateFiles
+from backout.signals.decide import decide
+from backout.signals.evals import run_evals
+from backout.signals.health import probe
+from backout.signals.model import ExpectedChanges, HealthSample, Observations, Policy, RequestSample, Verdict
+
+__all__ = ["base_url", "capture_baseline", "check", "expected_changes", "observe", "policy_of", "request_samples"]
+
+
+def state_files(target: Target) -> StateFiles:
+    """The verdict's files of this deployment."""
+    return StateFiles(deployment_state(target.state_dir, target.deployment) / "signals")
+
+
+def base_url(target: Target) -> str:
+    """The service's base URL, from its health URL."""
+    url = target.health_url or ""
+    return url[: -len("/health")] if url.endswith("/health") else url.rsplit("/", 1)[0]
+
+
+def policy_of(settings: Deployment) -> Policy:
+    """The verdict thresholds from the config."""
+    v = settings.verdict
+    return Policy(health_failures=v.health_failures, health_seconds=v.health_duration.total_seconds(),
+                  window_seconds=v.window.total_seconds(), min_requests=v.min_requests, alpha=v.alpha,
+                  error_ratio=v.error_ratio, error_floor=v.error_floor, latency_ratio=v.latency_ratio,
+                  sustained_windows=v.sustained_windows, local_share=v.local_share, tie_breaker=v.tie_breaker)
+
+
+def request_samples(target: Target, runtime: Runtime, since: float, until: float) -> list[RequestSample]:
+    """Requests between two times, from the configured source (the service's logs by default)."""
+    from backout.signals import metrics
+
+    v = target.require_settings().verdict
+    if v.source == "prometheus":
+        if not v.prometheus_url:
+            raise BackoutError("verdict.source = 'prometheus' needs verdict.prometheus_url", EXIT_USAGE)
+        return metrics.PrometheusSource(v.prometheus_url).samples(since, until)
+    if v.source == "scrape":
+        url = v.scrape_url or base_url(target) + "/metrics"
+        headers = {"X-Engine-Key": os.environ.get(v.scrape_key_env, "")} if v.scrape_key_env else {}
+        return metrics.ScrapeSource(url, headers, path=v.path,
+                                    state_file=state_files(target).folder / "scrape.json").samples(since, until)
+    return metrics.LogSource(lambda start: runtime.logs(since=start), path_filter=v.path).samples(since, until)
+
+
+def expected_changes(settings: Deployment, version: str | None) -> ExpectedChanges:
+    """What `version` announces: from the config, and from its changelog when a command gives one."""
+    out = ExpectedChanges()
+    if version is None:
+        return out
+    declared = settings.expected_changes.get(version)
+    if declared:
+        out.metrics |= set(declared.metrics)
+        out.eval_cases |= set(declared.eval_cases)
+    if settings.changelog_command:
+        argv = [t.format(version=version) for t in shlex.split(settings.changelog_command)]
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            entry: dict[str, Any] = json.loads(proc.stdout) if proc.returncode == 0 else {}
+        except (OSError, subprocess.TimeoutExpired, ValueError):
+            entry = {}
+        announced = entry.get("expected_changes", {})
+        out.metrics |= set(announced.get("metrics", []))
+        out.eval_cases |= set(announced.get("eval_cases", []))
+    return out
+
+
+def _probe(target: Target) -> HealthSample | None:
+    if not target.health_url:
+        return None
+    p = probe(target.health_url, timeout=10)
+    return HealthSample(time.time(), p.ok, p.status_code, tuple(p.failing), p.reason())
+
+
+def capture_baseline(target: Target, runtime: Runtime, with_evals: bool = True) -> Baseline:
+    """Record the running version's requests, health and evals as the baseline to compare against."""
+    settings = target.require_settings()
+    now = time.time()
+    since = now - settings.verdict.baseline_window.total_seconds()
+    current = runtime.current()
+    if not current.running:
+        raise BackoutError("nothing is running: a baseline is taken from the good version while it serves",
+                           EXIT_USAGE)
+    evals = run_evals(settings.evals, base_url(target), current.version) if with_evals and settings.evals else None
+    baseline = Baseline(current.version, now, request_samples(target, runtime, since, now), _probe(target), evals)
+    state_files(target).save_baseline(baseline)
+    return baseline
+
+
+def _switched_at(target: Target, runtime: Runtime) -> float | None:
+    started = runtime.current().since
+    if started:
+        try:
+            return datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            pass
+    for entry in reversed(History(target.state_dir).entries(target.deployment)):
+        if entry.get("to_version"):
+            return datetime.fromisoformat(entry["at"]).timestamp()
+    return None
+
+
+def observe(target: Target, runtime: Runtime, with_evals: bool = True, report: str | None = None) -> Observations:
+    """Everything known now: baseline, requests and health since the switch, evals, reports."""
+    settings = target.require_settings()
+    files = state_files(target)
+    baseline = files.load_baseline()
+    if baseline is None:
+        raise BackoutError("no baseline recorded: run `backout baseline capture` while the good version serves "
+                           "(`backout upgrade` does it for you)", EXIT_USAGE)
+    now = time.time()
+    version = runtime.current().version
+    switched = _switched_at(target, runtime) or baseline.captured_at
+    sample = _probe(target)
+    if sample is not None:
+        files.add_health(sample)
+    if report:
+        files.add_report(report, version)
+    evals = run_evals(settings.evals, base_url(target), version) if with_evals and settings.evals else None
+    return Observations(
+        now=now, switched_at=switched, baseline_requests=baseline.requests,
+        requests=request_samples(target, runtime, switched, now), health=files.health_since(switched),
+        baseline_evals=baseline.evals, evals=evals, customer_reports=files.reports_since(switched),
+        expected=expected_changes(settings, version), version=version, baseline_version=baseline.version)
+
+
+def check(target: Target, runtime: Runtime, with_evals: bool = True, report: str | None = None) -> Verdict:
+    """The verdict now."""
+    return decide(observe(target, runtime, with_evals, report), policy_of(target.require_settings()))
