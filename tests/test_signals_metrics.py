@@ -96,12 +96,12 @@ def test_log_source_reads_other_services_lines_and_skips_the_rest() -> None:
         "--- start serve --port 1",
         "plain text, not JSON",
         '{"ts": "2026-01-02T03:04:05.250+00:00", "level": "INFO", "message": "engine ready"}',
-        '{"timestamp": "2026-01-02T03:04:06Z", "status_code": 503, "latency_ms": 12.5, '
-        '"url": "http://svc/execute?x=1", "error": {"code": "DRAINING"}}',
+        ('{"timestamp": "2026-01-02T03:04:06Z", "status_code": 503, "latency_ms": 12.5, '
+         '"url": "http://svc/execute?x=1", "error": {"code": "DRAINING"}}'),
         '{"time": 1767323047.5, "status": "200", "duration": 0.25, "route": "/execute", "taskId": "t9"}',
         'web-1  | {"time": 1767323048000, "http": {"status_code": 201, "path": "/execute"}, "elapsed": "80ms"}',
-        '{"time": "2026-01-02T03:04:09", "request": "POST /execute HTTP/1.1", "status": 502, '
-        '"duration_ms": 7}',
+        ('{"time": "2026-01-02T03:04:09", "request": "POST /execute HTTP/1.1", "status": 502, '
+         '"duration_ms": 7}'),
         '{"time": "2026-01-02T03:04:10Z", "status": "ok", "duration": 1}',  # no HTTP status
         '{"time": "2026-01-02T03:04:11Z", "status": 200}',  # no duration: not a request line
     ]

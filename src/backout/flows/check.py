@@ -51,7 +51,7 @@ def request_samples(target: Target, runtime: Runtime, since: float, until: float
     if v.source == "prometheus":
         if not v.prometheus_url:
             raise BackoutError("verdict.source = 'prometheus' needs verdict.prometheus_url", EXIT_USAGE)
-        return metrics.PrometheusSource(v.prometheus_url).samples(since, until)
+        return metrics.PrometheusSource(v.prometheus_url, path=v.path).samples(since, until)
     if v.source == "scrape":
         url = v.scrape_url or base_url(target) + "/metrics"
         headers = {"X-Engine-Key": os.environ.get(v.scrape_key_env, "")} if v.scrape_key_env else {}

@@ -33,6 +33,7 @@ The two metric sources only know counts, so their samples are an approximation:
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -268,7 +269,7 @@ def _code(record: Mapping[str, Any]) -> str | None:
 
 def _interleave(counts: Mapping[K, int], sort_key: Callable[[K], Any]) -> list[K]:
     """Each key repeated by its count, mixed evenly (a 3:1 split gives a, a, b, a, ...)."""
-    keyed = []
+    keyed: list[tuple[float, int, K]] = []
     for rank, key in enumerate(sorted(counts, key=sort_key)):
         n = counts[key]
         keyed.extend(((j + 0.5) / n, rank, key) for j in range(n))
@@ -360,7 +361,7 @@ class Scrape:
         return {"ts": self.ts, "requests": self.requests, "buckets": self.buckets}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Scrape":
+    def from_dict(cls, data: Mapping[str, Any]) -> Scrape:
         """Back from the JSON form."""
         return cls(float(data["ts"]), {str(k): float(v) for k, v in data["requests"].items()},
                    {str(k): float(v) for k, v in data.get("buckets", {}).items()})
@@ -478,7 +479,7 @@ class ScrapeSource:
                 # of the last interval are not pushed past `until` by the scrape's own delay
                 readings = self.history[:-1] + [Scrape(until, fresh.requests, fresh.buckets)]
         found: list[RequestSample] = []
-        for a, b in zip(readings, readings[1:]):
+        for a, b in itertools.pairwise(readings):
             if b.ts <= since or a.ts >= until:
                 continue
             found.extend(s for s in _interval(a, b, self.path or "") if since <= s.ts < until)
@@ -716,9 +717,9 @@ class PrometheusSource:
         for series in series_list:
             q = _number(series.get("metric", {}).get("quantile", "0.5"))
             for ts, raw in series.get("values", []):
-                value, k = _number(raw), index.get(round(float(ts) * 1000))
-                if value is not None and k is not None and k > 0 and q is not None:
-                    quantiles[k][q] = value * self.latency_scale
+                latency, step = _number(raw), index.get(round(float(ts) * 1000))
+                if latency is not None and step is not None and step > 0 and q is not None:
+                    quantiles[step][q] = latency * self.latency_scale
         return {k: _quantile_values(points, 100) for k, points in quantiles.items() if points}
 
 
