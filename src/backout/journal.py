@@ -13,12 +13,13 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from backout.errors import BackoutError
 from backout.fsutil import atomic_write_json, ensure_private_dir
 
 __all__ = ["Journal", "JournalError", "fault_point"]
 
 
-class JournalError(Exception):
+class JournalError(BackoutError):
     """A journal is unreadable or belongs to another operation."""
 
 

@@ -33,7 +33,9 @@ def _holder(path: Path, start: int, length: int) -> int | None:
         kind, _, _, _, pid = struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, probe))
     finally:
         os.close(fd)
-    return pid if kind != fcntl.F_UNLCK else None
+    if kind == fcntl.F_UNLCK:
+        return None
+    return pid or -1  # 0: a holder in another pid namespace (a container): busy all the same
 
 
 def lock_holders(brain: Path) -> list[int]:
@@ -46,4 +48,4 @@ def lock_holders(brain: Path) -> list[int]:
         _holder(brain, _PENDING_BYTE, _LOCK_BYTES),
         _holder(brain.with_name(brain.name + "-shm"), *_SHM_LOCKS),
     }
-    return sorted(p for p in pids if p)
+    return sorted(p for p in pids if p is not None)

@@ -135,6 +135,10 @@ class SnapshotStore:
         # Errors sort last; two snapshots in the same second are ordered by their milliseconds.
         yield from sorted(loaded, key=lambda m: m.created_at if isinstance(m, Manifest) else "", reverse=True)
 
+    def of(self, deployment: str) -> list[Manifest]:
+        """Readable manifests of one deployment, newest first (a folder may be shared)."""
+        return [m for m in self.manifests() if isinstance(m, Manifest) and m.deployment == deployment]
+
     def incomplete(self) -> list[Path]:
         """Leftovers of interrupted snapshots: temporaries, or a file whose manifest never came."""
         if not self.folder.is_dir():

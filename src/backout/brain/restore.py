@@ -1,8 +1,8 @@
 """Atomic, journaled restore of a snapshot over a brain, the displaced brain kept in quarantine.
 
 Steps (each idempotent; the journal records which are done):
-  verify      the snapshot against its manifest (always re-run)
-  stage       copy it next to the brain under a temporary name, fsync, check its sha256
+  (refusals first: deployment, integrity at creation, the service not running)
+  stage       copy it next to the brain, hashing the snapshot meanwhile; fsync; check the copy
   checkpoint  fold the old brain's WAL into it, so nothing of it lives only in a sidecar
   quarantine  hard-link the old brain (and any sidecars) into quarantine/<time>-<reason>/
   swap        drop the live sidecars (kept in quarantine), rename the staged copy over the brain
@@ -29,14 +29,14 @@ from backout.brain.manifest import Manifest, SnapshotError, SnapshotStore, utcno
 from backout.brain.snapshot import SIDE_CARS, verify_snapshot
 from backout.brain.tables import connect_readonly
 from backout.fsutil import (copy_fd, create_private, describe_os_error, ensure_private_dir, free_bytes,
-                            fsync_dir, fsync_path, sha256_file, atomic_write_json)
+                            fsync_dir, sha256_file, atomic_write_json)
 from backout.errors import EXIT_ENVIRONMENT, EXIT_REFUSED
 from backout.journal import Journal, fault_point
 from backout.progress import NO_PROGRESS, Progress
 
 __all__ = ["RestoreRequest", "RestoreResult", "restore_snapshot", "stage_snapshot", "staged_path", "newest_passing"]
 
-STEPS = ("verify", "stage", "checkpoint", "quarantine", "swap")
+STEPS = ("stage", "checkpoint", "quarantine", "swap")
 
 
 @dataclass(frozen=True)
@@ -81,10 +81,9 @@ def _journal_path(state_dir: Path, brain: Path) -> Path:
 
 def newest_passing(store: SnapshotStore, deployment: str, exclude: str | None = None) -> str | None:
     """Id of the newest snapshot of `deployment` that passes verification, if any."""
-    for manifest in store.manifests():
-        if isinstance(manifest, Manifest) and manifest.deployment == deployment and manifest.id != exclude:
-            if verify_snapshot(store, manifest.id).ok:
-                return manifest.id
+    for manifest in store.of(deployment):
+        if manifest.id != exclude and verify_snapshot(store, manifest.id).ok:
+            return manifest.id
     return None
 
 
@@ -302,6 +301,10 @@ def restore_snapshot(req: RestoreRequest, progress: Progress = NO_PROGRESS) -> R
     path = _journal_path(req.state_dir, req.brain)
     journal = Journal.open(path, {"kind": "restore", "snapshot": req.snapshot_id, "brain": str(req.brain),
                                   "deployment": req.deployment, "reason": req.reason})
+    if not journal.data["done"] and journal.operation["snapshot"] != req.snapshot_id:
+        journal.finish()  # a restore that was refused before any step: nothing to resume
+        journal = Journal.open(path, {"kind": "restore", "snapshot": req.snapshot_id, "brain": str(req.brain),
+                                      "deployment": req.deployment, "reason": req.reason})
     resumed = bool(journal.data["done"])
     if journal.operation["snapshot"] != req.snapshot_id:
         raise SnapshotError(
@@ -312,8 +315,18 @@ def restore_snapshot(req: RestoreRequest, progress: Progress = NO_PROGRESS) -> R
     try:
         return _run(req, journal, resumed, progress)
     except OSError as exc:
+        _drop_if_untouched(journal)
         raise SnapshotError(f"restore stopped: {describe_os_error(exc, req.brain.parent)}; "
                             "re-run the same restore to finish it", EXIT_ENVIRONMENT) from None
+    except BaseException:
+        _drop_if_untouched(journal)
+        raise
+
+
+def _drop_if_untouched(journal: Journal) -> None:
+    """Refused or failed before changing anything: leave no pending restore behind."""
+    if not journal.data["done"]:
+        journal.finish()
 
 
 def _run(req: RestoreRequest, journal: Journal, resumed: bool, progress: Progress) -> RestoreResult:
@@ -329,7 +342,7 @@ def _run(req: RestoreRequest, journal: Journal, resumed: bool, progress: Progres
         "quarantine": lambda: _quarantine(req, qdir, manifest),
         "swap": lambda: _swap(req, staged, manifest),
     }
-    for step in STEPS[1:]:
+    for step in STEPS:
         if journal.done(step):
             continue
         fault_point(f"before:{step}")

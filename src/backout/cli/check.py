@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from backout.cli.common import ConfigOpt, DeploymentOpt, JsonOpt, emit_json, handle_errors, target_from
+from backout.cli.common import ConfigOpt, DeploymentOpt, JsonOpt, emit_json, fail, handle_errors, target_from
+from backout.config import ConfigError
+from backout.errors import EXIT_USAGE, BackoutError
 from backout.flows.check import capture_baseline, check as compute, state_files
 from backout.runtime.factory import runtime_for
 
@@ -29,8 +32,11 @@ def check(
 
     Exit codes: 0 hold, 3 roll-back, 4 inconclusive (not enough data yet), 2 usage or config error."""
     target = target_from(config, deployment, None)
-    with handle_errors():
+    try:
         verdict = compute(target, runtime_for(target), not no_evals, customer_report)
+    except (BackoutError, ConfigError, OSError, sqlite3.Error) as exc:
+        # Every failure is exit 2 here: 3 and 4 mean roll-back and inconclusive to scripts.
+        fail(str(exc), EXIT_USAGE)
     if as_json:
         emit_json(verdict.to_dict())
     else:
@@ -74,6 +80,5 @@ def show(as_json: bool = JsonOpt, config: Optional[Path] = ConfigOpt,
     target = target_from(config, deployment, None)
     baseline = state_files(target).load_baseline()
     if baseline is None:
-        typer.echo("no baseline recorded (backout baseline capture)")
-        raise typer.Exit(2)
+        fail("no baseline recorded: run `backout baseline capture` while the good version serves", EXIT_USAGE)
     emit_json(baseline.summary()) if as_json else typer.echo(str(baseline.summary()))

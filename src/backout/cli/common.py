@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 import time
 from contextlib import contextmanager
@@ -14,7 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
 
 from backout.config import ConfigError, Target, resolve_target
-from backout.errors import EXIT_USAGE, BackoutError
+from backout.errors import EXIT_ENVIRONMENT, EXIT_USAGE, BackoutError
+from backout.fsutil import describe_os_error
 
 __all__ = [
     "ConfigOpt", "DeploymentOpt", "BrainOpt", "IntoOpt", "JsonOpt", "YesOpt", "DryRunOpt",
@@ -47,6 +49,10 @@ def handle_errors() -> Iterator[None]:
         fail(str(exc), exc.exit_code)
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
+    except OSError as exc:
+        fail(describe_os_error(exc, Path(exc.filename or ".")), EXIT_ENVIRONMENT)
+    except sqlite3.Error as exc:
+        fail(f"SQLite: {exc}; check that the file is the right SQLite database", EXIT_USAGE)
     except KeyboardInterrupt:
         fail("interrupted; anything half-done is journaled: re-run the same command to finish it", 130)
 
@@ -71,7 +77,7 @@ def confirm(question: str, yes: bool) -> None:
         return
     if not sys.stdin.isatty():
         fail(f"{question} — refusing without a terminal to ask; pass --yes", EXIT_USAGE)
-    if not typer.confirm(question, default=False):
+    if not typer.confirm(question, default=False, err=True):  # stderr: stdout may be --json
         fail("cancelled; nothing was changed", 1)
 
 

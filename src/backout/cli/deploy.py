@@ -26,7 +26,7 @@ def switch(
 ) -> None:
     """Drain and stop what runs, run `migrate` if configured, start VERSION, wait until healthy.
 
-    No snapshot and no watch window: for a guarded upgrade with a restore point use `backout upgrade`."""
+    No snapshot and no watch window: take one first (`backout snapshot create`) when VERSION migrates the brain."""
     target = target_from(config, deployment, None)
     with handle_errors():
         runtime = runtime_for(target)
@@ -40,7 +40,7 @@ def switch(
         typer.echo(f"switch {target.deployment}: {current.version if current.running else 'nothing running'} -> {version}")
         for i, c in enumerate(commands, 1):
             typer.echo(f"{i}. {c.purpose}\n   $ {c.shell()}" + (f"\n   env: {', '.join(c.env_names)}" if c.env_names else ""))
-        typer.echo("note: no snapshot is taken; `backout upgrade` is the guarded path")
+        typer.echo("note: no snapshot is taken; take one first with `backout snapshot create`")
         return
     confirm(f"switch {target.deployment} to {version} (no snapshot, no watch)?", yes)
     with handle_errors():
@@ -53,7 +53,7 @@ def switch(
                        f"in {result.drain.seconds:.1f}s ({result.drain.detail})")
         health = result.health
         if result.healthy and health:
-            typer.echo(f"{version} is healthy after {health.seconds:.1f}s (no snapshot taken: see `backout upgrade`)")
+            typer.echo(f"{version} is healthy after {health.seconds:.1f}s (no snapshot was taken)")
         else:
             typer.echo(f"{version} is NOT healthy: {health.reason if health else 'unknown'}")
             for line in (health.log_tail if health else [])[-10:]:

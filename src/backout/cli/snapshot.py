@@ -97,7 +97,7 @@ def list_(
     for item in store.manifests():
         if isinstance(item, SnapshotError):
             broken.append(str(item))
-        else:
+        elif item.deployment == target.deployment:
             rows.append(_row(item, target))
     leftovers = [str(p) for p in store.incomplete()]
     if as_json:
@@ -213,7 +213,7 @@ def prune(
     """Delete old snapshots: keeps the last N, everything pinned, and the latest restore point."""
     target = target_from(config, deployment, brain, into)
     store = _store(target)
-    manifests = [m for m in store.manifests() if isinstance(m, Manifest)]
+    manifests = store.of(target.deployment)
     point = load_restore_point(target.state_dir, target.deployment)
     plan = plan_prune(manifests, keep_last or target.keep_last, {point.snapshot_id} if point else set())
     if as_json and (dry_run or not plan.delete):
@@ -242,7 +242,7 @@ def _refuse_if_runtime_runs(target: Target, service_stopped: bool) -> None:
     current = runtime_for(target).current()
     if current.running:
         raise SnapshotError(f"{target.deployment} is running {current.version} ({current.ident}): stop it first "
-                            "(`backout stop`), or use `backout rollback`, which drains it for you", EXIT_REFUSED)
+                            "(`backout stop` drains it)", EXIT_REFUSED)
 
 
 @app.command()

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from backout.brain.manifest import Manifest, SnapshotStore
+from backout.brain.manifest import SnapshotStore
 from backout.brain.snapshot import verify_snapshot
 from backout.cli.common import (BrainOpt, ConfigOpt, DeploymentOpt, IntoOpt, JsonOpt, emit_json, handle_errors,
                                 human_age, human_bytes, target_from)
@@ -26,7 +26,7 @@ def _brain(target: Target) -> dict[str, Any]:
 
 
 def _snapshots(target: Target) -> dict[str, Any]:
-    manifests = [m for m in SnapshotStore(target.snapshot_dir).manifests() if isinstance(m, Manifest)]
+    manifests = SnapshotStore(target.snapshot_dir).of(target.deployment)
     newest = manifests[0] if manifests else None
     return {"count": len(manifests), "newest": newest.id if newest else None,
             "newest_age_seconds": round(newest.age_seconds()) if newest else None,
@@ -109,7 +109,7 @@ def status(
                    f" (snapshot {'verified' if rp['snapshot_verified'] else 'present' if rp['snapshot_present'] else 'MISSING'},"
                    f" version {'available' if rp['version_available'] else 'unknown' if rp['version_available'] is None else 'NOT AVAILABLE'})")
     else:
-        typer.echo("restore pt   none recorded (the first `backout upgrade` records one)")
+        typer.echo("restore pt   none recorded")
     if data.get("frozen"):
         typer.echo(f"frozen       {', '.join(data['frozen'])}")
     d = data["last_drill"]

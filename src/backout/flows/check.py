@@ -124,7 +124,7 @@ def observe(target: Target, runtime: Runtime, with_evals: bool = True, report: s
     baseline = files.load_baseline()
     if baseline is None:
         raise BackoutError("no baseline recorded: run `backout baseline capture` while the good version serves "
-                           "(`backout upgrade` does it for you)", EXIT_USAGE)
+                           "before switching", EXIT_USAGE)
     now = time.time()
     version = runtime.current().version
     switched = _switched_at(target, runtime) or baseline.captured_at

@@ -1,6 +1,7 @@
 """Switch: the plain building block of upgrade and rollback — drain, migrate, start, wait, record.
 
-No snapshot and no watch window: `backout upgrade` is the guarded path."""
+No snapshot and no watch window: take a snapshot first (`backout snapshot create`) when the new
+version migrates the brain."""
 
 from __future__ import annotations
 

@@ -243,7 +243,9 @@ class ComposeRuntime(Runtime):
             if code is not None:
                 return HealthWait(False, time.monotonic() - start, None, f"exited with code {code}", self.start_logs())
             row = self._container()
-            health = self._inspect(str(row["ID"]))["State"].get("Health", {}).get("Status") if row else None
+            if row is None:
+                return HealthWait(False, time.monotonic() - start, None, "the service has no container")
+            health = self._inspect(str(row["ID"]))["State"].get("Health", {}).get("Status")
             if health in ("healthy", None):
                 return HealthWait(True, time.monotonic() - start, None, f"container health: {health or 'running'}")
             time.sleep(0.5)

@@ -40,11 +40,13 @@ def _proc_start_time(pid: int) -> str | None:
 
 
 def _alive(pid: int, start_time: str | None) -> bool:
-    current = _proc_start_time(pid)
-    if current is None or (start_time is not None and current != start_time):
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
         return False
-    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    return state != "Z"  # a zombie has exited; only its parent has not reaped it yet
+    if start_time is not None and fields[19] != start_time:
+        return False  # the pid was reused by another process
+    return fields[0] != "Z"  # a zombie has exited; only its parent has not reaped it yet
 
 
 def _group_alive(pgid: int) -> bool:
@@ -161,7 +163,7 @@ class ProcessRuntime(Runtime):
                     sock.bind(("127.0.0.1", port))
                 except OSError:
                     raise RuntimeFailure(f"port {port} is already in use by another process; stop it or change "
-                                         "`port` in backout.toml", EXIT_REFUSED) from None
+                                         "`port` in backout.toml", EXIT_USAGE) from None
         if self.brain.exists():
             holders = lock_holders(self.brain)
             if holders:
@@ -217,7 +219,7 @@ class ProcessRuntime(Runtime):
         """SIGTERM to the whole group, wait for the drain, SIGKILL the group at the deadline."""
         rec = self._record()
         start = time.monotonic()
-        if rec is None or not _alive(int(rec["pid"]), rec.get("start_time")):
+        if rec is None or not (_alive(int(rec["pid"]), rec.get("start_time")) or _group_alive(int(rec["pgid"]))):
             self._forget()
             return StopResult(False, True, 0.0, None, "nothing was running")
         pid, pgid = int(rec["pid"]), int(rec["pgid"])

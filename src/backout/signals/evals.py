@@ -18,6 +18,8 @@ from backout.signals.model import EvalRun
 
 __all__ = ["EvalError", "parse_results", "run_evals"]
 
+_BASICS = ("PATH", "HOME", "LANG", "TZ", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH")
+
 
 class EvalError(BackoutError):
     """The eval command could not run or its results could not be read."""
@@ -77,10 +79,11 @@ def run_evals(settings: EvalSettings, url: str, version: str | None) -> EvalRun:
         except (KeyError, ValueError) as exc:
             raise EvalError(f"eval command {settings.command!r} is malformed ({exc}); placeholders are "
                             "{url}, {out}, {version}", EXIT_USAGE) from None
-        env = {k: v for k, v in os.environ.items()}
-        missing = [n for n in settings.pass_env if n not in env]
+        missing = [n for n in settings.pass_env if n not in os.environ]
         if missing:
             raise EvalError(f"{', '.join(missing)} not set in backout's environment (evals pass_env)", EXIT_USAGE)
+        # Only what the command needs: the basics plus the secrets it names, not all of ours.
+        env = {k: v for k, v in os.environ.items() if k in _BASICS or k.startswith("LC_") or k in settings.pass_env}
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, env=env,
                                   timeout=settings.timeout.total_seconds())
