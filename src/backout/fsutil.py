@@ -203,7 +203,9 @@ def run_at_background_priority(fn: Callable[[], T]) -> T:
         except BaseException as exc:  # re-raised in the caller's thread
             error.append(exc)
 
-    worker = threading.Thread(target=work, name="backout-background")
+    # A daemon: Ctrl-C ends the process and the work with it (a half-made snapshot is only ever
+    # a temporary file, listed as incomplete).
+    worker = threading.Thread(target=work, name="backout-background", daemon=True)
     worker.start()
     worker.join()
     if error:

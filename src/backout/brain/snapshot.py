@@ -201,17 +201,17 @@ def _verify_new(store: SnapshotStore, tmp: Path, snapshot_id: str, progress: Pro
                 fields: dict[str, object]) -> Manifest:
     conn = _finish_copy(tmp)
     hashed = _Checked()
+    # fsync + sha256 in a thread while SQLite checks integrity: both release the GIL.
+    worker = threading.Thread(target=_fsync_and_hash, args=(tmp, hashed), daemon=True)
+    worker.start()
     try:
-        # fsync + sha256 in a thread while SQLite checks integrity: both release the GIL.
-        worker = threading.Thread(target=_fsync_and_hash, args=(tmp, hashed), daemon=True)
-        worker.start()
         progress.phase("verify", None)
         integrity = _integrity(conn)
         schema = stamp(conn).to_dict()
         marks = {t: m.to_dict() for t, m in table_marks(conn).items()}
     finally:
         conn.close()
-    worker.join()
+        worker.join()  # before any cleanup deletes the file it reads
     if hashed.error is not None:
         raise hashed.error
     if integrity != "ok":

@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from backout.cli.common import ConfigOpt, DeploymentOpt, JsonOpt, emit_json, fail, handle_errors, target_from
+from backout.cli.common import (ConfigOpt, DeploymentOpt, DryRunOpt, JsonOpt, YesOpt, confirm, emit_json, fail,
+                                handle_errors, target_from)
 from backout.config import ConfigError
 from backout.errors import EXIT_USAGE, BackoutError
 from backout.flows.check import capture_baseline, check as compute, state_files
@@ -56,12 +57,21 @@ baseline_app = typer.Typer(help="The good version's requests, health and evals, 
 @baseline_app.command("capture")
 def capture(
     no_evals: bool = typer.Option(False, "--no-evals", help="Do not run the regression evals."),
+    dry_run: bool = DryRunOpt,
+    yes: bool = YesOpt,
     as_json: bool = JsonOpt,
     config: Optional[Path] = ConfigOpt,
     deployment: Optional[str] = DeploymentOpt,
 ) -> None:
     """Record the running version's recent requests, health and eval results as the baseline."""
     target = target_from(config, deployment, None)
+    if dry_run:
+        typer.echo(f"would record the running version's last {target.require_settings().verdict.baseline_window} of "
+                   f"requests, a health probe{'' if no_evals else ' and an eval run'} as the baseline of "
+                   f"{target.deployment} (replacing the stored one)")
+        return
+    if state_files(target).load_baseline() is not None:
+        confirm(f"replace the stored baseline of {target.deployment}?", yes)
     with handle_errors():
         baseline = capture_baseline(target, runtime_for(target), not no_evals)
     summary = baseline.summary()

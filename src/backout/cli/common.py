@@ -54,7 +54,8 @@ def handle_errors() -> Iterator[None]:
     except sqlite3.Error as exc:
         fail(f"SQLite: {exc}; check that the file is the right SQLite database", EXIT_USAGE)
     except KeyboardInterrupt:
-        fail("interrupted; anything half-done is journaled: re-run the same command to finish it", 130)
+        fail("interrupted: a restore is journaled (re-run it to finish); a half-made snapshot is left "
+             "only as a temporary file", 130)
 
 
 def emit_json(data: Any) -> None:

@@ -85,11 +85,13 @@ def init(
     env_file: list[str] = typer.Option([], "--env-file", help="Secret read from a file: NAME=PATH (repeatable)."),
     staging: bool = typer.Option(False, "--staging", help="Mark the deployment as staging (drills run on it)."),
     output: Path = typer.Option(Path(CONFIG_NAME), "--output", "-o", help="Where to write the config."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+    force: bool = typer.Option(False, "--force", "--yes", "-y", help="Overwrite an existing file."),
     dry_run: bool = DryRunOpt,
     as_json: bool = typer.Option(False, "--json", help="Print what was detected as JSON."),
 ) -> None:
     """Write a commented backout.toml for one deployment (detects compose settings where it can)."""
+    if not re.match(r"^[A-Za-z0-9_-]+$", name):
+        fail(f"--name {name!r}: use letters, digits, '-' and '_' (it becomes a TOML table name)", EXIT_USAGE)
     for n in pass_env:
         if not _ENV.match(n):
             fail(f"--pass-env wants a variable name, got {n!r}", EXIT_USAGE)

@@ -10,7 +10,7 @@ import typer
 from backout.brain.manifest import SnapshotStore, utcnow
 from backout.brain.salvage import SalvageError, salvage
 from backout.brain.schema import SchemaError, diff, stamp
-from backout.cli.common import (BrainOpt, ConfigOpt, DeploymentOpt, IntoOpt, JsonOpt, emit_json, fail,
+from backout.cli.common import (BrainOpt, ConfigOpt, DeploymentOpt, DryRunOpt, IntoOpt, JsonOpt, emit_json, fail,
                                 handle_errors, progress_bar, target_from)
 from backout.errors import EXIT_USAGE
 
@@ -23,6 +23,7 @@ def command(
     out: Optional[Path] = typer.Option(None, "--out", help="Bundle folder (default: <state>/salvage/<snapshot>-<time>)."),
     include: Optional[list[str]] = typer.Option(None, "--include", help="Only these tables (glob; repeatable)."),
     exclude: Optional[list[str]] = typer.Option(None, "--exclude", help="Skip these tables (glob; repeatable)."),
+    dry_run: bool = DryRunOpt,
     as_json: bool = JsonOpt,
     config: Optional[Path] = ConfigOpt,
     deployment: Optional[str] = DeploymentOpt,
@@ -38,6 +39,13 @@ def command(
     with handle_errors():
         manifest = store.load(snapshot_id)
     folder = out or target.state_dir / "salvage" / f"{snapshot_id}-{utcnow().strftime('%Y%m%dT%H%M%SZ')}"
+    if dry_run:
+        plan = {"dry_run": True, "read": str(source), "since": manifest.created_at, "write": str(folder),
+                "tables": sorted(manifest.tables)}
+        emit_json(plan) if as_json else typer.echo(
+            f"would read {source} for rows written after {manifest.created_at} (snapshot {snapshot_id}) "
+            f"and write the bundle to {folder}; the brain is only read")
+        return
     try:
         changes = diff(stamp(store.db_path(snapshot_id)), stamp(source)).to_dict()
         with progress_bar(not as_json) as bar:

@@ -174,29 +174,35 @@ def verify(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _set_pin(snapshot_id: str, pinned: bool, target: Target) -> None:
+def _set_pin(snapshot_id: str, pinned: bool, target: Target, dry_run: bool, as_json: bool) -> None:
     store = _store(target)
     with handle_errors():
         manifest = store.load(snapshot_id)
-        manifest.pinned = pinned
-        store.save(manifest)
-    typer.echo(f"snapshot {snapshot_id} {'pinned' if pinned else 'unpinned'}")
+        if not dry_run:
+            manifest.pinned = pinned
+            store.save(manifest)
+    word = ("would be " if dry_run else "") + ("pinned" if pinned else "unpinned")
+    emit_json({"id": snapshot_id, "pinned": pinned, "dry_run": dry_run}) if as_json else typer.echo(
+        f"snapshot {snapshot_id} {word}")
 
 
 @app.command()
-def pin(snapshot_id: str = typer.Argument(..., metavar="ID"), config: Optional[Path] = ConfigOpt,
-        deployment: Optional[str] = DeploymentOpt, brain: Optional[Path] = BrainOpt,
-        into: Optional[Path] = IntoOpt) -> None:
-    """Pin a snapshot so prune never deletes it."""
-    _set_pin(snapshot_id, True, target_from(config, deployment, brain, into))
+def pin(snapshot_id: str = typer.Argument(..., metavar="ID"), dry_run: bool = DryRunOpt, yes: bool = YesOpt,
+        as_json: bool = JsonOpt, config: Optional[Path] = ConfigOpt, deployment: Optional[str] = DeploymentOpt,
+        brain: Optional[Path] = BrainOpt, into: Optional[Path] = IntoOpt) -> None:
+    """Pin a snapshot so prune never deletes it (harmless, so no confirmation is asked)."""
+    _set_pin(snapshot_id, True, target_from(config, deployment, brain, into), dry_run, as_json)
 
 
 @app.command()
-def unpin(snapshot_id: str = typer.Argument(..., metavar="ID"), config: Optional[Path] = ConfigOpt,
-          deployment: Optional[str] = DeploymentOpt, brain: Optional[Path] = BrainOpt,
-          into: Optional[Path] = IntoOpt) -> None:
-    """Unpin a snapshot (prune may delete it once it is not among the last N)."""
-    _set_pin(snapshot_id, False, target_from(config, deployment, brain, into))
+def unpin(snapshot_id: str = typer.Argument(..., metavar="ID"), dry_run: bool = DryRunOpt, yes: bool = YesOpt,
+          as_json: bool = JsonOpt, config: Optional[Path] = ConfigOpt, deployment: Optional[str] = DeploymentOpt,
+          brain: Optional[Path] = BrainOpt, into: Optional[Path] = IntoOpt) -> None:
+    """Unpin a snapshot (prune may then delete it once it is not among the last N)."""
+    target = target_from(config, deployment, brain, into)
+    if not dry_run:
+        confirm(f"unpin snapshot {snapshot_id} (prune may then delete it)?", yes)
+    _set_pin(snapshot_id, False, target, dry_run, as_json)
 
 
 @app.command()

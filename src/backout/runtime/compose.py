@@ -13,15 +13,15 @@ import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 
 from backout.config import ComposeSettings, ConfigError
 from backout.errors import EXIT_ENVIRONMENT, EXIT_USAGE
 from backout.runtime.base import Availability, Command, Current, Runtime, RuntimeFailure, StopResult
-from backout.runtime.compose_file import (image_for, load_compose, read_env_file, service_of, set_image_tag,
-                                          split_image, write_env_variable)
+from backout.runtime.compose_file import (image_for, load_compose, read_env_file, replace_file_text, service_of,
+                                          set_image_tag, split_image, write_env_variable)
 from backout.runtime.env import service_env
 
 __all__ = ["ComposeRuntime"]
@@ -176,11 +176,15 @@ class ComposeRuntime(Runtime):
                   if forced else f"exited with code {code} after SIGTERM")
         return StopResult(True, False, seconds, code, detail)
 
-    def _set_version(self, version: str) -> None:
+    def _set_version(self, version: str) -> Callable[[], None]:
+        """Point the project at `version`; returns how to put the previous value back."""
         if self.settings.version_variable:
-            write_env_variable(self.env_file, self.settings.version_variable, version)
-        else:
-            set_image_tag(self.file, self.service, version)
+            name = self.settings.version_variable
+            previous = read_env_file(self.env_file).get(name)
+            write_env_variable(self.env_file, name, version)
+            return lambda: write_env_variable(self.env_file, name, previous) if previous is not None else None
+        old_text = set_image_tag(self.file, self.service, version)
+        return lambda: replace_file_text(self.file, old_text)
 
     def _pull(self, version: str) -> None:
         remote = self._remote(version)
@@ -193,12 +197,13 @@ class ComposeRuntime(Runtime):
         if not self.settings.migrate:
             return None
         self._pull(version)
-        self._set_version(version)
+        undo = self._set_version(version)
         argv = self._compose("run", "--rm", "--no-deps", "-T", self.service,
                              *shlex.split(self.settings.migrate.format(version=version)))
         out = self._run(argv, timeout=3600, check=False)
         lines = (out.stdout + out.stderr).splitlines()
         if out.returncode != 0:
+            undo()  # the project keeps naming the version that last ran
             raise RuntimeFailure(f"migrate for {version} failed with exit code {out.returncode}", EXIT_ENVIRONMENT, lines[-20:])
         return lines
 

@@ -17,9 +17,10 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from backout.config import ConfigError
+from backout.fsutil import fsync_dir
 
 __all__ = ["ComposeFacts", "detect", "load_compose", "image_for", "set_image_tag", "read_env_file",
-           "write_env_variable", "split_image"]
+           "write_env_variable", "split_image", "replace_file_text"]
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 DEFAULT_BRAIN_IN_CONTAINER = "/data/brain.sqlite"
@@ -80,15 +81,25 @@ def set_image_tag(path: Path, service: str, version: str) -> str:
     node["image"] = f"{split_image(str(node['image']))[0]}:{version}"
     out = io.StringIO()
     yaml.dump(data, out)
-    _atomic_write(path, out.getvalue())
+    replace_file_text(path, out.getvalue())
     return text
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.backout-tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-    os.replace(tmp, path)
+def replace_file_text(path: Path, text: str) -> None:
+    """Replace a file durably, keeping its mode (a .env may hold secrets: never briefly wider)."""
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
+    tmp = path.with_name(f".{path.name}.backout-{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -112,7 +123,7 @@ def write_env_variable(path: Path, name: str, value: str) -> None:
             lines[i], done = f"{name}={value}", True
     if not done:
         lines.append(f"{name}={value}")
-    _atomic_write(path, "\n".join(lines) + "\n")
+    replace_file_text(path, "\n".join(lines) + "\n")
 
 
 @dataclass
@@ -171,14 +182,15 @@ def brain_on_host(compose: Path, project: str, node: Any, data: Any) -> str | No
 
 
 def volume_mountpoint(volume: str) -> str | None:
-    """Where Docker keeps a named volume on this host (creating it first, as compose would)."""
-    inspect = ["docker", "volume", "inspect", volume]
-    out = subprocess.run(inspect, capture_output=True, text=True)
-    if out.returncode != 0:
-        if subprocess.run(["docker", "volume", "create", volume], capture_output=True).returncode != 0:
-            return None
-        out = subprocess.run(inspect, capture_output=True, text=True)
-    return str(json.loads(out.stdout)[0]["Mountpoint"]) if out.returncode == 0 else None
+    """Where Docker keeps (or, before the first `up`, will keep) a named volume on this host."""
+    try:
+        out = subprocess.run(["docker", "volume", "inspect", volume], capture_output=True, text=True)
+        if out.returncode == 0:
+            return str(json.loads(out.stdout)[0]["Mountpoint"])
+        root = subprocess.run(["docker", "info", "--format", "{{.DockerRootDir}}"], capture_output=True, text=True)
+    except OSError:
+        return None  # no docker CLI: the operator passes --brain
+    return f"{root.stdout.strip()}/volumes/{volume}/_data" if root.returncode == 0 and root.stdout.strip() else None
 
 
 def _health_url(node: Any) -> str | None:
