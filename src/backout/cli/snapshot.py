@@ -16,7 +16,8 @@ from backout.cli.common import (BrainOpt, ConfigOpt, DeploymentOpt, DryRunOpt, I
                                 emit_json, handle_errors, human_age, human_bytes, progress_bar, target_from)
 from backout.config import Target
 from backout.errors import EXIT_FAILED, EXIT_REFUSED
-from backout.history import load_restore_point
+from backout.history import deployment_state, load_restore_point
+from backout.lock import operation_lock
 
 __all__ = ["app"]
 
@@ -234,8 +235,9 @@ def prune(
         typer.echo("nothing deleted" + (" (dry run)" if dry_run else ""))
         return
     confirm(f"delete {len(plan.delete)} snapshot(s) from {store.folder}?", yes)
-    for sid in plan.delete:
-        store.remove(sid)
+    with handle_errors(), operation_lock(deployment_state(target.state_dir, target.deployment), "prune"):
+        for sid in plan.delete:
+            store.remove(sid)
     emit_json({**plan.to_dict(), "dry_run": False}) if as_json else typer.echo(f"deleted {len(plan.delete)} snapshot(s)")
 
 
@@ -282,10 +284,11 @@ def restore(
         emit_json({"dry_run": True, "steps": steps}) if as_json else typer.echo("\n".join(f"{i+1}. {s}" for i, s in enumerate(steps)))
         return
     confirm(f"replace {target.brain} with snapshot {snapshot_id} (the current brain goes to quarantine)?", yes)
-    with handle_errors():
+    # One operation per deployment: no switch may start the service while the brain is replaced.
+    with handle_errors(), operation_lock(deployment_state(target.state_dir, target.deployment), "restore"):
         _refuse_if_runtime_runs(target, service_stopped)
-    with handle_errors(), progress_bar(not as_json) as bar:
-        result = restore_snapshot(req, bar)
+        with progress_bar(not as_json) as bar:
+            result = restore_snapshot(req, bar)
     if as_json:
         emit_json(result.to_dict())
     else:
