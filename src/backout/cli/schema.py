@@ -6,20 +6,21 @@ Exit codes: 0 identical or additive only, 1 a migration file failed to execute (
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 
+from backout import errors
+from backout.cli.common import emit_json, fail
 from backout.brain.schema import LintReport, SchemaDiff, SchemaError, SchemaStamp, diff, lint, stamp
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_BREAKING", "EXIT_LINT_ERROR", "EXIT_OK", "app"]
 
-EXIT_OK = 0
-EXIT_LINT_ERROR = 1
-EXIT_BAD_INPUT = 2  # the same code click gives a usage error
-EXIT_BREAKING = 3
+EXIT_OK = errors.EXIT_OK
+EXIT_LINT_ERROR = errors.EXIT_FAILED
+EXIT_BAD_INPUT = errors.EXIT_USAGE
+EXIT_BREAKING = errors.EXIT_REFUSED  # "a reader of A would refuse B": the same code as a safety refusal
 
 app = typer.Typer(
     help=(
@@ -38,12 +39,10 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 def _fail(message: str) -> NoReturn:
     """One line on stderr, exit 2: the caller fixes the input and runs again."""
-    typer.echo(f"backout: error: {message}", err=True)
-    raise typer.Exit(EXIT_BAD_INPUT)
+    fail(message, EXIT_BAD_INPUT)
 
 
-def _echo_json(data: dict[str, Any]) -> None:
-    typer.echo(json.dumps(data, indent=2, sort_keys=False))
+_echo_json = emit_json
 
 
 def _stamp_or_fail(path: Path) -> SchemaStamp:

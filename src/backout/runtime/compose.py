@@ -22,7 +22,7 @@ from backout.errors import EXIT_ENVIRONMENT, EXIT_USAGE
 from backout.runtime.base import Availability, Command, Current, Runtime, RuntimeFailure, StopResult
 from backout.runtime.compose_file import (image_for, load_compose, read_env_file, replace_file_text, service_of,
                                           set_image_tag, split_image, write_env_variable)
-from backout.runtime.env import service_env
+from backout.runtime.env import env_names, service_env
 
 __all__ = ["ComposeRuntime"]
 
@@ -89,12 +89,8 @@ class ComposeRuntime(Runtime):
                                     self._compose("run", "--rm", "--no-deps", self.service,
                                                   *shlex.split(self.settings.migrate.format(version=version)))))
         commands.append(Command(f"start {self.image(version)}", self._compose("up", "-d", "--no-deps", self.service),
-                                self._env_names()))
+                                env_names(self.settings)))
         return commands
-
-    def _env_names(self) -> tuple[str, ...]:
-        s = self.settings
-        return tuple(sorted({*s.env, *s.pass_env, *s.env_files}))
 
     # -- running docker ------------------------------------------------------------------------
 

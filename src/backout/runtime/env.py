@@ -11,7 +11,7 @@ from backout.config import Secrets
 from backout.errors import EXIT_USAGE
 from backout.runtime.base import RuntimeFailure
 
-__all__ = ["service_env", "secret_values"]
+__all__ = ["env_names", "service_env", "secret_values"]
 
 
 def secret_values(settings: Secrets) -> dict[str, str]:
@@ -34,3 +34,8 @@ def secret_values(settings: Secrets) -> dict[str, str]:
 def service_env(base: dict[str, str], settings: Secrets) -> dict[str, str]:
     """`base` plus the deployment's plain settings and its secrets."""
     return {**base, **settings.env, **secret_values(settings)}
+
+
+def env_names(settings: Secrets) -> tuple[str, ...]:
+    """The names of every variable the service gets from the deployment (for plans: never values)."""
+    return tuple(sorted({*settings.env, *settings.pass_env, *settings.env_files}))

@@ -21,7 +21,7 @@ from backout.config import ProcessSettings
 from backout.errors import EXIT_REFUSED, EXIT_USAGE
 from backout.fsutil import atomic_write_json, ensure_private_dir
 from backout.runtime.base import Availability, Command, Current, Runtime, RuntimeFailure, StopResult
-from backout.runtime.env import service_env
+from backout.runtime.env import env_names, service_env
 
 __all__ = ["ProcessRuntime", "CLEAN_EXIT_CODES"]
 
@@ -97,19 +97,15 @@ class ProcessRuntime(Runtime):
             raise RuntimeFailure(f"command template {template!r} is malformed ({exc}); placeholders are "
                                  "{version}, {brain}, {port}, {state}", EXIT_USAGE) from None
 
-    def _env_names(self) -> tuple[str, ...]:
-        s = self.settings
-        return tuple(sorted({*s.env, *s.pass_env, *s.env_files}))
-
     def describe(self, version: str) -> list[Command]:
         """Drain what runs, migrate if configured, start `version`."""
         commands = [Command("drain and stop: SIGTERM to the process group, SIGKILL at the drain deadline",
                             ("kill", "-TERM", "--", "-<pgid>"))]
         if self.settings.migrate:
             commands.append(Command("migrate the brain for the new version",
-                                    self._argv(self.settings.migrate, version), self._env_names()))
+                                    self._argv(self.settings.migrate, version), env_names(self.settings)))
         commands.append(Command(f"start {version} detached (setsid), log to {self.log_file}",
-                                self._argv(self.settings.command, version), self._env_names()))
+                                self._argv(self.settings.command, version), env_names(self.settings)))
         return commands
 
     # -- state ---------------------------------------------------------------------------------
