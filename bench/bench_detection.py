@@ -70,7 +70,10 @@ def detect(build: str, limit: float = 300) -> dict[str, object]:
             traffic(url, 60).join()
             backout("baseline", "capture", "--no-evals", cwd=folder)
             switched = time.monotonic()
-            backout("switch", build, "--yes", cwd=folder)
+            # The switch waits for health up to the boot timeout; checks start at once beside it,
+            # as a watch window does.
+            switch = subprocess.Popen([PY, "-m", "backout", "switch", build, "--yes"], cwd=folder, env=ENV,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             traffic(url, limit)
             checks = 0
             while time.monotonic() - switched < limit:
@@ -78,9 +81,11 @@ def detect(build: str, limit: float = 300) -> dict[str, object]:
                 checks += 1
                 verdict = json.loads(out.stdout) if out.stdout else {"decision": "error"}
                 if verdict.get("decision") == "roll-back":
+                    switch.wait()
                     return {"build": build, "seconds": round(time.monotonic() - switched, 1), "checks": checks,
                             "triggers": verdict["triggers"], "reason": verdict["reason"]}
                 time.sleep(5)
+            switch.wait()
             return {"build": build, "seconds": None, "checks": checks, "triggers": [], "reason": "not detected"}
         finally:
             backout("stop", "--yes", cwd=folder)
@@ -117,7 +122,7 @@ def main() -> None:
     good = good_run(args.good_minutes)
     targets = {"2.4.0-errors": 60, "2.4.0-latency": 120, "2.4.0-health": 60}
     lines = [f"## {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC — detection latency (`bench/bench_detection.py`)", "",
-             "5 requests/s of `engine traffic`, baseline of 60 s on 2.3.1, `backout check` every 5 s after the switch.", "",
+             "5 requests/s of `engine traffic`, baseline of 60 s on 2.3.1, `backout check` every 5 s from the switch on; default verdict settings (20 s windows, 2 sustained; health 3 failures over 45 s).", "",
              "| broken build | trigger | switch → roll-back | target | met |", "|---|---|---:|---|---|"]
     for r in rows:
         secs = r["seconds"]

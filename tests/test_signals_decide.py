@@ -6,6 +6,7 @@ against exact computations done here independently (fractions, full permutation 
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 import json
 import math
 from fractions import Fraction
@@ -149,7 +150,7 @@ def test_no_answer_is_a_failure() -> None:
 
 def test_tie_breaker_inconclusive_waits() -> None:
     scenario = load_scenario(next(p for p in SCENARIOS if p.stem == "mixed-latency-bad-errors-fine-sustained"))
-    verdict = decide(scenario.observations, Policy(tie_breaker="inconclusive"))
+    verdict = decide(scenario.observations, replace(scenario.policy, tie_breaker="inconclusive"))
     assert verdict.decision == "inconclusive" and verdict.needs_seconds == 60
 
 

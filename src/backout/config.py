@@ -116,8 +116,8 @@ class VerdictSettings(_Model):
     prometheus_url: str | None = None  # for source = "prometheus"
     path: str = "/execute"  # which requests count
     health_failures: int = Field(3, ge=1)
-    health_duration: Duration = timedelta(minutes=3)
-    window: Duration = timedelta(seconds=60)
+    health_duration: Duration = timedelta(seconds=45)  # detection within a minute (bench/RESULTS.md)
+    window: Duration = timedelta(seconds=20)
     min_requests: int = Field(30, ge=1)
     alpha: float = Field(0.01, gt=0, lt=1)
     error_ratio: float = Field(2.0, ge=1)
@@ -125,7 +125,7 @@ class VerdictSettings(_Model):
     latency_ratio: float = Field(1.5, ge=1)
     sustained_windows: int = Field(2, ge=1)
     local_share: float = Field(0.8, gt=0, le=1)
-    tie_breaker: Literal["roll-back", "hold"] = "roll-back"
+    tie_breaker: Literal["roll-back", "hold", "inconclusive"] = "roll-back"
     baseline_window: Duration = timedelta(minutes=10)  # how much history a baseline captures
 
 

@@ -72,8 +72,8 @@ class Policy:
     """Thresholds of the verdict (backout.toml [deployments.NAME.verdict])."""
 
     health_failures: int = 3  # consecutive failed probes ...
-    health_seconds: float = 180.0  # ... lasting at least this long
-    window_seconds: float = 60.0  # metric windows
+    health_seconds: float = 45.0  # ... lasting at least this long
+    window_seconds: float = 20.0  # metric windows
     min_requests: int = 30  # per comparison; fewer is inconclusive
     alpha: float = 0.01  # significance of the error and latency tests
     error_ratio: float = 2.0  # error rate must also be this many times the baseline ...

@@ -65,6 +65,11 @@ __all__ = [
     "Scenario", "ScenarioError", "load_scenario", "record_scenario", "scenario_from_dict", "scenario_to_dict",
 ]
 
+# The policy scenario files are written against (their "policy" key overrides it): one-minute
+# windows and three minutes of failing health, the runbook's slow, cautious reading. Deployments
+# get tighter defaults from backout.toml (20 s windows, 45 s of failing health).
+SCENARIO_POLICY = Policy(window_seconds=60.0, health_seconds=180.0)
+
 _DECISIONS = ("roll-back", "hold", "inconclusive")
 _GENERATOR_DEFAULTS: dict[str, Any] = {
     "rps": 1.0, "count": None, "error_rate": 0.0, "latency_ms": [40, 8], "seed": 0, "tasks": 20,
@@ -142,7 +147,7 @@ def _policy(overrides: dict[str, Any]) -> Policy:
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f"policy: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    return replace(Policy(), **overrides)
+    return replace(SCENARIO_POLICY, **overrides)
 
 
 def _shift(requests: list[RequestSample], offset: float) -> list[RequestSample]:
@@ -267,8 +272,8 @@ def scenario_to_dict(obs: Observations, label: Decision, policy: Policy | None =
                      triggers: Iterable[str] = (), description: str = "") -> dict[str, Any]:
     """The scenario-file form of real observations: every request and probe, times relative to the switch."""
     ref = obs.switched_at if obs.switched_at is not None else 0.0
-    defaults = Policy().to_dict()
-    overrides = {k: v for k, v in (policy or Policy()).to_dict().items() if defaults[k] != v}
+    defaults = SCENARIO_POLICY.to_dict()
+    overrides = {k: v for k, v in (policy or SCENARIO_POLICY).to_dict().items() if defaults[k] != v}
     data: dict[str, Any] = {
         "description": description, "label": label, "trigger": list(triggers), "policy": overrides,
         "switched_at": obs.switched_at, "now": round(obs.now - ref, 3),
