@@ -116,7 +116,7 @@ class VerdictSettings(_Model):
     prometheus_url: str | None = None  # for source = "prometheus"
     path: str = "/execute"  # which requests count
     health_failures: int = Field(3, ge=1)
-    health_duration: Duration = timedelta(seconds=45)  # detection within a minute (bench/RESULTS.md)
+    health_duration: Duration = timedelta(seconds=30)  # detection within a minute (bench/RESULTS.md)
     window: Duration = timedelta(seconds=20)
     min_requests: int = Field(30, ge=1)
     alpha: float = Field(0.01, gt=0, lt=1)

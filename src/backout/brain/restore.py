@@ -235,7 +235,8 @@ def _keep(src: Path, dst: Path) -> None:
     if dst.exists():
         if os.path.samefile(src, dst) or sha256_file(src) == sha256_file(dst):
             return
-        raise SnapshotError(f"{dst} exists and differs from {src}; inspect the quarantine before retrying")
+        raise SnapshotError(f"{dst} exists and differs from {src}; inspect the quarantine before retrying",
+                            EXIT_REFUSED)
     try:
         os.link(src, dst)
     except OSError as exc:
@@ -276,7 +277,7 @@ def _swap(req: RestoreRequest, staged: Path, manifest: Manifest) -> None:
         if req.brain.exists() and sha256_file(req.brain) == manifest.sha256:
             _stamp_path(staged).unlink(missing_ok=True)
             return  # the rename happened before a crash
-        raise SnapshotError(f"staged copy {staged} vanished before the swap; re-run the restore")
+        raise SnapshotError(f"staged copy {staged} vanished before the swap; re-run the restore", EXIT_REFUSED)
     for suffix in SIDE_CARS:  # a stale WAL beside the restored brain would be replayed into it
         req.brain.with_name(req.brain.name + suffix).unlink(missing_ok=True)
     fault_point("inside:swap")

@@ -75,6 +75,15 @@ class ComposeRuntime(Runtime):
         return Command(f"set the image tag of {self.service} to {version} in {self.file} (comments kept)",
                        ("edit", str(self.file), f"services.{self.service}.image={self.image(version)}"))
 
+    def _migrate_command(self, version: str) -> list[str]:
+        """The migrate template's argv for `version` ({version} is its one placeholder)."""
+        assert self.settings.migrate is not None
+        try:
+            return [token.format(version=version) for token in shlex.split(self.settings.migrate)]
+        except (KeyError, IndexError, ValueError) as exc:
+            raise RuntimeFailure(f"migrate template {self.settings.migrate!r} is malformed ({exc}); its one "
+                                 "placeholder is {version}", EXIT_USAGE) from None
+
     def describe(self, version: str) -> list[Command]:
         """Set the version, pull if needed, drain+stop, migrate, up."""
         commands = [self._set_version_command(version)]
@@ -87,7 +96,7 @@ class ComposeRuntime(Runtime):
         if self.settings.migrate:
             commands.append(Command("migrate the brain in a one-off container of the new image",
                                     self._compose("run", "--rm", "--no-deps", self.service,
-                                                  *shlex.split(self.settings.migrate.format(version=version)))))
+                                                  *self._migrate_command(version))))
         commands.append(Command(f"start {self.image(version)}", self._compose("up", "-d", "--no-deps", self.service),
                                 env_names(self.settings)))
         return commands
@@ -195,7 +204,7 @@ class ComposeRuntime(Runtime):
         self._pull(version)
         undo = self._set_version(version)
         argv = self._compose("run", "--rm", "--no-deps", "-T", self.service,
-                             *shlex.split(self.settings.migrate.format(version=version)))
+                             *self._migrate_command(version))
         out = self._run(argv, timeout=3600, check=False)
         lines = (out.stdout + out.stderr).splitlines()
         if out.returncode != 0:

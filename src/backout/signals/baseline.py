@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backout.errors import EXIT_USAGE, BackoutError
 from backout.fsutil import atomic_write_json, ensure_private_dir
 from backout.signals.model import EvalRun, HealthSample, RequestSample
 
@@ -86,10 +87,14 @@ class StateFiles:
 
     def load_baseline(self) -> Baseline | None:
         """The stored baseline, if any."""
+        path = self.folder / "baseline.json"
         try:
-            return Baseline.from_dict(json.loads((self.folder / "baseline.json").read_text(encoding="utf-8")))
+            return Baseline.from_dict(json.loads(path.read_text(encoding="utf-8")))
         except FileNotFoundError:
             return None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackoutError(f"baseline {path} is corrupt ({type(exc).__name__}); capture it again "
+                               "(backout baseline capture --yes)", EXIT_USAGE) from None
 
     def _append(self, name: str, record: dict[str, Any]) -> None:
         ensure_private_dir(self.folder)

@@ -67,7 +67,7 @@ __all__ = [
 
 # The policy scenario files are written against (their "policy" key overrides it): one-minute
 # windows and three minutes of failing health, the runbook's slow, cautious reading. Deployments
-# get tighter defaults from backout.toml (20 s windows, 45 s of failing health).
+# get tighter defaults from backout.toml (20 s windows, 30 s of failing health).
 SCENARIO_POLICY = Policy(window_seconds=60.0, health_seconds=180.0)
 
 _DECISIONS = ("roll-back", "hold", "inconclusive")
