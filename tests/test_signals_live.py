@@ -19,8 +19,8 @@ from backout_cli import backout, backout_json
 from engine.traffic import TrafficPlan, run_traffic
 from engine_proc import DEFAULT_KEY, free_port
 
-pytestmark = pytest.mark.slow
-# Turns of 120 ms of simulated model time: latency then reflects the release, not the load the
+pytestmark = [pytest.mark.slow, pytest.mark.live]
+# Turns of 200 ms of simulated model time: latency then reflects the release, not the load the
 # rest of the test suite puts on the two cores at the same time.
 BIN = Path(sys.executable).parent
 ENV = {"ENGINE_API_KEY": DEFAULT_KEY}
@@ -33,7 +33,7 @@ def _deployment(folder: Path) -> tuple[Path, str]:
     out = backout("init", "--runtime", "process", "--port", str(port), "--brain", "brain.sqlite",
                   "--command", f"{BIN}/engine serve --release {{version}} --brain {{brain}} --port {{port}}",
                   "--check", f"{BIN}/engine releases --changelog {{version}}", "--health-url", f"{url}/health",
-                  "--pass-env", "ENGINE_API_KEY", "--env", "ENGINE_TURN_MS=120", cwd=folder)
+                  "--pass-env", "ENGINE_API_KEY", "--env", "ENGINE_TURN_MS=200", cwd=folder)
     assert out.returncode == 0, out.stderr
     config = folder / "backout.toml"
     config.write_text(config.read_text() + f"""
