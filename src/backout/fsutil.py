@@ -15,6 +15,7 @@ from typing import Any, Callable, TypeVar
 __all__ = [
     "Progress",
     "atomic_write_json",
+    "replace_text",
     "copy_fd",
     "create_private",
     "ensure_private_dir",
@@ -135,18 +136,19 @@ def sha256_file(path: Path, progress: Progress | None = None) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Write JSON durably: temporary 0600 file, fsync, rename over `path`, fsync the folder."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.unlink()
-    except FileNotFoundError:
-        pass
-    fd = create_private(tmp)
+def replace_text(path: Path, text: str, mode: int | None = None) -> None:
+    """Replace a file durably: temporary file, fsync, rename, fsync the folder.
+
+    The temporary file is created with the final mode (default: the existing file's, else 0600),
+    so a file holding secrets is never briefly readable by others."""
+    if mode is None:
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -154,6 +156,11 @@ def atomic_write_json(path: Path, data: Any) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write JSON durably and privately (0600)."""
+    replace_text(path, json.dumps(data, indent=2) + "\n", mode=0o600)
 
 
 def free_bytes(path: Path) -> int:

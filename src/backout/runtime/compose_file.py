@@ -17,7 +17,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from backout.config import ConfigError
-from backout.fsutil import fsync_dir
+from backout.fsutil import replace_text
 
 __all__ = ["ComposeFacts", "detect", "load_compose", "image_for", "set_image_tag", "read_env_file",
            "write_env_variable", "split_image", "replace_file_text"]
@@ -86,20 +86,8 @@ def set_image_tag(path: Path, service: str, version: str) -> str:
 
 
 def replace_file_text(path: Path, text: str) -> None:
-    """Replace a file durably, keeping its mode (a .env may hold secrets: never briefly wider)."""
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
-    tmp = path.with_name(f".{path.name}.backout-{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    """Replace a compose file or .env durably, keeping its mode (a .env may hold secrets)."""
+    replace_text(path, text)
 
 
 def read_env_file(path: Path) -> dict[str, str]:
