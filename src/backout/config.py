@@ -16,7 +16,11 @@ __all__ = [
     "Config",
     "ConfigError",
     "Deployment",
+    "NotifySettings",
+    "RollbackSettings",
     "SalvageSettings",
+    "SecretSource",
+    "TrackerSettings",
     "SnapshotSettings",
     "Target",
     "find_config",
@@ -136,6 +140,114 @@ class ExpectedChange(_Model):
     eval_cases: list[str] = []
 
 
+class SecretSource(_Model):
+    """Where a secret comes from: an environment variable or a file, never the config itself."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "SecretSource":
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of `env` (a variable name) or `file` (a path) for a secret")
+        return self
+
+    def describe(self) -> str:
+        """Where the value is read from (safe to print)."""
+        return f"${self.env}" if self.env else f"file {self.file}"
+
+    def value(self) -> str:
+        """The secret's value; ConfigError naming the variable or file when it is missing."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if not value:
+                raise ConfigError(f"{self.env} is not set in backout's environment; export it (the config names "
+                                  "the variable, never the value)")
+            return value
+        assert self.file is not None
+        try:
+            return self.file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the secret file {self.file}: {exc.strerror}") from None
+
+
+class SlackChannel(_Model):
+    """A Slack incoming webhook (its URL is the secret)."""
+
+    name: str = "slack"
+    webhook: SecretSource
+
+
+class WebhookChannel(_Model):
+    """A generic JSON webhook: POSTs each message as JSON."""
+
+    name: str = "webhook"
+    url: SecretSource
+    headers: dict[str, SecretSource] = {}  # e.g. Authorization = {env = "PAGER_TOKEN"}
+
+
+class StatuspageSettings(_Model):
+    """The Statuspage REST API: an incident while customers are affected, and a component status."""
+
+    api_base: str = "https://api.statuspage.io/v1"
+    page_id: str
+    component_id: str | None = None
+    api_key: SecretSource
+
+
+class NotifySettings(_Model):
+    """Who hears about a rollback, and what counts as real customer impact (for the status page)."""
+
+    slack: list[SlackChannel] = []
+    webhook: list[WebhookChannel] = []
+    statuspage: StatuspageSettings | None = None
+    file: Path | None = None  # every message also appended here as a JSON line
+    timeout: Duration = timedelta(seconds=10)
+    retries: int = Field(3, ge=0, le=10)
+    impact_error_rate: float = Field(0.05, ge=0, le=1)  # bad-window error rate that customers notice
+    impact_latency_ratio: float = Field(2.0, ge=1)  # bad-window p95 / baseline p95 that customers notice
+
+
+class TrackerSettings(_Model):
+    """Where postmortems are filed as tickets: the GitHub issues API or a generic webhook."""
+
+    kind: Literal["github", "webhook"]
+    api_base: str = "https://api.github.com"
+    repo: str | None = None  # owner/name, for kind = "github"
+    token: SecretSource | None = None  # for kind = "github"
+    url: SecretSource | None = None  # for kind = "webhook"
+    labels: list[str] = ["incident", "rollback"]
+
+    @model_validator(mode="after")
+    def _complete(self) -> "TrackerSettings":
+        if self.kind == "github" and (not self.repo or self.token is None):
+            raise ValueError("tracker kind = 'github' needs `repo` (owner/name) and `token` = {env = ...}")
+        if self.kind == "webhook" and self.url is None:
+            raise ValueError("tracker kind = 'webhook' needs `url` = {env = ...} or {file = ...}")
+        return self
+
+
+class SmokeRequest(_Model):
+    """One request a trial boot makes after health is ok (health alone may pass on a brain it cannot use)."""
+
+    method: Literal["GET", "POST"] = "GET"
+    path: str  # e.g. "/execute/replay?after=0"
+    body: dict[str, Any] | None = None
+    key_header: str | None = None  # e.g. "X-Engine-Key"
+    key: SecretSource | None = None
+    expect_status: int = 200
+
+
+class RollbackSettings(_Model):
+    """How a rollback chooses its layer and checks the result."""
+
+    additive_tolerant: bool = False  # older versions are known to read brains with newer additive migrations
+    trial_port: int | None = Field(None, ge=1, le=65535)  # spare port for the trial boot (default: a free one)
+    trial_port_env: str | None = None  # compose: the variable that sets the service's port, e.g. ENGINE_PORT
+    smoke: SmokeRequest | None = None
+    verify_window: Duration = timedelta(seconds=10)  # how long errors are watched after the target is healthy
+
+
 class Deployment(_Model):
     """One service that backout manages."""
 
@@ -153,6 +265,9 @@ class Deployment(_Model):
     verdict: VerdictSettings = VerdictSettings()
     evals: EvalSettings | None = None
     expected_changes: dict[str, ExpectedChange] = {}  # version -> announced changes
+    notify: NotifySettings = NotifySettings()
+    tracker: TrackerSettings | None = None
+    rollback: RollbackSettings = RollbackSettings()
     changelog_command: str | None = None  # prints a version's changelog JSON, e.g. "engine releases --changelog {version} --json"
 
     @model_validator(mode="after")
