@@ -233,9 +233,7 @@ class SmokeRequest(_Model):
     method: Literal["GET", "POST"] = "GET"
     path: str  # e.g. "/execute/replay?after=0"
     body: dict[str, Any] | None = None
-    key_header: str | None = None  # e.g. "X-Engine-Key"
-    key: SecretSource | None = None
-    expect_status: int = 200
+    expect_status: int = 200  # the deployment's api_key is sent when it has one
 
 
 class RollbackSettings(_Model):
@@ -253,6 +251,8 @@ class Deployment(_Model):
 
     brain: Path
     health_url: str | None = None
+    api_key: SecretSource | None = None  # the service's API key, for smoke requests and salvage replay
+    api_key_header: str = "X-Engine-Key"
     staging: bool = False
     runtime: Literal["process", "compose"] | None = None
     drain_timeout: Duration = timedelta(seconds=30)
