@@ -217,8 +217,8 @@ class Bench:
         conn.close()
         out = self.work / "salvage-out"
         shutil.rmtree(out, ignore_errors=True)
-        salvage = [*BACKOUT, "salvage", "--snapshot", self.snap_id, "--from", str(live), "--brain", str(live),
-                   "--into", str(self.snaps), "--out", str(out), "--json"]
+        salvage = [*BACKOUT, "salvage", "extract", "--snapshot", self.snap_id, "--from", str(live),
+                   "--brain", str(live), "--into", str(self.snaps), "--out", str(out), "--json"]
         self.results["salvage_10k_s"] = median_of(self.repeat, lambda: run(salvage, cwd=self.work),
                                                   after=lambda: shutil.rmtree(out, ignore_errors=True))
 

@@ -125,7 +125,8 @@ def test_salvage_after_a_brain_rollback_keeps_the_bad_window(start_engine, tmp_p
     assert bad.stop() == 0
     result = backout_json("snapshot", "restore", snap["id"], "--yes", *args, cwd=tmp_path)
     quarantined = Path(result["quarantine"]) / eng.brain.name
-    report = backout_json("salvage", "--snapshot", snap["id"], "--from", str(quarantined), *args, cwd=tmp_path)
+    report = backout_json("salvage", "extract", "--snapshot", snap["id"], "--from", str(quarantined), *args,
+                          cwd=tmp_path)
     counts = {t["table"]: t for t in report["tables"]}
     assert counts["episodes"]["added"] == 4 and counts["knowledge_store"]["added"] == 4
     assert report["schema_diff"]["kind"] == "breaking"  # 2.4.0's forward-only migration, shown beside the rows

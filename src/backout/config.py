@@ -328,6 +328,8 @@ def _absolute_paths(dep: Deployment, base: Path) -> Deployment:
         "brain": _relative_to(base, dep.brain),
         "snapshots": dep.snapshots.model_copy(
             update={"dir": _relative_to(base, dep.snapshots.dir) if dep.snapshots.dir else None}),
+        "notify": dep.notify.model_copy(
+            update={"file": _relative_to(base, dep.notify.file) if dep.notify.file else None}),
     }
     for name in ("process", "compose"):
         section = getattr(dep, name)

@@ -164,13 +164,20 @@ def eval_(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write JSON results here."),
     key_file: Optional[Path] = typer.Option(None, "--key-file", help="Read the API key from this file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the summary line."),
+    cases_dir: Optional[list[Path]] = typer.Option(
+        None, "--cases-dir", metavar="DIR",
+        help="Also run every *.json regression case in DIR (e.g. written by a backout rollback); repeatable."),
 ) -> None:
     """Run the regression eval suite against a running Engine; exit 1 when a case fails."""
-    from engine.evals import run_suite, write_json, write_junit
+    from engine.evals import load_regression_cases, run_suite, write_json, write_junit
 
     key = api_key(key_file)
     try:
-        result = run_suite(url, key)
+        extra = load_regression_cases(cases_dir or [])
+    except NotADirectoryError as exc:
+        fail(str(exc))
+    try:
+        result = run_suite(url, key, extra=extra)
     except OSError as exc:
         fail(f"cannot reach the Engine at {url}: {exc}")
     for case in result.cases:

@@ -3,6 +3,10 @@
 Every case makes its own turn(s) under task id `eval-<runid>-<case>` with a per-run nonce in the
 message, then checks what the Engine stored through the public API (search, export, replay), so
 repeated runs against the same brain never see each other's data.
+
+Regression cases (`--cases-dir`) are JSON files that backout writes after a rollback (format
+`backout-regression/1`, documented in backout/evidence/regression.py); each runs as one extra
+case under its `name`.
 """
 
 from __future__ import annotations
@@ -12,16 +16,18 @@ import json
 import secrets
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import httpx
 
 from engine.client import EngineAPIError, EngineClient, TurnResult
 
-__all__ = ["CASES", "CaseFailed", "CaseResult", "SuiteResult", "run_suite", "write_json", "write_junit"]
+__all__ = ["CASES", "CaseFailed", "CaseResult", "RegressionCase", "SuiteResult", "load_regression_cases",
+           "run_suite", "write_json", "write_junit"]
 
 SUITE_NAME = "engine-eval"
 CLASSNAME = "engine.eval"
@@ -428,6 +434,142 @@ def health_ok(ctx: CaseContext) -> None:
     check(not bad, f"subsystems not ok: {bad}")
 
 
+# -- regression cases from files --------------------------------------------------------------
+
+REGRESSION_FORMAT = "backout-regression/1"
+REGRESSION_KINDS = ("turn", "health")
+
+
+@dataclass(frozen=True)
+class RegressionCase:
+    """One regression case file: turns to replay (kind "turn") or a health check, plus built-in cases."""
+
+    name: str
+    kind: str
+    path: Path
+    requests: tuple[tuple[str, str], ...] = ()  # (task_id, message)
+    expect_status: int = 200
+    expect_lifecycle: str | None = "completed"
+    cases: tuple[str, ...] = ()
+
+    @classmethod
+    def from_file(cls, path: Path) -> RegressionCase:
+        """Read and check one file; ValueError saying what is wrong with it."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ValueError(f"cannot read {path.name}: {exc}") from None
+        check_file(isinstance(data, dict), path, "is not a JSON object")
+        return cls._from_dict(data, path)
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any], path: Path) -> RegressionCase:
+        name, kind, expect = data.get("name"), data.get("kind"), data.get("expect") or {}
+        check_file(isinstance(name, str) and name.strip() != "", path, "has no `name`")
+        check_file(kind in REGRESSION_KINDS, path, f"kind {kind!r} is not one of {REGRESSION_KINDS}")
+        check_file(isinstance(expect, dict) and isinstance(expect.get("status", 200), int), path,
+                   "`expect` is not an object with an integer `status`")
+        requests = tuple(_regression_request(r, path) for r in data.get("requests") or [])
+        check_file(kind != "turn" or requests, path, "is of kind 'turn' but has no `requests`")
+        cases = data.get("cases") or []
+        check_file(isinstance(cases, list) and all(isinstance(c, str) for c in cases), path,
+                   "`cases` is not a list of case names")
+        return cls(name=str(name).strip(), kind=str(kind), path=path, requests=requests,
+                   expect_status=int(expect.get("status", 200)),
+                   expect_lifecycle=expect.get("lifecycle", "completed" if kind == "turn" else None),
+                   cases=tuple(cases))
+
+    def run(self, ctx: CaseContext) -> None:
+        """The case itself: its turns or health check, then the built-in cases it lists."""
+        failures = self._turns(ctx) if self.kind == "turn" else self._health(ctx)
+        for name in self.cases:
+            if name in CASES:
+                failures += _listed_case(ctx, self.name, name)
+        check(not failures, "; ".join(failures))
+
+    def _turns(self, ctx: CaseContext) -> list[str]:
+        failed = []
+        for i, (task_id, message) in enumerate(self.requests, 1):
+            result = ctx.client.execute(f"{task_id}-{ctx.run_id}-{i}", message)
+            completed = self.expect_lifecycle != "completed" or result.completed
+            if result.status != self.expect_status or not completed:
+                failed.append(f"turn {i} (task {task_id}): {result.describe()}")
+        if not failed:
+            return []
+        return [f"{len(failed)}/{len(self.requests)} turn(s) did not answer {self.expect_status} "
+                f"{self.expect_lifecycle or ''}".rstrip() + f", first: {failed[0]}"]
+
+    def _health(self, ctx: CaseContext) -> list[str]:
+        resp = ctx.client.health()
+        status = resp.body.get("status") if isinstance(resp.body, dict) else None
+        if resp.status == self.expect_status and status == "ok":
+            return []
+        return [f"health is {resp.status} {resp.text[:200]!r}, expected {self.expect_status} status ok"]
+
+
+def check_file(condition: object, path: Path, problem: str) -> None:
+    """ValueError naming the file unless `condition` holds."""
+    if not condition:
+        raise ValueError(f"{path.name} {problem}")
+
+
+def _regression_request(item: Any, path: Path) -> tuple[str, str]:
+    check_file(isinstance(item, dict) and isinstance(item.get("message"), str), path,
+               "has a request without a `message`")
+    return str(item.get("task_id") or "regression"), str(item["message"])
+
+
+def _listed_case(ctx: CaseContext, regression: str, name: str) -> list[str]:
+    """Run a built-in case as part of a regression case, under task ids of its own."""
+    try:
+        CASES[name](CaseContext(ctx.client, ctx.run_id, f"{regression}-{name}"))
+    except (CaseFailed, EngineAPIError) as exc:
+        return [f"{name}: {exc}"]
+    return []
+
+
+def load_regression_cases(dirs: Iterable[Path | str]) -> dict[str, CaseFn]:
+    """Extra cases from every *.json in `dirs`, by name; a broken file or an unknown listed case
+    is an extra case that fails and says why. NotADirectoryError for a missing folder."""
+    extra: dict[str, CaseFn] = {}
+    for folder in map(Path, dirs):
+        if not folder.is_dir():
+            raise NotADirectoryError(f"regression cases folder {folder} does not exist")
+        for path in sorted(folder.glob("*.json")):
+            _add_regression(extra, path)
+    return extra
+
+
+def _add_regression(extra: dict[str, CaseFn], path: Path) -> None:
+    try:
+        spec = RegressionCase.from_file(path)
+    except ValueError as exc:
+        extra[_free_name(extra, path.stem)] = _failing(f"invalid regression case file: {exc}")
+        return
+    if spec.name in CASES or spec.name in extra:
+        extra[_free_name(extra, spec.name)] = _failing(
+            f"{path.name}: case name {spec.name!r} is already taken; rename the case")
+        return
+    extra[spec.name] = spec.run
+    for name in spec.cases:
+        if name not in CASES:
+            extra.setdefault(name, _failing(f"unknown case (listed by {spec.name} in {path.name})"))
+
+
+def _free_name(taken: Mapping[str, Any], name: str) -> str:
+    candidate, n = name, 1
+    while candidate in taken or candidate in CASES:
+        n += 1
+        candidate = f"{name}#{n}"
+    return candidate
+
+
+def _failing(detail: str) -> CaseFn:
+    def fail(ctx: CaseContext) -> None:
+        raise CaseFailed(detail)
+    return fail
+
+
 # -- running -----------------------------------------------------------------------------------
 
 
@@ -463,17 +605,19 @@ def _probe(url: str, key: str, timeout: float) -> str | None:
 
 
 def run_suite(url: str, key: str, workers: int = WORKERS, timeout: float = TIMEOUT_S,
-              only: Iterable[str] | None = None) -> SuiteResult:
-    """Run the golden cases (all, or those named in `only`) against the Engine at `url`."""
+              only: Iterable[str] | None = None, extra: Mapping[str, CaseFn] | None = None) -> SuiteResult:
+    """Run the golden cases (all, or those named in `only`), then every `extra` case, against `url`."""
     started = time.perf_counter()
     version = _probe(url, key, timeout)
     run_id = secrets.token_hex(4)
+    table = {**CASES, **(extra or {})}
     names = list(only) if only is not None else list(CASES)
-    unknown = [n for n in names if n not in CASES]
+    names += [n for n in (extra or {}) if n not in names]
+    unknown = [n for n in names if n not in table]
     if unknown:
         raise ValueError(f"unknown eval case(s): {', '.join(unknown)}")
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="eval") as pool:
-        futures = [pool.submit(_run_case, url, key, run_id, n, CASES[n], timeout) for n in names]
+        futures = [pool.submit(_run_case, url, key, run_id, n, table[n], timeout) for n in names]
         cases = [f.result() for f in futures]
     return SuiteResult(cases=cases, version=version, url=url, run_id=run_id,
                        duration_ms=round((time.perf_counter() - started) * 1000, 2))

@@ -25,7 +25,7 @@ from backout.errors import EXIT_ENVIRONMENT, EXIT_USAGE
 from backout.fsutil import at_background_priority, background_priority, copy_fd, create_private, describe_os_error, free_bytes, fsync_dir, sha256_file
 from backout.progress import NO_PROGRESS, Progress
 
-__all__ = ["VerifyReport", "check_is_sqlite", "create_snapshot", "verify_snapshot", "SIDE_CARS"]
+__all__ = ["VerifyReport", "check_is_sqlite", "copy_live_brain", "create_snapshot", "verify_snapshot", "SIDE_CARS"]
 
 SIDE_CARS = ("-wal", "-shm", "-journal")
 _BACKUP_PAGES = 1024  # pages per step of the backup API; writers get the lock between steps
@@ -286,3 +286,15 @@ def verify_snapshot(store: SnapshotStore, snapshot_id: str, progress: Progress =
     report.add("tables", marks == manifest.tables,
                f"{len(marks)} tables agree" if marks == manifest.tables else "row counts or rowids differ")
     return report
+
+
+def copy_live_brain(source: Path, dest: Path, progress: Progress = NO_PROGRESS) -> None:
+    """A consistent, self-contained throwaway copy of a live brain (not verified): for trial boots."""
+    check_is_sqlite(source)
+    os.close(create_private(dest))
+    try:
+        _copy_wal_aware(source, dest, progress)
+        _finish_copy(dest).close()
+    except BaseException:
+        _cleanup(dest)
+        raise

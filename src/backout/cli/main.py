@@ -41,11 +41,11 @@ def root(
 
 def _register() -> None:
     """Attach the command groups (imported here so `backout --version` stays fast)."""
-    from backout.cli import check, deploy, history, init, salvage, schema, snapshot, status
+    from backout.cli import check, deploy, history, init, rollback, salvage, schema, snapshot, status
 
     app.add_typer(snapshot.app, name="snapshot")
     app.add_typer(schema.app, name="schema", help="Schema stamps and diffs: can an older version read this brain?")
-    app.command("salvage")(salvage.command)
+    app.add_typer(salvage.app, name="salvage", help="The bad window's rows: extract, show and replay a salvage.")
     app.command("init")(init.init)
     app.command("status")(status.status)
     app.command("history")(history.history)
@@ -53,6 +53,9 @@ def _register() -> None:
     app.command("stop")(deploy.stop)
     app.command("check")(check.check)
     app.add_typer(check.baseline_app, name="baseline")
+    app.command("rollback")(rollback.rollback)
+    app.command("freeze")(rollback.freeze)
+    app.command("unfreeze")(rollback.unfreeze)
 
 
 _register()

@@ -1,34 +1,76 @@
-"""`backout salvage`: keep the bad window's rows, extracted from a newer (usually quarantined) brain."""
+"""`backout salvage`: extract the bad window's rows, show an incident's, replay them."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 import typer
 
 from backout.brain.manifest import SnapshotStore, utcnow
-from backout.brain.salvage import SalvageError, salvage
+from backout.brain.replay import ReplayReport, replay_bundle
+from backout.brain.salvage import SUMMARY_FILE, SalvageError, salvage
 from backout.brain.schema import SchemaError, diff, stamp
-from backout.cli.common import (BrainOpt, ConfigOpt, DeploymentOpt, DryRunOpt, IntoOpt, JsonOpt, emit_json, fail,
-                                handle_errors, progress_bar, target_from)
-from backout.errors import EXIT_USAGE
+from backout.cli.common import (
+    BrainOpt,
+    ConfigOpt,
+    DeploymentOpt,
+    DryRunOpt,
+    IntoOpt,
+    JsonOpt,
+    YesOpt,
+    confirm,
+    emit_json,
+    fail,
+    handle_errors,
+    progress_bar,
+    target_from,
+)
+from backout.config import ConfigError, Target, find_config, load_config
+from backout.errors import EXIT_FAILED, EXIT_USAGE
+from backout.history import deployment_state
+from backout.lock import operation_lock
 
-__all__ = ["command"]
+__all__ = ["app"]
+
+INCIDENT_FILE = "incident.json"
+
+app = typer.Typer(
+    help="The bad window's rows: extract them from a displaced brain, show an incident's "
+    "salvage, replay it into the running service.",
+    no_args_is_help=True,
+)
+
+IncidentArg = typer.Argument(
+    ..., metavar="INCIDENT", help="Incident id (a folder in <state_dir>/incidents)."
+)
 
 
-def command(
-    snapshot_id: str = typer.Option(..., "--snapshot", help="The snapshot the brain was (or will be) restored to."),
-    source: Path = typer.Option(..., "--from", help="The newer brain, e.g. the quarantined one."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Bundle folder (default: <state>/salvage/<snapshot>-<time>)."),
-    include: Optional[list[str]] = typer.Option(None, "--include", help="Only these tables (glob; repeatable)."),
-    exclude: Optional[list[str]] = typer.Option(None, "--exclude", help="Skip these tables (glob; repeatable)."),
+SnapshotOpt = typer.Option(
+    ..., "--snapshot", help="The snapshot the brain was (or will be) restored to."
+)
+FromOpt = typer.Option(..., "--from", help="The newer brain, e.g. the quarantined one.")
+OutOpt = typer.Option(
+    None, "--out", help="Bundle folder (default: <state>/salvage/<snapshot>-<time>)."
+)
+IncludeOpt = typer.Option(None, "--include", help="Only these tables (glob; repeatable).")
+ExcludeOpt = typer.Option(None, "--exclude", help="Skip these tables (glob; repeatable).")
+
+
+@app.command("extract")
+def extract(
+    snapshot_id: str = SnapshotOpt,
+    source: Path = FromOpt,
+    out: Path | None = OutOpt,
+    include: list[str] | None = IncludeOpt,
+    exclude: list[str] | None = ExcludeOpt,
     dry_run: bool = DryRunOpt,
     as_json: bool = JsonOpt,
-    config: Optional[Path] = ConfigOpt,
-    deployment: Optional[str] = DeploymentOpt,
-    brain: Optional[Path] = BrainOpt,
-    into: Optional[Path] = IntoOpt,
+    config: Path | None = ConfigOpt,
+    deployment: str | None = DeploymentOpt,
+    brain: Path | None = BrainOpt,
+    into: Path | None = IntoOpt,
 ) -> None:
     """Extract the rows written after a snapshot from a newer brain into a replayable bundle.
 
@@ -38,13 +80,23 @@ def command(
     store = SnapshotStore(target.snapshot_dir)
     with handle_errors():
         manifest = store.load(snapshot_id)
-    folder = out or target.state_dir / "salvage" / f"{snapshot_id}-{utcnow().strftime('%Y%m%dT%H%M%SZ')}"
+    stamp_now = utcnow().strftime("%Y%m%dT%H%M%SZ")
+    folder = out or target.state_dir / "salvage" / f"{snapshot_id}-{stamp_now}"
     if dry_run:
-        plan = {"dry_run": True, "read": str(source), "since": manifest.created_at, "write": str(folder),
-                "tables": sorted(manifest.tables)}
-        emit_json(plan) if as_json else typer.echo(
-            f"would read {source} for rows written after {manifest.created_at} (snapshot {snapshot_id}) "
-            f"and write the bundle to {folder}; the brain is only read")
+        plan = {
+            "dry_run": True,
+            "read": str(source),
+            "since": manifest.created_at,
+            "write": str(folder),
+            "tables": sorted(manifest.tables),
+        }
+        if as_json:
+            emit_json(plan)
+            return
+        typer.echo(
+            f"would read {source} for rows written after {manifest.created_at} (snapshot "
+            f"{snapshot_id}) and write the bundle to {folder}; the brain is only read"
+        )
         return
     try:
         changes = diff(stamp(store.db_path(snapshot_id)), stamp(source)).to_dict()
@@ -58,10 +110,14 @@ def command(
                 seen[0] = done
 
             report = salvage(
-                manifest.marks(), manifest.created_at, source, folder,
+                manifest.marks(),
+                manifest.created_at,
+                source,
+                folder,
                 include=include or target.salvage.include or None,
                 exclude=[*(exclude or []), *target.salvage.exclude] or None,
-                snapshot_id=snapshot_id, schema_diff=changes,
+                snapshot_id=snapshot_id,
+                schema_diff=changes,
                 progress=rows_done,
             )
     except (SalvageError, SchemaError) as exc:
@@ -71,3 +127,213 @@ def command(
         return
     typer.echo(report.render())
     typer.echo(f"bundle: {report.out_dir}")
+
+
+@app.command("show")
+def show(
+    incident_id: str = IncidentArg,
+    as_json: bool = JsonOpt,
+    config: Path | None = ConfigOpt,
+) -> None:
+    """Show an incident's salvage: tables, rows, the bundle, the schema diff, MCP calls."""
+    incident, folder = _load_incident(_state_dir(config), incident_id)
+    bundle = _bundle_dir(incident, folder)
+    summary = _summary(bundle) if bundle is not None else None
+    facts = _show_facts(incident_id, incident, bundle, summary)
+    if as_json:
+        emit_json(facts)
+        return
+    typer.echo(_render_show(facts, summary))
+
+
+@app.command("replay")
+def replay(
+    incident_id: str = IncidentArg,
+    dry_run: bool = DryRunOpt,
+    yes: bool = YesOpt,
+    as_json: bool = JsonOpt,
+    config: Path | None = ConfigOpt,
+    deployment: str | None = DeploymentOpt,
+) -> None:
+    """Replay an incident's salvage into the running service (Engine API) or its brain (SQL).
+
+    Rows already present are skipped, so replaying twice is safe. Rows changed since the
+    snapshot are never overwritten: they are listed for review. mcp_calls are never replayed.
+    Exit 0 when every row was replayed or already present, 1 when some could not be."""
+    incident, folder = _load_incident(_state_dir(config), incident_id)
+    bundle = _bundle_dir(incident, folder)
+    if bundle is None:
+        fail(
+            f"incident {incident_id} has no salvage (the brain was not restored): nothing to "
+            "replay",
+            EXIT_USAGE,
+        )
+    target = _target_for(config, deployment, incident)
+    options = _replay_options(target)
+    if dry_run:
+        with handle_errors():
+            report = replay_bundle(bundle, **options, dry_run=True)
+        _print_report(report, as_json)
+        return
+    total = int(_summary(bundle).get("total") or 0)
+    where = options["base_url"] or options["brain"]
+    confirm(f"replay the {total} salvaged rows of incident {incident_id} into {where}?", yes)
+    with handle_errors():
+        lock_dir = deployment_state(target.state_dir, target.deployment)
+        with operation_lock(lock_dir, "salvage replay"):
+            report = replay_bundle(bundle, **options)
+    _print_report(report, as_json)
+    if not report.complete:
+        fail(_incomplete(report), EXIT_FAILED)
+
+
+# -- incidents -----------------------------------------------------------------------------------
+
+
+def _state_dir(config: Path | None) -> Path:
+    """The state folder from the config, or ./.backout without one (as resolve_target does)."""
+    try:
+        found = find_config(config)
+        return load_config(found).state_dir.absolute() if found else Path(".backout").absolute()
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+def _known_incidents(state_dir: Path) -> list[str]:
+    root = state_dir / "incidents"
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / INCIDENT_FILE).is_file())
+
+
+def _load_incident(state_dir: Path, incident_id: str) -> tuple[dict[str, Any], Path]:
+    """incident.json and its folder; exit 2 naming the known incidents when there is none."""
+    known = _known_incidents(state_dir)
+    if incident_id not in known:
+        listed = ", ".join(known) if known else "none yet"
+        fail(
+            f"no incident {incident_id!r} in {state_dir / 'incidents'}; known incidents: {listed}",
+            EXIT_USAGE,
+        )
+    folder = state_dir / "incidents" / incident_id
+    try:
+        incident = json.loads((folder / INCIDENT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        fail(f"{folder / INCIDENT_FILE} is not readable JSON: {exc}", EXIT_USAGE)
+    if not isinstance(incident, dict):
+        fail(f"{folder / INCIDENT_FILE} is not an incident record (a JSON object)", EXIT_USAGE)
+    return incident, folder
+
+
+def _bundle_dir(incident: dict[str, Any], folder: Path) -> Path | None:
+    """Where the incident's salvage bundle is; None when the rollback salvaged nothing."""
+    info = incident.get("salvage")
+    if not isinstance(info, dict):
+        return None
+    return Path(info["folder"]) if info.get("folder") else folder / "salvage"
+
+
+def _summary(bundle: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((bundle / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        fail(
+            f"the salvage bundle {bundle} cannot be read ({SUMMARY_FILE}: {exc}); it may have "
+            "been moved: look in the incident folder",
+            EXIT_USAGE,
+        )
+    if not isinstance(data, dict) or not isinstance(data.get("tables"), list):
+        fail(f"{bundle / SUMMARY_FILE} is not a salvage summary", EXIT_USAGE)
+    return data
+
+
+def _target_for(config: Path | None, deployment: str | None, incident: dict[str, Any]) -> Target:
+    """The incident's deployment (or --deployment); without a config it is named by its brain."""
+    name = deployment or incident.get("deployment")
+    if find_config(config) is None and name and Path(str(name)).is_absolute():
+        return target_from(None, None, Path(str(name)))
+    return target_from(config, str(name) if name else None, None)
+
+
+def _replay_options(target: Target) -> dict[str, Any]:
+    """Where replay writes: the service's API when it has a health URL, else its brain."""
+    from backout.flows.check import base_url
+
+    settings = target.settings
+    try:
+        key = settings.api_key.value() if settings and settings.api_key else None
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+    return {
+        "base_url": base_url(target) if target.health_url else None,
+        "api_key": key,
+        "key_header": settings.api_key_header if settings else "X-Engine-Key",
+        "brain": target.brain,
+    }
+
+
+# -- output --------------------------------------------------------------------------------------
+
+
+def _show_facts(
+    incident_id: str, incident: dict[str, Any], bundle: Path | None, summary: dict[str, Any] | None
+) -> dict[str, Any]:
+    tables = (summary or {}).get("tables", [])
+    mcp = next((t for t in tables if t.get("table") == "mcp_calls"), {})
+    snapshot = incident.get("snapshot") or {}
+    kind = ((summary or {}).get("schema_diff") or {}).get("kind")
+    return {
+        "incident": incident_id,
+        "deployment": incident.get("deployment"),
+        "from_version": incident.get("from_version"),
+        "to_version": incident.get("to_version"),
+        "snapshot_id": snapshot.get("id") if isinstance(snapshot, dict) else None,
+        "bundle": str(bundle) if bundle else None,
+        "total": (summary or {}).get("total", 0),
+        "tables": [
+            {"table": t["table"], "added": t.get("added", 0), "changed": t.get("changed", 0)}
+            for t in tables
+            if t.get("added") or t.get("changed")
+        ],
+        "schema_diff_kind": kind,
+        "mcp_calls": int(mcp.get("added", 0)) + int(mcp.get("changed", 0)),
+        "engine_bundle": bool((summary or {}).get("memory_import")),
+        "replay_command": f"backout salvage replay {incident_id}" if bundle else None,
+    }
+
+
+def _render_show(facts: dict[str, Any], summary: dict[str, Any] | None) -> str:
+    head = (
+        f"incident {facts['incident']}: {facts['deployment']}, {facts['from_version']} -> "
+        f"{facts['to_version']}, snapshot {facts['snapshot_id']}"
+    )
+    if summary is None:
+        return (
+            head + "\nno salvage: the rollback did not restore the brain, so no row was displaced"
+        )
+    width = max([len("table"), *(len(t["table"]) for t in facts["tables"])])
+    lines = [head, f"{'table':<{width}}  {'added':>7}  {'changed':>7}"]
+    lines += [f"{t['table']:<{width}}  {t['added']:>7}  {t['changed']:>7}" for t in facts["tables"]]
+    lines += [
+        f"total: {facts['total']} rows in {facts['bundle']}"
+        + (" (with memory-import.json for the Engine)" if facts["engine_bundle"] else ""),
+        f"schema diff: {facts['schema_diff_kind'] or 'not recorded'}",
+        f"mcp_calls: {facts['mcp_calls']} (effects outside the brain; never replayed)",
+        f"replay: {facts['replay_command']} --dry-run, then without --dry-run",
+    ]
+    return "\n".join(lines)
+
+
+def _print_report(report: ReplayReport, as_json: bool) -> None:
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        typer.echo(report.render())
+
+
+def _incomplete(report: ReplayReport) -> str:
+    parts = [f"{t.table} {s.rows} ({s.reason})" for t in report.tables for s in t.skipped]
+    return (
+        f"{report.not_replayed} rows could not be replayed: {'; '.join(parts)}; the bundle "
+        f"keeps them in {report.bundle}"
+    )

@@ -142,5 +142,9 @@ def observe(target: Target, runtime: Runtime, with_evals: bool = True, report: s
 
 
 def check(target: Target, runtime: Runtime, with_evals: bool = True, report: str | None = None) -> Verdict:
-    """The verdict now."""
-    return decide(observe(target, runtime, with_evals, report), policy_of(target.require_settings()))
+    """The verdict now (kept as the deployment's latest verdict)."""
+    obs = observe(target, runtime, with_evals, report)
+    verdict = decide(obs, policy_of(target.require_settings()))
+    failed = obs.evals.failed if obs.evals else []
+    state_files(target).save_verdict({**verdict.to_dict(), "failed_eval_cases": failed}, obs.version)
+    return verdict

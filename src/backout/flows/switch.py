@@ -12,6 +12,7 @@ from typing import Any
 from backout.brain.schema import SchemaError, stamp
 from backout.config import Target
 from backout.errors import EXIT_REFUSED, BackoutError
+from backout.freeze import refuse_if_frozen
 from backout.history import Change, History, deployment_state
 from backout.lock import operation_lock
 from backout.runtime.base import Command, HealthWait, Runtime, RuntimeFailure, StopResult
@@ -57,10 +58,8 @@ def brain_stamp(target: Target) -> dict[str, Any] | None:
 
 def plan_switch(target: Target, runtime: Runtime, version: str) -> list[Command]:
     """Refuse early (frozen, unavailable), then return the commands a switch would run."""
-    settings = target.require_settings()
-    if version in settings.frozen:
-        raise BackoutError(f"version {version} is frozen for {target.deployment} (`frozen` in backout.toml)",
-                           EXIT_REFUSED)
+    target.require_settings()
+    refuse_if_frozen(target, version)
     available = runtime.is_available(version)
     if not available.ok:
         raise BackoutError(f"version {version} is not available: {available.detail}; nothing was stopped",

@@ -12,7 +12,8 @@ from typing import Any
 from backout.errors import EXIT_ENVIRONMENT, BackoutError
 from backout.signals.health import HealthProbe, probe
 
-__all__ = ["Availability", "Command", "Current", "HealthWait", "Runtime", "RuntimeFailure", "StopResult"]
+__all__ = ["Availability", "Command", "Current", "HealthWait", "Runtime", "RuntimeFailure", "StopResult",
+           "not_retryable"]
 
 
 class RuntimeFailure(BackoutError):
@@ -142,6 +143,14 @@ class Runtime(abc.ABC):
     def describe(self, version: str) -> list[Command]:
         """The commands a switch to `version` would run, in order."""
 
+    @abc.abstractmethod
+    def describe_stop(self) -> list[Command]:
+        """The commands that drain and stop what runs."""
+
+    @abc.abstractmethod
+    def describe_start(self, version: str) -> list[Command]:
+        """The commands that start `version` (without a migrate step)."""
+
     def wait_healthy(self, deadline: float) -> HealthWait:
         """Poll health until ok; fail fast with the last log lines when the service exits first.
 
@@ -159,7 +168,7 @@ class Runtime(abc.ABC):
             last = probe(self.health_url, timeout=min(10.0, max(0.5, deadline - time.monotonic())))
             if last.ok:
                 return HealthWait(True, time.monotonic() - start, last, "healthy")
-            if _not_retryable(last):
+            if not_retryable(last):
                 return HealthWait(False, time.monotonic() - start, last,
                                   f"refuses to serve: {last.reason()}", self.start_logs())
             if time.monotonic() >= deadline:
@@ -168,7 +177,7 @@ class Runtime(abc.ABC):
             time.sleep(0.2)
 
 
-def _not_retryable(p: HealthProbe) -> bool:
+def not_retryable(p: HealthProbe) -> bool:
     """A brain the version cannot read will not heal by waiting (the Engine's MIGRATION_* codes)."""
     body = p.body if isinstance(p.body, dict) else {}
     error = body.get("error")

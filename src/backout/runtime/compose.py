@@ -86,20 +86,26 @@ class ComposeRuntime(Runtime):
 
     def describe(self, version: str) -> list[Command]:
         """Set the version, pull if needed, drain+stop, migrate, up."""
+        *prepare, up = self.describe_start(version)
+        migrate = [Command("migrate the brain in a one-off container of the new image",
+                           self._compose("run", "--rm", "--no-deps", self.service, *self._migrate_command(version)))
+                   ] if self.settings.migrate else []
+        return [*prepare, *self.describe_stop(), *migrate, up]
+
+    def describe_stop(self) -> list[Command]:
+        """`docker compose stop --timeout N service`."""
+        return [Command("drain and stop the service (SIGTERM, then SIGKILL at the timeout)",
+                        self._compose("stop", "--timeout", "<drain_timeout>", self.service))]
+
+    def describe_start(self, version: str) -> list[Command]:
+        """Set the version, pull if needed, `up -d` the service."""
         commands = [self._set_version_command(version)]
         remote = self._remote(version)
         if remote and not self._local(version):
             commands += [Command(f"pull {remote} from the registry", ("docker", "pull", remote)),
                          Command("tag it as the compose file names it", ("docker", "tag", remote, self.image(version)))]
-        commands.append(Command("drain and stop the service (SIGTERM, then SIGKILL at the timeout)",
-                                self._compose("stop", "--timeout", "<drain_timeout>", self.service)))
-        if self.settings.migrate:
-            commands.append(Command("migrate the brain in a one-off container of the new image",
-                                    self._compose("run", "--rm", "--no-deps", self.service,
-                                                  *self._migrate_command(version))))
-        commands.append(Command(f"start {self.image(version)}", self._compose("up", "-d", "--no-deps", self.service),
-                                env_names(self.settings)))
-        return commands
+        return commands + [Command(f"start {self.image(version)}", self._compose("up", "-d", "--no-deps", self.service),
+                                   env_names(self.settings))]
 
     # -- running docker ------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from ruamel.yaml.error import YAMLError
 from backout.config import ConfigError
 from backout.fsutil import replace_text
 
-__all__ = ["ComposeFacts", "detect", "load_compose", "image_for", "set_image_tag", "read_env_file",
+__all__ = ["ComposeFacts", "brain_in_container", "detect", "load_compose", "image_for", "set_image_tag", "read_env_file",
            "write_env_variable", "split_image", "replace_file_text"]
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
@@ -131,7 +131,8 @@ def _variable(image: str) -> str | None:
     return (match.group(1) or match.group(3)) if match else None
 
 
-def _brain_in_container(node: Any) -> str:
+def brain_in_container(node: Any) -> str:
+    """Where the service finds its brain inside the container."""
     env = node.get("environment") or {}
     if isinstance(env, list):
         env = dict(item.split("=", 1) for item in env if "=" in str(item))
@@ -155,7 +156,7 @@ def _mounts(node: Any) -> list[tuple[str, str, str]]:
 
 def brain_on_host(compose: Path, project: str, node: Any, data: Any) -> str | None:
     """The brain's path on this host, for a bind mount or a named volume holding it."""
-    inside = _brain_in_container(node)
+    inside = brain_in_container(node)
     for kind, source, target in _mounts(node):
         if not inside.startswith(target.rstrip("/") + "/"):
             continue

@@ -99,14 +99,23 @@ class ProcessRuntime(Runtime):
 
     def describe(self, version: str) -> list[Command]:
         """Drain what runs, migrate if configured, start `version`."""
-        commands = [Command("drain and stop: SIGTERM to the process group, SIGKILL at the drain deadline",
-                            ("kill", "-TERM", "--", "-<pgid>"))]
+        commands = self.describe_stop()
         if self.settings.migrate:
             commands.append(Command("migrate the brain for the new version",
                                     self._argv(self.settings.migrate, version), env_names(self.settings)))
-        commands.append(Command(f"start {version} detached (setsid), log to {self.log_file}",
-                                self._argv(self.settings.command, version), env_names(self.settings)))
-        return commands
+        return commands + self.describe_start(version)
+
+    def describe_stop(self) -> list[Command]:
+        """SIGTERM to the process group; SIGKILL at the drain deadline."""
+        rec = self._record()
+        group = f"-{rec['pgid']}" if rec else "-<pgid>"
+        return [Command("drain and stop: SIGTERM to the process group, SIGKILL at the drain deadline",
+                        ("kill", "-TERM", "--", group))]
+
+    def describe_start(self, version: str) -> list[Command]:
+        """The command template for `version`, detached."""
+        return [Command(f"start {version} detached (setsid), log to {self.log_file}",
+                        self._argv(self.settings.command, version), env_names(self.settings))]
 
     # -- state ---------------------------------------------------------------------------------
 

@@ -135,3 +135,16 @@ class StateFiles:
     def reports_since(self, since: float) -> list[str]:
         """Customer reports recorded since `since`."""
         return [str(r["text"]) for r in self._read("reports.jsonl", since)]
+
+    def save_verdict(self, verdict: dict[str, Any], version: str | None) -> None:
+        """Keep the latest verdict (a rollback cites it as the symptom and its evidence)."""
+        ensure_private_dir(self.folder)
+        atomic_write_json(self.folder / "verdict.json", {"ts": time.time(), "version": version, **verdict})
+
+    def last_verdict(self, since: float) -> dict[str, Any] | None:
+        """The latest verdict computed since `since`, if any."""
+        try:
+            data: dict[str, Any] = json.loads((self.folder / "verdict.json").read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return None
+        return data if float(data.get("ts", 0)) >= since else None

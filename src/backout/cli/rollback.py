@@ -1,0 +1,222 @@
+"""`backout rollback` (plan, then a journaled, resumable rollback) and `backout freeze`/`unfreeze`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from backout.cli.common import (ConfigOpt, DeploymentOpt, DryRunOpt, JsonOpt, YesOpt, confirm, emit_json, fail,
+                                handle_errors, human_age, human_bytes, progress_bar, target_from)
+from backout.errors import EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE
+from backout.flows.rollback import RollbackRequest, decide_rollback
+from backout.flows.rollback_run import RollbackRun, journal_path
+from backout.freeze import freeze_version, unfreeze_version
+from backout.history import Change, History, deployment_state
+from backout.journal import Journal
+from backout.lock import operation_lock
+from backout.plan import Plan, Step, StepFailed
+from backout.runtime.factory import runtime_for
+
+__all__ = ["rollback", "freeze", "unfreeze"]
+
+
+def rollback(
+    to: Optional[str] = typer.Option(None, "--to", help="Version to return to (default: the restore point)."),
+    snapshot: Optional[str] = typer.Option(None, "--snapshot", help="Snapshot to restore if the brain is rolled back."),
+    reason: str = typer.Option("", "--reason", help="The symptom, for the announcement and the postmortem "
+                               "(default: the latest verdict's reason)."),
+    mode: str = typer.Option("auto", "--mode", help="auto (choose the layer), image, or brain."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a rollback that was interrupted."),
+    dry_run: bool = DryRunOpt,
+    yes: bool = YesOpt,
+    as_json: bool = JsonOpt,
+    config: Optional[Path] = ConfigOpt,
+    deployment: Optional[str] = DeploymentOpt,
+) -> None:
+    """Roll back to the restore point: choose the layer, drain, restore, verify, tell people, keep the evidence.
+
+    Prints the plan first: target version and snapshot (with its age), the bad window, rows written
+    since the snapshot, the layer (image only, or image + brain when the target cannot read the
+    brain; a trial boot on a copy settles it) and every step with its commands and files.
+    --dry-run stops there. The run is journaled: after a crash, `--resume` finishes it."""
+    if mode not in ("auto", "image", "brain"):
+        fail(f"--mode must be auto, image or brain, not {mode!r}", EXIT_USAGE)
+    target = target_from(config, deployment, None)
+    with handle_errors():
+        runtime = runtime_for(target)
+        with operation_lock(deployment_state(target.state_dir, target.deployment), "rollback"):
+            journal = _journal(target, runtime, RollbackRequest(to, snapshot, reason, mode), resume, dry_run, yes,
+                               as_json)
+            if journal is None:
+                return
+            _run(target, runtime, journal, as_json)
+
+
+def _journal(target: Any, runtime: Any, req: RollbackRequest, resume: bool, dry_run: bool, yes: bool,
+             as_json: bool) -> Journal | None:
+    """The journal to run: the interrupted one (--resume) or a new one after the plan is shown and confirmed."""
+    path = journal_path(target)
+    if resume:
+        if not path.exists():
+            fail("there is no interrupted rollback to resume", EXIT_USAGE)
+        return Journal.open(path, {})
+    if path.exists():
+        pending = Journal.open(path, {}).operation.get("decision", {}).get("incident_id", "?")
+        fail(f"an interrupted rollback (incident {pending}) is pending: finish it with `backout rollback --resume`",
+             EXIT_REFUSED)
+    decision = decide_rollback(target, runtime, req)
+    journal = Journal(path, {"operation": {"kind": "rollback", "decision": decision}, "done": [], "facts": {}})
+    plan = RollbackRun(target, runtime, journal).plan()
+    if as_json and (dry_run or decision["blocked"]):
+        emit_json({"dry_run": dry_run, "plan": plan.to_dict()})
+    elif not as_json:
+        typer.echo("\n".join(render_plan(plan)), err=not dry_run)
+    if decision["blocked"]:
+        fail(decision["blocked"], EXIT_REFUSED)
+    if dry_run:
+        return None
+    confirm(f"roll back {target.deployment} to {decision['to_version']} ({decision['layer']} layer)?", yes)
+    journal.save()
+    return journal
+
+
+def _run(target: Any, runtime: Any, journal: Journal, as_json: bool) -> None:
+    def show(step: Step, phase: str) -> None:
+        if not as_json:
+            entry = journal.data.get("timeline", [])[-1] if phase == "done" else None
+            typer.echo(f"  {'✓' if entry else '…'} {step.name:<12}" +
+                       (f" {entry['seconds']:.1f}s  {entry['detail']}" if entry else ""), err=True)
+
+    with progress_bar(not as_json) as bar:
+        run = RollbackRun(target, runtime, journal, bar)
+        try:
+            result = run.run(show)
+        except StepFailed as exc:
+            outcome = run.result("failed")
+            if as_json:
+                emit_json({"plan": run.plan().to_dict(), "result": outcome})
+            else:
+                _print_failure(run, str(exc))
+            raise typer.Exit(EXIT_FAILED) from None
+    if as_json:
+        emit_json({"plan": run.plan().to_dict(), "result": result})
+    else:
+        _print_result(result)
+    if result["outcome"] != "rolled-back":
+        raise typer.Exit(EXIT_FAILED)
+
+
+def render_plan(plan: Plan) -> list[str]:
+    """The plan as text: the decision, then the numbered steps."""
+    d = plan.facts
+    snap = d["snapshot"]
+    lines = [f"rollback plan for {d['deployment']} (incident {d['incident_id']})",
+             f"  running now   {d['from_version']}" + ("" if d["running"] else " (not running)"),
+             f"  bad window    since {d['bad_window']['from'] or 'unknown'}",
+             f"  symptom       {d['signals']['symptom']}",
+             f"  target        {d['to_version']} (from the {d['target_source']})",
+             "  snapshot      " + (f"{snap['id']}, taken {human_age(snap['age_seconds'])} ago while "
+                                   f"{snap['version'] or '?'} ran, {human_bytes(snap['size'])}" if snap
+                                   else f"none: {d['snapshot_note']}")]
+    rows = d["rows_since_snapshot"]
+    if snap:
+        lines.append("  written since " + (", ".join(f"{t} +{n}" for t, n in sorted(rows.items())) or "nothing"))
+    lines.append(f"  layer         {'IMAGE only' if d['layer'] == 'image' else 'IMAGE + BRAIN'}: {d['layer_reason']}")
+    trial = d.get("trial")
+    if trial:
+        lines.append(f"  trial boot    {trial['how']}: {trial['reason']} ({trial['seconds']:.1f}s)")
+        lines += [f"                | {line}" for line in trial.get("log_tail", [])[-3:]]
+    impact = d["signals"]["impact"]
+    lines.append(f"  impact        {'customers affected' if impact['real'] else 'no customer impact'}: {impact['why']}")
+    lines.append("steps:")
+    for number, step in enumerate(plan.steps, 1):
+        lines += step.render(number)
+    return lines
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    ok = result["outcome"] == "rolled-back"
+    typer.echo(f"{'rolled back' if ok else 'rolled back, NOT verified'}: {result['from_version']} -> "
+               f"{result['to_version']} ({result['layer']} layer) in {result['total_seconds']:.1f}s")
+    typer.echo(f"  why this layer  {result['layer_reason']}")
+    if result.get("drain"):
+        typer.echo(f"  drain           {'clean' if result['drain']['clean'] else 'FORCED'}: {result['drain']['detail']}")
+    if result.get("salvage"):
+        s = result["salvage"]
+        typer.echo(f"  salvaged        {s['total']} rows -> {s['folder']}")
+    if result.get("quarantine"):
+        typer.echo(f"  quarantine      {result['quarantine']}")
+    calls = result.get("mcp_calls") or []
+    typer.echo(f"  external        {len(calls)} mcp_calls in the bad window (no rollback undoes them)")
+    for call in calls[:10]:
+        typer.echo(f"                  {call.get('created_at')} {call.get('tool')}.{call.get('action')} "
+                   f"{call.get('target') or ''} ({call.get('status')})")
+    verify = result.get("verify") or {}
+    for part in ("errors", "evals"):
+        if verify.get(part):
+            typer.echo(f"  verify {part:<8} {verify[part]['detail']}")
+    for n in result.get("notifications") or []:
+        typer.echo(f"  notified        {n['channel']}: {'ok' if n['ok'] else 'FAILED ' + n['detail']}")
+    page = result.get("status_page") or {}
+    typer.echo(f"  status page     {'updated' if page.get('updated') else 'not updated'} ({page.get('why', '')})")
+    typer.echo(f"  incident        {result['incident_folder']}")
+    for step in result.get("next_steps") or []:
+        typer.echo(f"  next            {step}")
+
+
+def _print_failure(run: RollbackRun, why: str) -> None:
+    typer.echo(f"ROLLBACK FAILED: {why}", err=True)
+    start = run.facts.get("start") or {}
+    for line in (start.get("log_tail") or [])[-10:]:
+        typer.echo(f"  | {line}", err=True)
+    typer.echo(f"state: brain {run.target.brain}" + (f", quarantine {run.facts['quarantine']}"
+                                                     if run.facts.get("quarantine") else "") +
+               f"; evidence in {run.folder}", err=True)
+    for step in run.next_steps("failed"):
+        typer.echo(f"next: {step}", err=True)
+
+
+def freeze(
+    version: str = typer.Argument(..., help="Version to refuse in upgrades."),
+    reason: str = typer.Option(..., "--reason", help="Why (kept with the freeze and in the history)."),
+    dry_run: bool = DryRunOpt,
+    yes: bool = YesOpt,
+    as_json: bool = JsonOpt,
+    config: Optional[Path] = ConfigOpt,
+    deployment: Optional[str] = DeploymentOpt,
+) -> None:
+    """Freeze VERSION by hand: upgrades and switches refuse it until it is unfrozen."""
+    target = target_from(config, deployment, None)
+    if dry_run:
+        emit_json({"dry_run": True, "freeze": version}) if as_json else typer.echo(f"would freeze {version}")
+        return
+    confirm(f"freeze {version} for {target.deployment}?", yes)
+    with handle_errors():
+        freeze_version(target, version, reason)
+    emit_json({"frozen": version, "reason": reason}) if as_json else typer.echo(f"{version} frozen: {reason}")
+
+
+def unfreeze(
+    version: str = typer.Argument(..., help="A version frozen by a rollback."),
+    reason: str = typer.Option(..., "--reason", help="Why it is safe again (kept in the history)."),
+    dry_run: bool = DryRunOpt,
+    yes: bool = YesOpt,
+    as_json: bool = JsonOpt,
+    config: Optional[Path] = ConfigOpt,
+    deployment: Optional[str] = DeploymentOpt,
+) -> None:
+    """Lift the freeze a rollback put on VERSION, saying why; recorded in the history."""
+    target = target_from(config, deployment, None)
+    if dry_run:
+        emit_json({"dry_run": True, "unfreeze": version}) if as_json else typer.echo(f"would unfreeze {version}")
+        return
+    confirm(f"unfreeze {version} for {target.deployment}?", yes)
+    with handle_errors():
+        was = unfreeze_version(target, version)
+        History(target.state_dir).append(Change(deployment=target.deployment, kind="manual", from_version=None,
+                                                to_version=None, outcome="ok", reason=reason,
+                                                detail=f"unfrozen {version} (was: {was.get('reason')})"))
+    emit_json({"unfrozen": version, "was": was, "reason": reason}) if as_json else \
+        typer.echo(f"{version} unfrozen (it was frozen: {was.get('reason')})")

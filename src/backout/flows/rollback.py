@@ -1,0 +1,245 @@
+"""Rollback, the decision: which version to return to, which snapshot, and which layer.
+
+Everything here only reads (the trial boot runs on a throwaway copy). The result is a plain dict,
+the rollback's *decision*, kept in the journal so a resumed run carries out the same plan; the
+steps that carry it out are in `rollback_run.py`.
+
+Layer choice: *image only* when the brain's schema stamp equals the restore point's, or differs only
+additively and the target is known to tolerate that (`rollback.additive_tolerant`); otherwise a trial
+boot of the target on a copy of the current brain settles it: healthy → image only; refused or
+crashed → image + brain.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from backout.brain.manifest import Manifest, SnapshotError, SnapshotStore, utcnow
+from backout.brain.schema import SchemaError, SchemaStamp, diff, stamp
+from backout.brain.tables import connect_readonly, quote_ident, user_tables
+from backout.config import Target
+from backout.errors import EXIT_REFUSED, EXIT_USAGE, BackoutError
+from backout.flows.badwindow import bad_window_facts
+from backout.history import History, load_restore_point
+from backout.runtime.base import Runtime
+from backout.runtime.trial import trial_boot, trial_possible
+
+__all__ = ["Mode", "NoRollback", "RollbackRequest", "decide_rollback", "incident_id_for"]
+
+Mode = Literal["auto", "image", "brain"]
+
+
+class NoRollback(BackoutError):
+    """No rollback is possible (or none is needed); the message says why and what to do instead."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_REFUSED)
+
+
+@dataclass(frozen=True)
+class RollbackRequest:
+    """What the operator asked for."""
+
+    to_version: str | None = None
+    snapshot_id: str | None = None
+    reason: str = ""
+    mode: Mode = "auto"
+
+
+def incident_id_for(version: str | None, now: datetime | None = None) -> str:
+    """`20261127T011500Z-2.4.0-errors`: sortable, and says what was rolled back."""
+    stamp_ = (now or utcnow()).strftime("%Y%m%dT%H%M%SZ")
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", version or "unknown").strip("-.")[:40] or "unknown"
+    return f"{stamp_}-{slug}"
+
+
+def _usable(store: SnapshotStore, manifest: Manifest) -> bool:
+    """Cheap check: passed integrity_check when taken, and the file is there at its size (hashed at restore)."""
+    path = store.db_path(manifest.id)
+    return manifest.integrity_check == "ok" and path.is_file() and path.stat().st_size == manifest.size
+
+
+def _snapshot_of_version(store: SnapshotStore, deployment: str, version: str) -> Manifest | None:
+    for manifest in store.of(deployment):  # newest first
+        if manifest.version == version and _usable(store, manifest):
+            return manifest
+    return None
+
+
+def _switched_at(target: Target, version: str | None) -> str | None:
+    """When the version now running was switched to (the start of the bad window)."""
+    for entry in reversed(History(target.state_dir).entries(target.deployment)):
+        if entry.get("to_version") == version and entry.get("kind") != "stop":
+            return str(entry["at"])
+    return None
+
+
+def _previous_version(target: Target, version: str | None) -> str | None:
+    """The last version that ran well before the switch to `version` (stops in between do not count)."""
+    previous, answer = None, None
+    for entry in History(target.state_dir).entries(target.deployment):
+        to = entry.get("to_version")
+        if to == version and entry.get("kind") != "rollback":
+            answer = previous
+        if to and to != version and entry.get("outcome") == "ok":
+            previous = str(to)
+    return answer
+
+
+def _choose_target(target: Target, req: RollbackRequest, bad: str | None) -> tuple[str, str, str | None]:
+    """(version, where it came from, snapshot id it names)."""
+    point = load_restore_point(target.state_dir, target.deployment)
+    if req.to_version:
+        same = point is not None and point.version == req.to_version
+        return req.to_version, "--to", req.snapshot_id or (point.snapshot_id if same and point else None)
+    if point is not None and point.version != bad:
+        return point.version, "restore point", req.snapshot_id or point.snapshot_id
+    previous = _previous_version(target, bad)
+    if previous:
+        return previous, "history (the version before the current one)", req.snapshot_id
+    raise BackoutError(f"no restore point and no earlier version of {target.deployment} in the history: "
+                       "pass --to VERSION", EXIT_USAGE)
+
+
+def _choose_snapshot(store: SnapshotStore, target: Target, version: str, named: str | None) -> tuple[Manifest | None, str]:
+    """The snapshot a brain rollback would restore, or None with why not."""
+    if named:
+        try:
+            manifest = store.load(named)
+        except SnapshotError as exc:
+            return None, str(exc)
+        if manifest.deployment != target.deployment:
+            return None, f"snapshot {named} belongs to deployment {manifest.deployment!r}"
+        if not _usable(store, manifest):
+            return None, f"snapshot {named} is missing, truncated or failed integrity_check when taken"
+        return manifest, f"snapshot {named}"
+    manifest = _snapshot_of_version(store, target.deployment, version)
+    if manifest is None:
+        return None, f"no verified snapshot of {target.deployment} taken while {version} ran"
+    return manifest, f"the newest verified snapshot taken while {version} ran"
+
+
+def _stamp_now(brain: Path) -> SchemaStamp | None:
+    try:
+        return stamp(brain) if brain.exists() else None
+    except SchemaError:
+        return None
+
+
+def _rows_since(brain: Path, manifest: Manifest | None) -> dict[str, int]:
+    """Rows per table the brain gained since the snapshot (by rowid above its high-water mark)."""
+    if manifest is None or not brain.exists():
+        return {}
+    out: dict[str, int] = {}
+    try:
+        conn = connect_readonly(brain)
+        try:
+            for table in user_tables(conn):
+                mark = manifest.tables.get(table, {})
+                high = mark.get("max_rowid")
+                where = "" if high is None and not mark else f" WHERE rowid > {int(high or 0)}"
+                try:
+                    count = int(conn.execute(f"SELECT count(*) FROM {quote_ident(table)}{where}").fetchone()[0])
+                except sqlite3.OperationalError:  # WITHOUT ROWID
+                    continue
+                if count:
+                    out[table] = count
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return {}
+    return out
+
+
+def _layer(target: Target, runtime: Runtime, req: RollbackRequest, version: str, point: dict[str, Any] | None,
+           now: SchemaStamp | None) -> tuple[str, str, dict[str, Any] | None, dict[str, Any] | None]:
+    """(layer, why, trial evidence, schema diff)."""
+    changes = diff(SchemaStamp.from_dict(point), now).to_dict() if point and now else None
+    if req.mode != "auto":
+        return req.mode, f"chosen with --mode {req.mode}", None, changes
+    settings = target.require_settings()
+    if changes is not None and changes["kind"] == "none":
+        return "image", f"the brain's schema is unchanged since the snapshot (head {now.head if now else '?'})", None, changes
+    if changes is not None and changes["kind"] == "additive" and settings.rollback.additive_tolerant:
+        return ("image", f"only additive schema changes since the snapshot ({_summary(changes)}), and "
+                f"rollback.additive_tolerant says {version} reads those", None, changes)
+    why_not = trial_possible(target)
+    said = f"schema {changes['kind']} since the snapshot ({_summary(changes)})" if changes else "schema unknown"
+    if why_not:
+        return "brain", f"{said}; no trial boot ({why_not}): restoring the brain is the safe choice", None, changes
+    trial = trial_boot(target, runtime, version)
+    if trial.healthy:
+        return "image", f"{said}, but a trial boot of {version} on a copy of the current brain is {trial.reason}", \
+            trial.to_dict(), changes
+    return "brain", f"{said}; a trial boot of {version} on a copy of the current brain failed: {trial.reason}", \
+        trial.to_dict(), changes
+
+
+def _summary(changes: dict[str, Any] | None) -> str:
+    if not changes:
+        return "unknown"
+    items = [c["detail"] for c in changes["changes"][:3]]
+    more = len(changes["changes"]) - len(items)
+    return "; ".join(items) + (f"; and {more} more" if more > 0 else "")
+
+
+def _blocked(target: Target, version: str, why_snapshot: str, changes: dict[str, Any] | None, layer_why: str) -> str:
+    dropped = [c["detail"] for c in (changes or {}).get("changes", []) if "dropped" in c["detail"]
+               or "removed" in c["detail"]]
+    data = f"a migration dropped data {version} expects ({'; '.join(dropped[:3])}) and " if dropped else ""
+    return (f"no rollback is possible: {data}{version} cannot serve the current brain ({layer_why}), and there is "
+            f"{why_snapshot}. Data recovery instead: the brain {target.brain} is untouched; keep a copy "
+            f"(`backout snapshot create`), look in {target.state_dir / 'quarantine'} for displaced brains, and try "
+            f"`sqlite3 {target.brain} .recover | sqlite3 recovered.sqlite` on a copy")
+
+
+def decide_rollback(target: Target, runtime: Runtime, req: RollbackRequest) -> dict[str, Any]:
+    """Everything the rollback will do, decided up front (the brain and the service are only read)."""
+    current = runtime.current()
+    bad = current.version or History(target.state_dir).last_version(target.deployment)
+    version, source, named = _choose_target(target, req, bad)
+    if version == bad and current.running:
+        raise NoRollback(f"{target.deployment} already runs {version}; nothing to roll back")
+    available = runtime.is_available(version)
+    if not available.ok:
+        raise NoRollback(f"cannot roll back to {version}: {available.detail}; nothing was stopped")
+    store = SnapshotStore(target.snapshot_dir)
+    manifest, why_snapshot = _choose_snapshot(store, target, version, named)
+    point = load_restore_point(target.state_dir, target.deployment)
+    point_stamp = point.schema_stamp if point and manifest and point.snapshot_id == manifest.id else None
+    now = _stamp_now(target.brain)
+    layer, why, trial, changes = _layer(target, runtime, req, version, point_stamp or (manifest.schema_stamp
+                                                                                       if manifest else None), now)
+    started = datetime.now(timezone.utc)
+    decision: dict[str, Any] = {
+        "incident_id": incident_id_for(bad, started), "deployment": target.deployment,
+        "from_version": bad, "to_version": version, "target_source": source, "mode": req.mode,
+        "reason": req.reason, "running": current.running,
+        "snapshot": _snapshot_facts(store, manifest), "snapshot_note": why_snapshot,
+        "restore_point": point.to_dict() if point else None,
+        "bad_window": {"from": _switched_at(target, bad), "to": started.isoformat(timespec="milliseconds")},
+        "rows_since_snapshot": _rows_since(target.brain, manifest),
+        "layer": layer, "layer_reason": why, "trial": trial,
+        "schema": {"snapshot": {"head": (point_stamp or (manifest.schema_stamp if manifest else {})).get("head")},
+                   "now": {"head": now.head if now else None, "fingerprint": now.fingerprint if now else None},
+                   "diff": changes},
+        "decided_at": time.time(), "blocked": None,
+    }
+    decision["signals"] = bad_window_facts(target, runtime, decision["bad_window"]["from"], req.reason)
+    if layer == "brain" and manifest is None:
+        decision["blocked"] = _blocked(target, version, why_snapshot, changes, why)
+    return decision
+
+
+def _snapshot_facts(store: SnapshotStore, manifest: Manifest | None) -> dict[str, Any] | None:
+    if manifest is None:
+        return None
+    return {"id": manifest.id, "created_at": manifest.created_at, "age_seconds": round(manifest.age_seconds(), 1),
+            "version": manifest.version, "size": manifest.size, "path": str(store.db_path(manifest.id)),
+            "pinned": manifest.pinned}

@@ -1,0 +1,426 @@
+"""Rollback, carried out: the plan's steps and what each does, run through the journal.
+
+announce → diagnostics → drain → [restore → salvage] → start → verify → freeze → notify →
+postmortem → record. Each step is safe to run again after a crash (notifications are sent at least
+once). If the target never becomes healthy the run stops there, posts the failure and leaves the
+brain and the quarantine as they are; `--resume` tries the start again, it never loops by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from backout.brain.manifest import SnapshotStore
+from backout.brain.restore import RestoreRequest, restore_snapshot
+from backout.brain.salvage import SUMMARY_FILE, salvage
+from backout.config import Target
+from backout.evidence import (DiagnosticsInput, Redactor, collect_diagnostics, file_ticket, migration_history,
+                              secrets_of, write_postmortem, write_regression_case)
+from backout.flows.badwindow import epoch, mcp_calls_since
+from backout.flows.check import base_url, policy_of, request_samples, state_files
+from backout.freeze import freeze_version
+from backout.fsutil import atomic_write_json, ensure_private_dir
+from backout.history import Change, History, deployment_state, now_iso
+from backout.journal import Journal
+from backout.notify import Message, Notifier
+from backout.plan import Plan, Step, StepFailed, execute, timeline
+from backout.progress import NO_PROGRESS, Progress
+from backout.runtime.base import Command, Runtime
+from backout.signals.evals import run_evals
+from backout.signals.health import probe
+
+__all__ = ["RollbackRun", "incident_folder", "journal_path"]
+
+
+def journal_path(target: Target) -> Path:
+    """Where a running rollback keeps its journal."""
+    return deployment_state(target.state_dir, target.deployment) / "rollback.journal.json"
+
+
+def incident_folder(target: Target, incident_id: str) -> Path:
+    """`<state>/incidents/<id>/`: the evidence, the salvage and the postmortem of one rollback."""
+    return target.state_dir / "incidents" / incident_id
+
+
+class RollbackRun:
+    """One rollback: its decision (from the journal), its steps, and the incident record it keeps."""
+
+    def __init__(self, target: Target, runtime: Runtime, journal: Journal, progress: Progress = NO_PROGRESS) -> None:
+        self.target = target
+        self.settings = target.require_settings()
+        self.runtime = runtime
+        self.journal = journal
+        self.d: dict[str, Any] = journal.operation["decision"]
+        self.folder = incident_folder(target, self.d["incident_id"])
+        self.notifier = Notifier(self.settings.notify)
+        self.redactor = Redactor(secrets_of(self.settings))
+        self.progress = progress
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        """What the steps fixed so far."""
+        return self.journal.facts
+
+    # -- the plan ------------------------------------------------------------------------------
+
+    def plan(self) -> Plan:
+        """The steps, each with its commands and files; brain steps only for a brain rollback."""
+        d, brain = self.d, self.d["layer"] == "brain"
+        steps = [self._announce_step(), self._diagnostics_step(), self._drain_step()]
+        if brain:
+            steps += [self._restore_step(), self._salvage_step()]
+        steps += [self._start_step(), self._verify_step(), self._freeze_step(), self._notify_step(),
+                  self._postmortem_step(),
+                  Step("record", "Record the rollback in the history", files=[str(self.target.state_dir / "history.jsonl")],
+                       action=self.record)]
+        return Plan("rollback", d, steps)
+
+    def _announce_step(self) -> Step:
+        channels = ", ".join(self.notifier.configured) or "no channels configured"
+        return Step("announce", f"Announce \"{self.announcement()}\" to {channels}; status page: "
+                    f"{self._status_page_plan()}", action=self.announce)
+
+    def _status_page_plan(self) -> str:
+        impact = self.d["signals"]["impact"]
+        if self.settings.notify.statuspage is None:
+            return "none configured"
+        return f"open an incident ({impact['why']})" if impact["real"] else f"not updated ({impact['why']})"
+
+    def _diagnostics_step(self) -> Step:
+        return Step("diagnostics", "Capture the bad window's evidence before anything stops (secrets redacted)",
+                    files=[str(self.folder / "diagnostics"), str(self.folder / "diagnostics.tar.gz")],
+                    action=self.diagnostics)
+
+    def _drain_step(self) -> Step:
+        drain = self.settings.drain_timeout.total_seconds()
+        commands = [Command(c.purpose, tuple(a.replace("<drain_timeout>", f"{drain:g}") for a in c.argv))
+                    for c in self.runtime.describe_stop()]
+        return Step("drain", f"Drain and stop {self.d['from_version']} (up to {drain:g}s, then killed)", commands,
+                    action=self.drain)
+
+    def _restore_step(self) -> Step:
+        snap = self.d["snapshot"]
+        quarantine = self.target.state_dir / "quarantine"
+        return Step("restore", f"Restore snapshot {snap['id']} (taken {_age(snap['age_seconds'])} before the "
+                    f"decision, while {snap['version'] or '?'} ran) over the brain; the current brain goes to "
+                    "quarantine first (hard link) and the swap is one rename",
+                    files=[str(self.target.brain), snap["path"], f"{quarantine}/<time>-rollback-…/"],
+                    action=self.restore)
+
+    def _salvage_step(self) -> Step:
+        return Step("salvage", "Salvage the bad window's rows from the quarantined brain; list its mcp_calls",
+                    files=[str(self.folder / "salvage")], action=self.salvage)
+
+    def _start_step(self) -> Step:
+        boot = self.settings.boot_timeout.total_seconds()
+        return Step("start", f"Start {self.d['to_version']} and wait until healthy (up to {boot:g}s)",
+                    self.runtime.describe_start(self.d["to_version"]), action=self.start)
+
+    def _verify_step(self) -> Step:
+        window = self.settings.rollback.verify_window.total_seconds()
+        evals = f", and the eval cases that passed before pass again ({self.settings.evals.command})" \
+            if self.settings.evals else ""
+        return Step("verify", f"Verify: health ok, error rate within the baseline over {window:g}s{evals}",
+                    action=self.verify)
+
+    def _freeze_step(self) -> Step:
+        return Step("freeze", f"Freeze {self.d['from_version']}: `backout upgrade` refuses it until "
+                    f"`backout unfreeze {self.d['from_version']} --reason …`",
+                    files=[str(deployment_state(self.target.state_dir, self.target.deployment) / "frozen.json")],
+                    action=self.freeze)
+
+    def _notify_step(self) -> Step:
+        return Step("notify", "Post the all-clear once health is ok and errors have recovered (or the failure); "
+                    "resolve the status page incident if one was opened", action=self.notify)
+
+    def _postmortem_step(self) -> Step:
+        tracker = f"; file it in the tracker ({self.settings.tracker.kind})" if self.settings.tracker else ""
+        return Step("postmortem", f"Write the postmortem and a regression eval case{tracker}",
+                    files=[str(self.folder / "postmortem.md"), str(self.folder / "regression")],
+                    action=self.postmortem)
+
+    # -- the steps -----------------------------------------------------------------------------
+
+    def announcement(self) -> str:
+        """The first message: "Rolling back to v2.3.1 due to <symptom>."."""
+        return f"Rolling back {self.target.deployment} to v{self.d['to_version']} due to {self.d['signals']['symptom']}."
+
+    def _message(self, kind: str, text: str) -> Message:
+        fields = {"from": str(self.d["from_version"]), "to": str(self.d["to_version"]), "layer": self.d["layer"]}
+        return Message(kind, self.redactor.text(text), self.target.deployment, self.d["incident_id"], fields)  # type: ignore[arg-type]
+
+    def announce(self) -> dict[str, Any]:
+        """Tell every channel; open a status page incident when customers were really affected."""
+        deliveries = [x.to_dict() for x in self.notifier.broadcast(self._message("rollback-started", self.announcement()))]
+        page: dict[str, Any] = {"updated": False, "why": self.d["signals"]["impact"]["why"]}
+        if self.settings.notify.statuspage is not None and self.d["signals"]["impact"]["real"]:
+            delivery, incident = self.notifier.status_page_open(
+                f"Degraded service: {self.target.deployment}", self.redactor.text(self.announcement()))
+            page = {"updated": delivery.ok, "incident": incident, "why": self.d["signals"]["impact"]["why"],
+                    "detail": delivery.detail}
+        elif self.settings.notify.statuspage is None:
+            page["why"] = "no status page configured"
+        else:
+            page["why"] = "skipped: " + page["why"]
+        return {"notifications": deliveries, "status_page": page}
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Logs, health, verdict, schema and versions of the bad window, in a folder and a .tar.gz."""
+        ensure_private_dir(self.folder)
+        since = epoch(self.d["bad_window"]["from"], time.time() - 3600)
+        logs = self.runtime.logs(since=datetime.fromtimestamp(since, timezone.utc))
+        health = [s.__dict__ | {"failing": list(s.failing)} for s in state_files(self.target).health_since(since)]
+        if self.target.health_url:
+            health.append({"ts": time.time(), **probe(self.target.health_url, timeout=5).to_dict()})
+        snap = self.d["snapshot"]
+        mark = (SnapshotStore(self.target.snapshot_dir).load(snap["id"]).tables.get("mcp_calls", {}).get("max_rowid")
+                if snap else None)
+        calls = mcp_calls_since(self.target.brain, mark, self.d["bad_window"]["from"])
+        tarball = collect_diagnostics(self.folder, DiagnosticsInput(
+            incident_id=self.d["incident_id"], deployment=self.target.deployment, logs=logs, health=health,
+            verdict=self.d["signals"]["verdict"], baseline=self.d["signals"]["baseline"],
+            schema_restore_point=self.d["schema"]["snapshot"], schema_now=self.d["schema"]["now"],
+            schema_diff=self.d["schema"]["diff"], migrations=migration_history(self.target.brain),
+            versions=self._versions(), extra={"signals": self.d["signals"], "trial": self.d["trial"]}),
+            self.redactor)
+        return {"diagnostics": str(tarball), "mcp_calls": calls, "log_lines": len(logs)}
+
+    def _versions(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"from": self.d["from_version"], "to": self.d["to_version"], "runtime": self.runtime.name}
+        image = getattr(self.runtime, "image", None)
+        if callable(image):
+            out["images"] = {v: _digest(self.runtime, image(v)) for v in (self.d["from_version"], self.d["to_version"]) if v}
+        return out
+
+    def drain(self) -> dict[str, Any]:
+        """SIGTERM, the drain, SIGKILL at the deadline; say which."""
+        result = self.runtime.stop(self.settings.drain_timeout.total_seconds())
+        how = "clean drain" if result.clean else "FORCED stop"
+        return {"drain": result.to_dict(), "detail": f"{how}: {result.detail} ({result.seconds:.1f}s)"}
+
+    def restore(self) -> dict[str, Any]:
+        """Quarantine the current brain and put the snapshot in its place (journaled, verified)."""
+        snap = self.d["snapshot"]
+        result = restore_snapshot(RestoreRequest(
+            SnapshotStore(self.target.snapshot_dir), snap["id"], self.target.brain, self.target.deployment,
+            self.target.state_dir, reason=f"rollback {self.d['incident_id']}"), self.progress)
+        return {"quarantine": str(result.quarantine) if result.quarantine else None,
+                "detail": f"restored {snap['id']}; displaced brain in {result.quarantine}"}
+
+    def salvage(self) -> dict[str, Any]:
+        """Rows written since the snapshot, from the quarantined brain, into the incident folder."""
+        quarantine = self.facts.get("quarantine")
+        if not quarantine:
+            return {"salvage": None, "detail": "there was no brain to displace: nothing to salvage"}
+        out = self.folder / "salvage"
+        manifest = SnapshotStore(self.target.snapshot_dir).load(self.d["snapshot"]["id"])
+        newer = Path(quarantine) / self.target.brain.name
+        if not (out / SUMMARY_FILE).exists():
+            salvage(manifest.marks(), manifest.created_at, newer, out, include=self.settings.salvage.include or None,
+                    exclude=self.settings.salvage.exclude, snapshot_id=manifest.id,
+                    schema_diff=self.d["schema"]["diff"])
+        summary = json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
+        tables = {t["table"]: t["added"] + t["changed"] for t in summary.get("tables", []) if t["added"] + t["changed"]}
+        calls = mcp_calls_since(newer, manifest.tables.get("mcp_calls", {}).get("max_rowid"), None)
+        return {"salvage": {"folder": str(out), "total": summary.get("total", 0), "tables": tables},
+                "mcp_calls": calls, "detail": f"{summary.get('total', 0)} rows salvaged, {len(calls)} mcp_calls"}
+
+    def start(self) -> dict[str, Any]:
+        """Start the target (unless a resumed run already did) and wait for health."""
+        version = self.d["to_version"]
+        current = self.runtime.current()
+        if not (current.running and current.version == version):
+            self.runtime.start(version)
+        wait = self.runtime.wait_healthy(time.monotonic() + self.settings.boot_timeout.total_seconds())
+        if not wait.healthy:
+            raise StepFailed("start", f"{version} did not become healthy: {wait.reason}", {"start": wait.to_dict()})
+        return {"start": wait.to_dict(), "healthy_at": time.time(), "detail": f"healthy after {wait.seconds:.1f}s"}
+
+    def verify(self) -> dict[str, Any]:
+        """Health ok, errors back within the baseline over a short window, evals green again."""
+        healthy_at = float(self.facts.get("healthy_at") or time.time())
+        window = self.settings.rollback.verify_window.total_seconds()
+        time.sleep(max(0.0, healthy_at + window - time.time()))
+        health = probe(self.target.health_url, timeout=10).to_dict() if self.target.health_url else None
+        errors = self._errors_recovered(healthy_at)
+        evals = self._evals_green()
+        ok = (health is None or health["ok"]) and errors["ok"] and evals["ok"]
+        verdict = {"ok": ok, "health": health, "errors": errors, "evals": evals}
+        said = "verified" if ok else "NOT verified: " + "; ".join(
+            part["detail"] for part in (errors, evals) if not part["ok"]) + ("" if not health or health["ok"]
+                                                                           else f"; health {health['reason']}")
+        return {"verify": verdict, "detail": said}
+
+    def _errors_recovered(self, since: float) -> dict[str, Any]:
+        try:
+            samples = request_samples(self.target, self.runtime, since, time.time())
+        except Exception as exc:  # a metrics source being down must not fail a finished rollback
+            return {"ok": True, "detail": f"error rate not measured ({exc})"}
+        base = self.d["signals"]["baseline"]
+        if not samples:
+            return {"ok": True, "requests": 0, "detail": "no requests in the window: nothing to compare"}
+        rate = sum(1 for s in samples if s.error) / len(samples)
+        policy = policy_of(self.settings)
+        limit = max((base or {}).get("error_rate") or 0.0, 0.0) * policy.error_ratio
+        limit = max(limit, policy.error_floor)
+        ok = rate <= limit
+        return {"ok": ok, "requests": len(samples), "error_rate": round(rate, 4), "limit": round(limit, 4),
+                "detail": f"error rate {rate:.1%} over {len(samples)} requests (limit {limit:.1%})"}
+
+    def _evals_green(self) -> dict[str, Any]:
+        baseline = state_files(self.target).load_baseline()
+        if self.settings.evals is None:
+            return {"ok": True, "detail": "no evals configured"}
+        if baseline is None or baseline.evals is None:
+            return {"ok": True, "detail": "no baseline evals to compare with"}
+        run = run_evals(self.settings.evals, base_url(self.target), self.d["to_version"])
+        passed_before = {name for name, ok in baseline.evals.cases.items() if ok}
+        failing = sorted(name for name in passed_before if not run.cases.get(name, False))
+        return {"ok": not failing, "failing": failing,
+                "detail": "evals green again" if not failing else f"cases that passed before fail: {', '.join(failing)}"}
+
+    def freeze(self) -> dict[str, Any]:
+        """`backout upgrade` refuses the bad version until it is unfrozen with a reason."""
+        if self.d["from_version"]:
+            freeze_version(self.target, self.d["from_version"], f"rolled back: {self.d['signals']['symptom']}",
+                           self.d["incident_id"])
+        return {"detail": f"{self.d['from_version']} frozen"}
+
+    def verified(self) -> bool:
+        """True when the verify step passed."""
+        return bool(self.facts.get("verify", {}).get("ok"))
+
+    def notify(self) -> dict[str, Any]:
+        """The all-clear (or the failure), and the status page incident resolved."""
+        if self.verified():
+            msg = self._message("rollback-succeeded", f"All clear: {self.target.deployment} is back on "
+                                f"v{self.d['to_version']}, healthy, errors recovered ({self.d['layer']} rollback).")
+        else:
+            msg = self._message("rollback-failed", f"Rollback of {self.target.deployment} to v{self.d['to_version']} "
+                                f"finished but is not verified: {self.facts.get('verify', {})}.")
+        deliveries = [x.to_dict() for x in self.notifier.broadcast(msg)]
+        page = dict(self.facts.get("status_page") or {})
+        if page.get("incident") and self.verified():
+            delivery = self.notifier.status_page_resolve(page["incident"], "Service restored; we are monitoring.")
+            page["resolved"] = delivery.ok
+        return {"notifications": [*self.facts.get("notifications", []), *deliveries], "status_page": page}
+
+    def postmortem(self) -> dict[str, Any]:
+        """postmortem.md, the regression eval case, and the tracker ticket when one is configured."""
+        incident = self.incident("rolled-back" if self.verified() else "rolled-back-unverified")
+        self.save_incident(incident)
+        path = write_postmortem(self.folder, incident, self.redactor)
+        case = write_regression_case(self.folder, incident)
+        ticket = None
+        if self.settings.tracker is not None:
+            title = f"Postmortem: {self.target.deployment} rolled back from {self.d['from_version']} to {self.d['to_version']}"
+            result = file_ticket(self.settings.tracker, title, path.read_text(encoding="utf-8"))
+            ticket = {"ok": result.ok, "url": result.url, "detail": result.detail}
+        return {"postmortem": str(path), "regression_case": str(case) if case else None, "ticket": ticket}
+
+    def record(self) -> dict[str, Any]:
+        """One history line for the rollback."""
+        History(self.target.state_dir).append(self._change("ok" if self.verified() else "failed"))
+        return {}
+
+    def _change(self, outcome: str) -> Change:
+        snap = self.d["snapshot"]
+        return Change(deployment=self.target.deployment, kind="rollback", from_version=self.d["from_version"],
+                      to_version=self.d["to_version"], outcome=outcome, reason=self.d["signals"]["symptom"],
+                      snapshot_after=snap["id"] if snap and self.d["layer"] == "brain" else None,
+                      drain=self.facts.get("drain"), health=self.facts.get("start"),
+                      detail=f"{self.d['layer']} rollback, incident {self.d['incident_id']}")
+
+    # -- the incident record -------------------------------------------------------------------
+
+    def incident(self, outcome: str) -> dict[str, Any]:
+        """The incident record (incident.json): the decision, what the steps found, the timeline."""
+        d, f = self.d, self.facts
+        return {
+            "id": d["incident_id"], "deployment": self.target.deployment, "from_version": d["from_version"],
+            "to_version": d["to_version"], "reason": d["signals"]["symptom"], "started_at": d["bad_window"]["to"],
+            "finished_at": now_iso(), "outcome": outcome, "layer": d["layer"], "layer_reason": d["layer_reason"],
+            "trial": d["trial"], "snapshot": d["snapshot"], "bad_window": d["bad_window"],
+            "verdict": d["signals"]["verdict"], "signals": {k: d["signals"][k] for k in ("window", "baseline", "impact")},
+            "rows_since_snapshot": d["rows_since_snapshot"], "salvage": f.get("salvage"),
+            "mcp_calls": f.get("mcp_calls", []), "failed_requests": d["signals"]["failed_requests"],
+            "failed_eval_cases": d["signals"]["failed_eval_cases"], "timeline": timeline(self.journal),
+            "drain": f.get("drain"), "verify": f.get("verify"), "notifications": f.get("notifications", []),
+            "status_page": f.get("status_page"), "quarantine": f.get("quarantine"),
+            "diagnostics": f.get("diagnostics"), "next_steps": self.next_steps(outcome),
+        }
+
+    def save_incident(self, incident: dict[str, Any]) -> None:
+        """Write incident.json (redacted) in the incident folder."""
+        ensure_private_dir(self.folder)
+        atomic_write_json(self.folder / "incident.json", self.redactor.obj(incident))
+
+    def next_steps(self, outcome: str) -> list[str]:
+        """What a person should do now, given how the rollback ended."""
+        d, steps = self.d, []
+        if outcome == "failed":
+            steps += [f"{d['to_version']} did not become healthy: read the log tail in the timeline and "
+                      f"{self.folder / 'diagnostics'}",
+                      f"the brain at {self.target.brain} and the quarantine were left as they are",
+                      "fix the cause, then `backout rollback --resume` tries the start again"]
+        if self.facts.get("salvage"):
+            steps.append(f"replay the salvaged rows once fixed: `backout salvage replay {d['incident_id']}`")
+        if self.facts.get("mcp_calls"):
+            steps.append(f"check the {len(self.facts['mcp_calls'])} external effects (mcp_calls) of the bad window")
+        steps.append(f"fix {d['from_version']}, then `backout unfreeze {d['from_version']} --reason …`")
+        return steps
+
+    # -- running it ----------------------------------------------------------------------------
+
+    def run(self, on_step: Callable[[Step, str], None] | None = None) -> dict[str, Any]:
+        """Execute the remaining steps; on a failed start, post the failure and stop (journal kept)."""
+        def keep(step: Step, phase: str) -> None:
+            self.save_incident(self.incident("running"))
+            if on_step:
+                on_step(step, phase)
+
+        try:
+            execute(self.plan(), self.journal, keep)
+        except StepFailed as exc:
+            self._failed(str(exc))
+            raise
+        self.journal.finish()
+        return self.result("rolled-back" if self.verified() else "rolled-back-unverified")
+
+    def _failed(self, why: str) -> None:
+        deliveries = self.notifier.broadcast(self._message(
+            "rollback-failed", f"Rollback of {self.target.deployment} to v{self.d['to_version']} FAILED: {why}. "
+            "The brain and the quarantine are left as they are; a person must act."))
+        self.journal.remember(notifications=[*self.facts.get("notifications", []), *(x.to_dict() for x in deliveries)])
+        incident = self.incident("failed")
+        self.save_incident(incident)
+        write_postmortem(self.folder, incident, self.redactor)
+        History(self.target.state_dir).append(self._change("failed"))
+
+    def result(self, outcome: str) -> dict[str, Any]:
+        """The result as JSON: layer and why, snapshot, incident, timings per step."""
+        incident = self.incident(outcome)
+        return {"outcome": outcome, "incident_id": self.d["incident_id"], "incident_folder": str(self.folder),
+                "from_version": self.d["from_version"], "to_version": self.d["to_version"], "layer": self.d["layer"],
+                "layer_reason": self.d["layer_reason"], "snapshot": self.d["snapshot"],
+                "timings": {e["step"]: e["seconds"] for e in incident["timeline"]},
+                "total_seconds": round(time.time() - self.d["decided_at"], 3),
+                **{k: incident[k] for k in ("drain", "verify", "salvage", "mcp_calls", "quarantine", "status_page",
+                                            "notifications", "next_steps")}}
+
+
+def _age(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m" if seconds < 7200 else f"{seconds // 3600}h"
+
+
+def _digest(runtime: Runtime, image: str) -> str | None:
+    run = getattr(runtime, "_run", None)
+    if run is None:
+        return None
+    out = run(("docker", "image", "inspect", "--format", "{{.Id}}", image), check=False)
+    return out.stdout.strip() or None

@@ -1,0 +1,106 @@
+"""Plans and the executor: an ordered list of steps, run one at a time through the journal.
+
+A flow (rollback, upgrade, drill) decides first and builds a Plan: each Step says in words what it
+does, the exact commands it runs and the files it touches. `--dry-run` prints the plan; otherwise
+`execute` runs the steps not yet done, marking each in the journal as it completes, so a run killed
+at any point resumes at the first unfinished step and never repeats a finished one.
+`BACKOUT_FAULT_AT=before:<step>|after:<step>` kills the process there (tests prove `--resume`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from backout.history import now_iso
+from backout.journal import Journal, fault_point
+from backout.runtime.base import Command
+
+__all__ = ["Plan", "Step", "StepFailed", "execute", "timeline"]
+
+StepAction = Callable[[], dict[str, Any] | None]
+
+
+@dataclass
+class Step:
+    """One step of a plan: what it does, its commands and files, and the code that does it."""
+
+    name: str
+    title: str
+    commands: list[Command] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    action: StepAction | None = None  # returns facts to keep in the journal
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (without the action)."""
+        return {"name": self.name, "title": self.title, "commands": [c.to_dict() for c in self.commands],
+                "files": self.files}
+
+    def render(self, number: int) -> list[str]:
+        """The step as lines of text for a plan printout."""
+        lines = [f"{number:>2}. {self.title}"]
+        lines += [f"      $ {c.shell()}" + (f"   (env: {', '.join(c.env_names)})" if c.env_names else "")
+                  for c in self.commands]
+        lines += [f"      file: {f}" for f in self.files]
+        return lines
+
+
+@dataclass
+class Plan:
+    """A decision and the steps that carry it out."""
+
+    kind: str
+    facts: dict[str, Any]
+    steps: list[Step]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"kind": self.kind, **self.facts, "steps": [s.to_dict() for s in self.steps]}
+
+
+class StepFailed(Exception):
+    """A step ended the operation on purpose (e.g. the target never became healthy)."""
+
+    def __init__(self, step: str, message: str, facts: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.facts = facts or {}
+
+
+def timeline(journal: Journal) -> list[dict[str, Any]]:
+    """The steps run so far, with their times and outcomes, oldest first."""
+    entries: list[dict[str, Any]] = journal.data.setdefault("timeline", [])
+    return entries
+
+
+def _record(journal: Journal, step: Step, started: str, seconds: float, outcome: str, detail: str) -> None:
+    timeline(journal).append({"step": step.name, "title": step.title, "started_at": started,
+                              "finished_at": now_iso(), "seconds": round(seconds, 3), "outcome": outcome,
+                              "detail": detail})
+
+
+def execute(plan: Plan, journal: Journal, on_step: Callable[[Step, str], None] | None = None) -> None:
+    """Run every step the journal has not marked done, in order; StepFailed or any error stops the run."""
+    for step in plan.steps:
+        if journal.done(step.name) or step.action is None:
+            continue
+        fault_point(f"before:{step.name}")
+        if on_step:
+            on_step(step, "start")
+        started, clock = now_iso(), time.monotonic()
+        try:
+            facts = step.action() or {}
+        except StepFailed as exc:
+            _record(journal, step, started, time.monotonic() - clock, "failed", str(exc))
+            journal.remember(**exc.facts)
+            raise
+        except BaseException as exc:
+            _record(journal, step, started, time.monotonic() - clock, "error", str(exc) or type(exc).__name__)
+            journal.save()
+            raise
+        _record(journal, step, started, time.monotonic() - clock, "ok", str(facts.pop("detail", "")))
+        journal.mark(step.name, **facts)
+        if on_step:
+            on_step(step, "done")
+        fault_point(f"after:{step.name}")

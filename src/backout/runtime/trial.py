@@ -1,0 +1,265 @@
+"""Trial boot: can an older version serve the brain as it is now? Start it and see.
+
+The target version is started against a throwaway copy of the current brain, on a spare port (a
+process) or in a temporary compose project (a container), then its health and one smoke request
+are checked. The live service and its brain are never touched; the copy is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from backout.brain.snapshot import copy_live_brain
+from backout.config import ConfigError, Deployment, Target
+from backout.fsutil import ensure_private_dir
+from backout.history import deployment_state
+from backout.runtime.base import Command, HealthWait, Runtime, RuntimeFailure, not_retryable
+
+__all__ = ["TrialResult", "trial_boot", "trial_possible"]
+
+
+@dataclass
+class TrialResult:
+    """What the trial boot showed."""
+
+    healthy: bool
+    reason: str
+    seconds: float
+    how: str  # where it ran: "process on port N" or "container in project P"
+    health: dict[str, Any] | None = None
+    smoke: dict[str, Any] | None = None
+    log_tail: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"healthy": self.healthy, "reason": self.reason, "seconds": round(self.seconds, 3), "how": self.how,
+                "health": self.health, "smoke": self.smoke, "log_tail": self.log_tail}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _with_port(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    return urlunsplit((parts.scheme, f"{host}:{port}", parts.path, parts.query, parts.fragment))
+
+
+def trial_possible(target: Target) -> str | None:
+    """None when a trial boot can run for this deployment; otherwise why not, in words."""
+    settings = target.require_settings()
+    if not target.health_url:
+        return "the deployment has no health_url to judge a trial boot by"
+    if not target.brain.exists():
+        return f"there is no brain at {target.brain} to copy"
+    if settings.runtime == "process":
+        assert settings.process is not None
+        command = settings.process.command
+        if "{brain}" not in command or "{port}" not in command:
+            return "the process command does not take {brain} and {port}, so a trial could not be kept off the live brain"
+        return None
+    if _port_variable(settings) is None:
+        return "no variable sets the service's port (set rollback.trial_port_env)"
+    return None
+
+
+def _port_variable(settings: Deployment) -> str | None:
+    if settings.rollback.trial_port_env:
+        return settings.rollback.trial_port_env
+    from backout.runtime.compose_file import load_compose, service_of
+
+    assert settings.compose is not None
+    _, node = service_of(load_compose(settings.compose.file), settings.compose.file, settings.compose.service)
+    env = node.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(str(item).split("=", 1) for item in env if "=" in str(item))
+    port = str(urlsplit(str(settings.health_url)).port or "")
+    matches = [k for k, v in env.items() if str(v) == port]
+    return matches[0] if len(matches) == 1 else None
+
+
+def trial_boot(target: Target, runtime: Runtime, version: str) -> TrialResult:
+    """Start `version` on a copy of the current brain, check health and the smoke request, clean up."""
+    why_not = trial_possible(target)
+    if why_not:
+        raise ConfigError(f"a trial boot is not possible: {why_not}")
+    settings = target.require_settings()
+    folder = deployment_state(target.state_dir, target.deployment) / f"trial-{secrets.token_hex(4)}"
+    ensure_private_dir(folder)
+    try:
+        copy = folder / target.brain.name
+        copy_live_brain(target.brain, copy)
+        port = settings.rollback.trial_port or _free_port()
+        url = _with_port(str(target.health_url), port)
+        if settings.runtime == "process":
+            return _trial_process(target, version, copy, port, url, folder)
+        return _trial_container(target, runtime, version, copy, port, url, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _judge(wait: HealthWait, url: str, settings: Deployment, how: str) -> TrialResult:
+    health = wait.last.to_dict() if wait.last else None
+    if not wait.healthy:
+        return TrialResult(False, wait.reason, wait.seconds, how, health, None, wait.log_tail)
+    smoke = _smoke(url, settings)
+    if smoke is not None and not smoke["ok"]:
+        return TrialResult(False, f"healthy, but the smoke request failed: {smoke['detail']}", wait.seconds, how,
+                           health, smoke)
+    said = "healthy" + (" and the smoke request passed" if smoke else " (no smoke request configured)")
+    return TrialResult(True, said, wait.seconds, how, health, smoke)
+
+
+def _smoke(health_url: str, settings: Deployment) -> dict[str, Any] | None:
+    smoke = settings.rollback.smoke
+    if smoke is None:
+        return None
+    parts = urlsplit(health_url)
+    url = f"{parts.scheme}://{parts.netloc}{smoke.path}"
+    headers = {settings.api_key_header: settings.api_key.value()} if settings.api_key else {}
+    try:
+        response = httpx.request(smoke.method, url, json=smoke.body, headers=headers, timeout=15)
+    except httpx.HTTPError as exc:
+        return {"ok": False, "request": f"{smoke.method} {smoke.path}", "detail": f"no answer ({type(exc).__name__})"}
+    ok = response.status_code == smoke.expect_status
+    return {"ok": ok, "request": f"{smoke.method} {smoke.path}", "status": response.status_code,
+            "detail": f"HTTP {response.status_code}" + ("" if ok else f" (expected {smoke.expect_status}): "
+                                                        f"{response.text[:200]}")}
+
+
+def _deadline(settings: Deployment) -> float:
+    return time.monotonic() + settings.boot_timeout.total_seconds()
+
+
+def _trial_process(target: Target, version: str, copy: Path, port: int, url: str, folder: Path) -> TrialResult:
+    from backout.runtime.process import ProcessRuntime
+
+    settings = target.require_settings()
+    assert settings.process is not None
+    trial = ProcessRuntime(settings.process.model_copy(update={"port": port}), copy, url, folder / "runtime")
+    how = f"process on port {port} against a copy of the brain"
+    try:
+        trial.start(version)
+        return _judge(trial.wait_healthy(_deadline(settings)), url, settings, how)
+    except RuntimeFailure as exc:
+        return TrialResult(False, str(exc), 0.0, how, log_tail=exc.log_tail)
+    finally:
+        trial.stop(5)
+
+
+def trial_commands(target: Target, runtime: Runtime, version: str) -> list[Command]:
+    """The commands a trial boot runs (for plans)."""
+    settings = target.require_settings()
+    if settings.runtime == "process":
+        from backout.runtime.process import ProcessRuntime
+
+        assert isinstance(runtime, ProcessRuntime)
+        argv = tuple(a.replace(str(target.brain), "<copy of the brain>") for a in runtime.describe_start(version)[0].argv)
+        return [Command("start the target on a spare port against a copy of the brain", argv)]
+    return [Command("start the target in a temporary compose project against a copy of the brain",
+                    ("docker", "compose", "-p", "<project>-trial", "-f", "<compose file>", "-f", "<override: image, "
+                     "port, brain copy>", "up", "-d", "--no-deps", "<service>"))]
+
+
+def _trial_container(target: Target, runtime: Runtime, version: str, copy: Path, port: int, url: str,
+                     folder: Path) -> TrialResult:
+    from backout.runtime.compose import ComposeRuntime
+    from backout.runtime.compose_file import brain_in_container, load_compose, service_of
+
+    settings = target.require_settings()
+    assert isinstance(runtime, ComposeRuntime) and settings.compose is not None
+    _, node = service_of(load_compose(runtime.file), runtime.file, runtime.service)
+    inside = brain_in_container(node)
+    data = folder / "data"
+    data.mkdir(mode=0o700)
+    os.rename(copy, data / Path(inside).name)
+    override = folder / "trial-override.yml"
+    override.write_text(_override(runtime.service, runtime.image(version), str(_port_variable(settings)), port,
+                                  data, str(Path(inside).parent)), encoding="utf-8")
+    project = re.sub(r"[^a-z0-9_-]", "", f"{runtime.project}-trial-{folder.name[-8:]}")
+    base = ("docker", "compose", "-p", project, "-f", str(runtime.file), "-f", str(override))
+    if settings.compose.env_file is not None:
+        base += ("--env-file", str(runtime.env_file))
+    how = f"container in compose project {project}, port {port}, against a copy of the brain"
+    trial = _ContainerTrial(runtime, base, runtime.service)
+    try:
+        runtime._pull(version)
+        trial.up()
+        return _judge(trial.wait(url, _deadline(settings)), url, settings, how)
+    except RuntimeFailure as exc:
+        return TrialResult(False, str(exc), 0.0, how, log_tail=exc.log_tail)
+    finally:
+        trial.down()
+
+
+def _override(service: str, image: str, port_env: str, port: int, data: Path, inside_dir: str) -> str:
+    return (f"services:\n  {service}:\n    image: \"{image}\"\n    restart: \"no\"\n"
+            f"    environment:\n      {port_env}: \"{port}\"\n"
+            f"    volumes:\n      - type: bind\n        source: \"{data}\"\n        target: \"{inside_dir}\"\n")
+
+
+class _ContainerTrial:
+    """A temporary compose project running the target once."""
+
+    def __init__(self, runtime: Any, base: tuple[str, ...], service: str) -> None:
+        self.runtime = runtime
+        self.base = base
+        self.service = service
+
+    def up(self) -> None:
+        self.runtime._run(self.base + ("up", "-d", "--no-deps", self.service), timeout=600)
+
+    def wait(self, url: str, deadline: float) -> HealthWait:
+        from backout.signals.health import probe
+
+        start = time.monotonic()
+        while True:
+            last = probe(url, timeout=2)
+            if last.ok:
+                return HealthWait(True, time.monotonic() - start, last, "healthy")
+            state = self._state()
+            if not_retryable(last):
+                return HealthWait(False, time.monotonic() - start, last, f"refuses to serve: {last.reason()}",
+                                  self._logs())
+            if state and not state.get("Running"):
+                return HealthWait(False, time.monotonic() - start, last,
+                                  f"exited with code {state.get('ExitCode')} before it was healthy", self._logs())
+            if time.monotonic() >= deadline:
+                return HealthWait(False, time.monotonic() - start, last, f"not healthy in time: {last.reason()}",
+                                  self._logs())
+            time.sleep(0.3)
+
+    def _state(self) -> dict[str, Any] | None:
+        out = self.runtime._run(self.base + ("ps", "-a", "-q", self.service), check=False)
+        ident = out.stdout.strip().splitlines()
+        if not ident:
+            return None
+        state: dict[str, Any] = self.runtime._inspect(ident[0])["State"]
+        return state
+
+    def _logs(self) -> list[str]:
+        out = self.runtime._run(self.base + ("logs", "--no-color", "--no-log-prefix", "--tail", "20", self.service),
+                                check=False)
+        return (out.stdout + out.stderr).splitlines()[-20:]
+
+    def down(self) -> None:
+        try:
+            subprocess.run([*self.base, "down", "-v", "--timeout", "5"], capture_output=True, timeout=120,
+                           env={**os.environ})
+        except (OSError, subprocess.TimeoutExpired):
+            pass

@@ -1,0 +1,104 @@
+"""A process deployment of the reference Engine for rollback tests: config, turns, row counts."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+from backout_cli import backout, backout_json
+from engine.client import EngineClient
+from engine.turn import PEOPLE
+from engine_proc import DEFAULT_KEY, free_port
+
+BIN = Path(sys.executable).parent
+ENV = {"ENGINE_API_KEY": DEFAULT_KEY}
+ROLLBACK_SETTINGS = """
+api_key = {{ env = "ENGINE_API_KEY" }}
+
+[deployments.{name}.rollback]
+verify_window = "1s"
+smoke = {{ method = "GET", path = "/execute/replay?after=0" }}
+
+[deployments.{name}.notify]
+file = "notifications.jsonl"
+"""
+
+
+def init_process(folder: Path, extra: str = "") -> Path:
+    """`backout init` a process deployment named after the folder, with rollback settings; the config path."""
+    port = free_port()
+    command = f"{BIN}/engine serve --release {{version}} --brain {{brain}} --port {{port}}"
+    out = backout("init", "--runtime", "process", "--command", command,
+                  "--check", f"{BIN}/engine releases --changelog {{version}}", "--port", str(port),
+                  "--brain", "brain.sqlite", "--health-url", f"http://127.0.0.1:{port}/health",
+                  "--pass-env", "ENGINE_API_KEY", "--env", "ENGINE_TURN_MS=20", cwd=folder)
+    assert out.returncode == 0, out.stderr
+    config = folder / "backout.toml"
+    text = config.read_text().replace('drain_timeout = "30s"', 'drain_timeout = "10s"')
+    name = text.split("[deployments.", 1)[1].split("]", 1)[0]
+    insert_at = text.index(f"[deployments.{name}]") + len(f"[deployments.{name}]")
+    text = text[:insert_at] + ROLLBACK_SETTINGS.split("\n[", 1)[0].format(name=name) + text[insert_at:]
+    text += "\n[" + ROLLBACK_SETTINGS.split("\n[", 1)[1].format(name=name) + extra.format(name=name)
+    config.write_text(text)
+    return config
+
+
+def url_of(config: Path) -> str:
+    """The Engine's base URL from the config's health URL."""
+    return config.read_text().split('health_url = "', 1)[1].split('"', 1)[0].removesuffix("/health")
+
+
+def turns(config: Path, prefix: str, n: int = 6, strict: bool = True) -> int:
+    """Turns that write knowledge, people, episodes and mcp_calls; how many succeeded.
+
+    `strict=False` for broken builds, some of whose turns fail."""
+    ok = 0
+    with EngineClient(url_of(config), DEFAULT_KEY) as client:
+        for i in range(n):
+            a, b = PEOPLE[i % len(PEOPLE)], PEOPLE[(i + 1) % len(PEOPLE)]
+            result = client.execute(f"{prefix}-{i}", f"{a} met {b}. Project {prefix} {i} is due on Friday. "
+                                                     f"Please email {b}.")
+            assert result.ok or not strict, result.describe()
+            ok += result.ok
+    return ok
+
+
+def counts(brain: Path) -> dict[str, int]:
+    """Rows per user table."""
+    conn = sqlite3.connect(f"file:{brain}?mode=ro", uri=True)
+    try:
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' "
+                                            "AND name NOT LIKE 'sqlite_%'")]
+        return {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in names}
+    finally:
+        conn.close()
+
+
+def rows_of(brain: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Run a read-only query on a brain."""
+    conn = sqlite3.connect(f"file:{brain}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def prepare_bad_upgrade(config: Path, good: str, bad: str) -> dict[str, Any]:
+    """good runs and writes; drained; quiescent snapshot (the restore point); bad starts and writes."""
+    cfg = ["--config", str(config)]
+    assert backout_json("switch", good, "--yes", *cfg, env=ENV)["healthy"]
+    turns(config, "before")
+    backout_json("stop", "--yes", *cfg, env=ENV)
+    snap = backout_json("snapshot", "create", "--version-running", good, *cfg, env=ENV)
+    result = backout_json("switch", bad, "--yes", *cfg, env=ENV)
+    assert result["healthy"], result
+    return snap
+
+
+def notifications(config: Path) -> list[dict[str, Any]]:
+    """Messages the file channel recorded."""
+    path = config.parent / "notifications.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
