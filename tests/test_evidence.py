@@ -1,4 +1,4 @@
-"""The evidence a rollback keeps: redaction, diagnostics bundle, postmortem, regression case, ticket.
+"""What a rollback keeps: redaction, diagnostics bundle, postmortem, regression case, ticket.
 
 Real files, real SQLite brains built by the reference Engine's migrations, and real HTTP servers
 on 127.0.0.1 standing in for the GitHub issues API and a ticket webhook.
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from engine_proc import free_port
 
 from backout.config import Deployment, TrackerSettings
 from backout.evidence import (
@@ -40,7 +41,6 @@ from backout.evidence.regression import FORMAT, MAX_REQUESTS, PROBE_MESSAGE
 from engine.brain import open_connection
 from engine.releases import get_release
 from engine.schema import migrate
-from engine_proc import free_port
 
 CANARY = "canary-" + secrets.token_hex(12)  # a known secret: the deployment's API key
 # Secrets backout never knew the value of: only the patterns can catch them.
@@ -80,7 +80,7 @@ def leaky_logs() -> list[str]:
 
 
 def incident(**overrides: Any) -> dict[str, Any]:
-    """A full incident record of an errors-triggered brain rollback, with the canary sprinkled in."""
+    """The record of an errors-triggered brain rollback, with the canary sprinkled in."""
     record: dict[str, Any] = {
         "id": "20261127T011500Z-2.4.0-errors", "deployment": "engine",
         "from_version": "2.4.0-errors", "to_version": "2.3.1",
@@ -139,6 +139,10 @@ def incident(**overrides: Any) -> dict[str, Any]:
     }
     record.update(overrides)
     return record
+
+
+def incident_case_file() -> str:
+    return f"{case_name(incident())}.json"
 
 
 def diagnostics_input(logs: list[str] | None = None) -> DiagnosticsInput:
@@ -214,7 +218,8 @@ def test_redactor_obj_is_a_deep_redacted_copy() -> None:
     assert original["n"][0] == CANARY  # the input is untouched
 
 
-def test_secrets_of_walks_every_secret_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secrets_of_walks_every_secret_source(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     files = {name: tmp_path / name for name in ("slack", "env_file", "status")}
     for name, path in files.items():
         path.write_text(f"  {name}-secret-value\n")
@@ -260,7 +265,8 @@ def test_diagnostics_bundle_is_redacted_private_and_complete(tmp_path: Path) -> 
         members = {m.name: m for m in tar.getmembers()}
         assert set(members) == {f"diagnostics/{n}" for n in expected}
         assert all(m.mode == 0o600 and m.uname == "" for m in members.values())
-        assert tar.extractfile(members["diagnostics/service.log"]).read() == (diag / "service.log").read_bytes()  # type: ignore[union-attr]
+        log = tar.extractfile(members["diagnostics/service.log"])
+        assert log is not None and log.read() == (diag / "service.log").read_bytes()
     for name in DIAGNOSTICS_FILES:
         if name.endswith(".json"):
             json.loads((diag / name).read_text())  # still valid JSON after redaction
@@ -270,7 +276,8 @@ def test_diagnostics_bundle_is_redacted_private_and_complete(tmp_path: Path) -> 
             assert secret not in text, f"{secret} leaked into {name}"
     log = (diag / "service.log").read_text().splitlines()
     assert len(log) == len(leaky_logs()) and REDACTED in log[1] and '"output_tokens": 17' in log[2]
-    assert json.loads((diag / "schema.json").read_text())["now"] == {"head": "4", "fingerprint": "def"}
+    schema = json.loads((diag / "schema.json").read_text())
+    assert schema["now"] == {"head": "4", "fingerprint": "def"}
     readme = (diag / "README.txt").read_text()
     assert all(name in readme for name in DIAGNOSTICS_FILES) and "20261127T011500Z" in readme
 
@@ -338,8 +345,8 @@ def test_postmortem_has_every_section(tmp_path: Path) -> None:
     assert mode(tmp_path / "inc") == 0o700
     positions = [text.index(s) for s in SECTIONS]
     assert positions == sorted(positions)
-    assert ("On 2026-11-27 at 01:15 UTC, 2.4.0-errors was rolled back to 2.3.1 on engine because of: "
-            "error rate 31% vs 0.5% baseline.") in text
+    assert ("On 2026-11-27 at 01:15 UTC, 2.4.0-errors was rolled back to 2.3.1 on engine "
+            "because of: error rate 31% vs 0.5% baseline.") in text
     assert "The brain was restored from snapshot 20261127T005900Z-2.3.1, 16 min 0 s old." in text
     assert "It took 1 min 42 s" in text
     assert "| 2 | Restore the brain | 01:15:30 UTC | 01:16:00 UTC | 30.2 | done |" in text
@@ -357,7 +364,8 @@ def test_postmortem_renders_mcp_calls_and_salvage_tables() -> None:
     text = render_postmortem(incident(), Redactor())
     assert "No rollback undoes these; check each." in text
     assert "| 7 | 2026-11-27T01:03:00+00:00 | t-17 | mcp.email | send | Jordan | ok |" in text
-    assert "| 8 | 2026-11-27T01:09:00+00:00 | t-21 | mcp.delete | delete | draft\\|q3 | ok |" in text
+    assert ("| 8 | 2026-11-27T01:09:00+00:00 | t-21 | mcp.delete | delete | draft\\|q3 | ok |"
+            in text)  # a pipe in a cell is escaped
     assert "Salvaged: 52 row(s), kept in `/var/lib/backout/incidents/x/salvage`." in text
     assert "| episodes | 40 |" in text and "| knowledge_store | 12 |" in text
     assert "quarantine: `/var/lib/backout/quarantine/engine/20261127T011500Z`" in text
@@ -380,7 +388,8 @@ def test_postmortem_of_image_rollback_without_mcp_calls() -> None:
     assert "No MCP call was recorded during the bad window." in text
     assert "Nothing needed salvaging" in text and "salvage replay" not in text
     kept = render_postmortem(incident(layer="image", salvage=None), Redactor())
-    assert "snapshot `20261127T005900Z-2.3.1` of version 2.3.1 (16 min 0 s old) was not needed" in kept
+    assert ("snapshot `20261127T005900Z-2.3.1` of version 2.3.1 (16 min 0 s old) was not needed"
+            in kept)
 
 
 def test_postmortem_tolerates_a_bare_record() -> None:
@@ -521,7 +530,8 @@ def test_ticket_on_github(recorder: Any, monkeypatch: pytest.MonkeyPatch) -> Non
     assert req["path"] == "/repos/acme/engine/issues"
     assert req["headers"]["Authorization"] == f"Bearer {TOKEN}"
     assert req["headers"]["Accept"] == "application/vnd.github+json"
-    assert req["json"] == {"title": "Rollback of 2.4.0", "body": "# body", "labels": ["incident", "rollback"]}
+    assert req["json"] == {"title": "Rollback of 2.4.0", "body": "# body",
+                           "labels": ["incident", "rollback"]}
 
 
 def test_ticket_on_a_webhook(recorder: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -535,7 +545,8 @@ def test_ticket_on_a_webhook(recorder: Any, monkeypatch: pytest.MonkeyPatch) -> 
     assert "secret-path-123" not in result.detail and server.url not in result.detail
 
 
-def test_ticket_refused_with_401_is_not_retried(recorder: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ticket_refused_with_401_is_not_retried(recorder: Any,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     server = recorder((401, {"message": f"Bad credentials for {TOKEN}"}))
     result = file_ticket(github(server.url, monkeypatch), "t", "b", retries=2)
     assert not result.ok and result.url is None and len(server.requests) == 1
@@ -579,9 +590,10 @@ def test_ticket_without_its_token(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_evidence_files_hold_no_canary(tmp_path: Path, engine_brain: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """End to end: the redactor built from the deployment's settings keeps the canary out of it all."""
+    """End to end: a redactor built from the deployment settings keeps the canary out of it all."""
     monkeypatch.setenv("T_ENGINE_KEY", CANARY)
-    dep = Deployment.model_validate({"brain": str(engine_brain), "api_key": {"env": "T_ENGINE_KEY"}})
+    dep = Deployment.model_validate({"brain": str(engine_brain),
+                                     "api_key": {"env": "T_ENGINE_KEY"}})
     redactor = Redactor(secrets_of(dep))
     folder = tmp_path / "incidents" / "20261127T011500Z-2.4.0-errors"
     data = diagnostics_input()
@@ -590,8 +602,9 @@ def test_evidence_files_hold_no_canary(tmp_path: Path, engine_brain: Path,
     write_postmortem(folder, incident(), redactor)
     write_regression_case(folder, incident())
     texts = every_text(folder)
-    assert {"postmortem.md", "diagnostics/service.log", "diagnostics.tar.gz:diagnostics/extra.json"} \
-        <= set(texts)
+    expected = {"postmortem.md", "diagnostics/service.log", "regression/" + incident_case_file(),
+                "diagnostics.tar.gz:diagnostics/extra.json"}
+    assert expected <= set(texts)
     assert not [(name, s) for name, text in texts.items() for s in ALL_SECRETS if s in text]
     assert all(mode(p) == (0o700 if p.is_dir() else 0o600) for p in [folder, *folder.rglob("*")])
     assert os.listdir(folder) and CANARY not in "".join(os.listdir(folder))

@@ -111,7 +111,8 @@ def test_image_rollback_across_an_additive_migration(config: Path) -> None:
     result = json.loads(out.stdout)["result"]
     assert result["to_version"] == "2.4.0" and result["layer"] == "image", result["layer_reason"]
     assert "additive" in result["layer_reason"] and "trial boot" in result["layer_reason"]
-    assert counts(config.parent / "brain.sqlite") == before
+    after = counts(config.parent / "brain.sqlite")
+    assert all(after[t] >= n for t, n in before.items())  # working memory is flushed at the drain
 
 
 @pytest.mark.parametrize("point", [f"before:{s}" for s in STEPS] + ["after:restore", "inside:swap"])
@@ -176,7 +177,7 @@ def test_nothing_to_roll_back_and_bad_input(config: Path) -> None:
     out = backout("rollback", "--yes", *cfg, env=ENV)
     assert out.returncode == 2 and "--to" in out.stderr  # no restore point, no earlier version
     out = backout("rollback", "--yes", "--to", "9.9.9", *cfg, env=ENV)
-    assert out.returncode == 3 and "not available" in out.stderr
+    assert out.returncode == 3 and "cannot roll back to 9.9.9" in out.stderr and "nothing was stopped" in out.stderr
     out = backout("rollback", "--yes", "--mode", "sideways", *cfg, env=ENV)
     assert out.returncode == 2
     out = backout("rollback", "--resume", "--yes", *cfg, env=ENV)

@@ -164,7 +164,7 @@ def eval_(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write JSON results here."),
     key_file: Optional[Path] = typer.Option(None, "--key-file", help="Read the API key from this file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the summary line."),
-    cases_dir: Optional[list[Path]] = typer.Option(
+    cases_dir: list[Path] | None = typer.Option(
         None, "--cases-dir", metavar="DIR",
         help="Also run every *.json regression case in DIR (e.g. written by a backout rollback); repeatable."),
 ) -> None:

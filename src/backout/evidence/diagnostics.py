@@ -28,7 +28,7 @@ DIAGNOSTICS_FILES: dict[str, str] = {
     "verdict.json": "the rollback verdict: decision, trigger, reason and its evidence table",
     "baseline.json": "the baseline the verdict compared against (error rate, latency, evals)",
     "schema.json": "schema stamps: at the restore point, now, and the difference between them",
-    "migrations.json": "the brain's migration ledger rows (schema_migrations, alembic or user_version)",
+    "migrations.json": "the brain's migration ledger (schema_migrations, alembic or user_version)",
     "versions.json": "versions involved: the bad one, the target, images and digests",
     "extra.json": "anything else the rollback found worth keeping",
 }
@@ -53,7 +53,7 @@ class DiagnosticsInput:
 
 
 def collect_diagnostics(folder: Path, data: DiagnosticsInput, redactor: Redactor) -> Path:
-    """Write `folder/diagnostics/` and `folder/diagnostics.tar.gz` (redacted, private); the archive's path."""
+    """Write `folder/diagnostics/` and `folder/diagnostics.tar.gz`, redacted; the archive's path."""
     ensure_private_dir(folder)
     target = ensure_private_dir(folder / "diagnostics")
     files = {"README.txt": _readme(data), **_contents(data, redactor)}
@@ -86,7 +86,8 @@ def _readme(data: DiagnosticsInput) -> str:
              f"collected by backout at {now}. Secrets are redacted as [REDACTED].", "",
              "README.txt        this index"]
     lines += [f"{name:<18}{what}" for name, what in DIAGNOSTICS_FILES.items()]
-    archive = f"diagnostics.tar.gz beside this folder holds the same files ({len(data.logs)} log lines)."
+    archive = (f"diagnostics.tar.gz beside this folder holds the same files "
+               f"({len(data.logs)} log lines).")
     lines += ["", archive]
     return "\n".join(lines) + "\n"
 
@@ -121,7 +122,7 @@ def _private_member(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 
 def migration_history(brain: Path) -> list[dict[str, Any]]:
-    """The rows of the brain's migration ledger, read-only; [] when the brain is missing or unreadable."""
+    """The rows of the brain's migration ledger, read-only; [] for a missing or unreadable brain."""
     if not brain.is_file():
         return []
     try:

@@ -22,8 +22,9 @@ __all__ = ["render_postmortem", "write_postmortem"]
 
 TEMPLATE = "postmortem.md.j2"
 UNKNOWN = "unknown"
-_ENV = Environment(loader=PackageLoader("backout.evidence", "templates"), undefined=StrictUndefined,
-                   autoescape=False, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+_ENV = Environment(loader=PackageLoader("backout.evidence", "templates"),
+                   undefined=StrictUndefined, autoescape=False,  # Markdown, not HTML
+                   keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
 
 
 def render_postmortem(incident: dict[str, Any], redactor: Redactor) -> str:
@@ -86,7 +87,8 @@ def _summary(inc: dict[str, Any]) -> str:
 def _how(inc: dict[str, Any]) -> str:
     layer, snap = inc.get("layer"), _dict(inc.get("snapshot"))
     if layer == "brain":
-        age = f", {_age(snap.get('age_seconds'))} old" if snap.get("age_seconds") is not None else ""
+        known = snap.get("age_seconds") is not None
+        age = f", {_age(snap.get('age_seconds'))} old" if known else ""
         return f"The brain was restored from snapshot {snap.get('id') or UNKNOWN}{age}."
     if layer == "image":
         return "Only the image was swapped back; the brain was kept as it was."
@@ -223,7 +225,7 @@ def _step(s: Any) -> dict[str, str]:
     return {"step": _cell(s.get("step")), "title": _cell(s.get("title")),
             "started": _cell(_short_time(s.get("started_at"))),
             "finished": _cell(_short_time(s.get("finished_at"))),
-            "seconds": f"{float(seconds):.1f}" if isinstance(seconds, (int, float)) else _cell(seconds),
+            "seconds": f"{seconds:.1f}" if isinstance(seconds, (int, float)) else _cell(seconds),
             "outcome": _cell(s.get("outcome")), "detail": _cell(s.get("detail"))}
 
 

@@ -27,9 +27,8 @@ MIN_SECRET_LENGTH = 6  # shorter values would blank out ordinary words and numbe
 
 # Names whose values are credentials: x-engine-key, authorization, api_key, access_token,
 # client_secret, DB_PASSWORD, session cookie... but not `output_tokens` or `monkey`.
-_WORD = (r"(?:[\w-]*[_-])?"
-         r"(?:api[_-]?key|key|token|secrets?|password|passwd|authorization|cookie|credentials?|signature)"
-         r"(?![\w-])")
+_WORD = (r"(?:[\w-]*[_-])?(?:api[_-]?key|key|token|secrets?|password|passwd|authorization"
+         r"|cookie|credentials?|signature)(?![\w-])")
 _NAME = rf"(?<![\w-]){_WORD}"
 _NAME_RE = re.compile(rf"^{_WORD}$", re.IGNORECASE)
 _SCHEME = r"(?:(?:Bearer|Basic|Token|Digest)\s+)?"
@@ -40,7 +39,8 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(rf"""(["'])({_NAME})\1(\s*:\s*)(["'])(?:\\.|(?!\4).)*\4""", re.IGNORECASE),
      rf"\1\2\1\3\4{REDACTED}\4"),
     # Authorization: Bearer xyz / X-Engine-Key: xyz / token: xyz (headers, YAML, log text)
-    (re.compile(rf"({_NAME})([ \t]*:[ \t]*)({_SCHEME}){_BARE}", re.IGNORECASE), rf"\1\2\3{REDACTED}"),
+    (re.compile(rf"({_NAME})([ \t]*:[ \t]*)({_SCHEME}){_BARE}", re.IGNORECASE),
+     rf"\1\2\3{REDACTED}"),
     # password="xyz", secret='xyz'
     (re.compile(rf"({_NAME})(\s*=\s*){_QUOTED}", re.IGNORECASE), rf"\1\2\3{REDACTED}\3"),
     # api_key=xyz, ?key=xyz&..., ENGINE_API_KEY=xyz, --token=xyz
@@ -50,7 +50,8 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # Bearer tokens wherever they appear
     (re.compile(r"\b(Bearer\s+)(?!\[REDACTED\])[A-Za-z0-9._~+/=-]+"), rf"\1{REDACTED}"),
     # https://user:password@host
-    (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@\"']+:)[^/\s@\"']+@", re.IGNORECASE), rf"\1{REDACTED}@"),
+    (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@\"']+:)[^/\s@\"']+@", re.IGNORECASE),
+     rf"\1{REDACTED}@"),
     # Slack incoming webhooks: the whole path is the credential
     (re.compile(r"(https://hooks\.slack\.com/services/)[^\s\"'<>)]+"), rf"\1{REDACTED}"),
 ]

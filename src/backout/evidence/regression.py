@@ -9,9 +9,9 @@
       "name": "regression_20261127t011500z_2_4_0_errors",   # the case's name in eval reports
       "incident": "20261127T011500Z-2.4.0-errors",
       "deployment": "engine",
-      "version": "2.4.0-errors",          # the bad version: the case must fail on it
+      "version": "2.4.0-errors",          # the bad version: the case is meant to fail on it
       "good_version": "2.3.1",            # the version rolled back to: the case passes on it
-      "trigger": "errors",                # the verdict's trigger (health, errors, latency, evals...)
+      "trigger": "errors",                # the verdict's trigger: health, errors, latency, evals
       "reason": "error rate 31% vs 0.5% baseline",
       "kind": "turn" | "health",
       "requests": [{"task_id": "t-17", "message": "..."}],     # kind "turn": turns to replay
@@ -21,10 +21,11 @@
       "created_at": "2026-11-27T01:16:02+00:00"
     }
 
-kind "turn": POST /execute once per request (MAX_REQUESTS, cycling over the failing tasks), each under the original task id plus a fresh
-suffix (request bodies are not logged, so the message is a neutral probe that triggers no tool
-call), expecting `expect.status` and a stream ending in `thread_lifecycle: completed`. Failures
-tied to one task's stored state are not reproduced by a fresh task id.
+kind "turn": POST /execute MAX_REQUESTS times, cycling over the tasks whose turns failed, each
+under the original task id plus a fresh suffix (request bodies are not logged, so the message is
+a neutral probe that triggers no tool call), expecting `expect.status` and a stream ending in
+`thread_lifecycle: completed`. A failure tied to one task's stored state is not reproduced by a
+fresh task id.
 kind "health": GET /health answers `expect.status` with status `ok` (a crash at boot, a failing
 health check, or a failure only the eval cases saw). `cases` are run by the case in every kind.
 """
@@ -57,13 +58,13 @@ def case_name(incident: dict[str, Any]) -> str | None:
 
 
 def regression_case(incident: dict[str, Any]) -> dict[str, Any] | None:
-    """The regression case of an incident as a dict, or None when there is nothing to test against."""
+    """The regression case of an incident as a dict; None when there is nothing to test against."""
     name = case_name(incident)
     if name is None or not incident.get("from_version"):
         return None
     requests = _requests(incident.get("failed_requests") or [])
     kind = "turn" if requests else "health"
-    expect = {"status": 200, "lifecycle": "completed"} if requests else {"status": 200, "health": "ok"}
+    expect = {"status": 200, **({"lifecycle": "completed"} if requests else {"health": "ok"})}
     return {"format": FORMAT, "name": name, "incident": incident.get("id"),
             "deployment": incident.get("deployment"), "version": incident.get("from_version"),
             "good_version": incident.get("to_version"), "trigger": _trigger(incident),
@@ -73,7 +74,7 @@ def regression_case(incident: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def write_regression_case(folder: Path, incident: dict[str, Any]) -> Path | None:
-    """Write `folder/regression/<name>.json` (0600); None (and no file) when there is nothing to test."""
+    """Write `folder/regression/<name>.json` (0600); None (no file) when nothing can be tested."""
     case = regression_case(incident)
     if case is None:
         return None

@@ -105,6 +105,8 @@ class RollbackRun:
     def _restore_step(self) -> Step:
         snap = self.d["snapshot"]
         quarantine = self.target.state_dir / "quarantine"
+        if snap is None:
+            return Step("restore", f"Restore the brain: NOT POSSIBLE ({self.d['snapshot_note']})")
         return Step("restore", f"Restore snapshot {snap['id']} (taken {_age(snap['age_seconds'])} before the "
                     f"decision, while {snap['version'] or '?'} ran) over the brain; the current brain goes to "
                     "quarantine first (hard link) and the swap is one rename",
