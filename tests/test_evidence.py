@@ -451,6 +451,12 @@ def test_regression_case_for_a_crash_at_boot(tmp_path: Path) -> None:
     assert case["requests"] == [] and case["cases"] == []
 
 
+def test_regression_case_is_redacted(tmp_path: Path) -> None:
+    record = incident(reason=f"errors; log said X-Engine-Key: {CANARY} and token=pattern-only-1")
+    text = json.dumps(read_case(write_regression_case(tmp_path, record, Redactor([CANARY]))))
+    assert CANARY not in text and "pattern-only-1" not in text and REDACTED in text
+
+
 def test_no_regression_case_without_a_bad_version(tmp_path: Path) -> None:
     assert write_regression_case(tmp_path, {"id": "x", "from_version": None}) is None
     assert write_regression_case(tmp_path, {}) is None
@@ -600,7 +606,7 @@ def test_evidence_files_hold_no_canary(tmp_path: Path, engine_brain: Path,
     data.migrations = migration_history(engine_brain)
     collect_diagnostics(folder, data, redactor)
     write_postmortem(folder, incident(), redactor)
-    write_regression_case(folder, incident())
+    write_regression_case(folder, incident(), redactor)
     texts = every_text(folder)
     expected = {"postmortem.md", "diagnostics/service.log", "regression/" + incident_case_file(),
                 "diagnostics.tar.gz:diagnostics/extra.json"}

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from backout_cli import backout, backout_json
+from http_receiver import API_KEY, COMPONENT, PAGE, running_receiver
 from rollback_setup import ENV, counts, init_process, notifications, prepare_bad_upgrade, rows_of, turns
 
 STEPS = ["announce", "diagnostics", "drain", "restore", "salvage", "start", "verify", "freeze", "notify",
@@ -182,3 +183,61 @@ def test_nothing_to_roll_back_and_bad_input(config: Path) -> None:
     assert out.returncode == 2
     out = backout("rollback", "--resume", "--yes", *cfg, env=ENV)
     assert out.returncode == 2 and "no interrupted rollback" in out.stderr
+
+
+NOTIFY = """
+[[deployments.{{name}}.notify.slack]]
+name = "incident"
+webhook = {{{{ env = "SLACK_WEBHOOK_URL" }}}}
+
+[[deployments.{{name}}.notify.webhook]]
+name = "pager"
+url = {{{{ env = "PAGER_URL" }}}}
+headers = {{{{ Authorization = {{{{ env = "PAGER_TOKEN" }}}} }}}}
+
+[deployments.{{name}}.notify.statuspage]
+api_base = "{base}"
+page_id = "{page}"
+component_id = "{component}"
+api_key = {{{{ env = "STATUSPAGE_API_KEY" }}}}
+
+[deployments.{{name}}.tracker]
+kind = "github"
+api_base = "{base}"
+repo = "acme/engine"
+token = {{{{ env = "GITHUB_TOKEN" }}}}
+"""
+SLACK_SECRET = "T0CANARY/B0CANARY/rollback-canary-51aa"
+
+
+def test_rollback_tells_people_and_files_the_postmortem(tmp_path: Path) -> None:
+    with running_receiver() as receiver:
+        config = init_process(tmp_path, NOTIFY.format(base=receiver.url, page=PAGE, component=COMPONENT))
+        env = {"SLACK_WEBHOOK_URL": f"{receiver.url}/services/{SLACK_SECRET}", "PAGER_URL": f"{receiver.url}/pager",
+               "PAGER_TOKEN": "pager-canary-token-0c1d", "STATUSPAGE_API_KEY": API_KEY,
+               "GITHUB_TOKEN": "ghp_canary_token_77aa"}
+        try:
+            prepare_bad_upgrade(config, "2.3.1", "2.4.0-errors")
+            turns(config, "during", 12, strict=False)  # about 30% fail: customers notice
+            out = _rollback(config, env=env)
+            assert out.returncode == 0, out.stderr
+        finally:
+            backout("stop", "--yes", "--config", str(config), env=ENV)
+        result = json.loads(out.stdout)["result"]
+        seen = [(r.method, r.path.split("/")[1]) for r in receiver.requests]
+        slack = [r.body for r in receiver.requests if r.path.startswith("/services/")]
+        assert slack[0]["text"].startswith("Rolling back engine to v2.3.1 due to ") and "All clear" in slack[-1]["text"]
+        pager = [r for r in receiver.requests if r.path == "/pager"]
+        assert pager[0].headers["authorization"] == "pager-canary-token-0c1d" and pager[0].body["kind"] == "rollback-started"
+        assert ("POST", "pages") in seen and ("PATCH", "pages") in seen  # opened, then resolved
+        assert receiver.components[COMPONENT] == "operational" and result["status_page"]["updated"]
+        issue = [r for r in receiver.requests if r.path == "/repos/acme/engine/issues"][0]
+        assert issue.headers["authorization"] == "Bearer ghp_canary_token_77aa" and "2.4.0-errors" in issue.body["title"]
+        assert all(n["ok"] for n in result["notifications"]), result["notifications"]
+    incident = Path(result["incident_folder"])
+    for path in incident.rglob("*"):
+        if path.is_file() and path.suffix != ".gz":
+            text = path.read_text(errors="replace")
+            assert "rollback-canary-51aa" not in text and "ghp_canary" not in text and API_KEY not in text, path
+        if path.is_file():
+            assert path.stat().st_mode & 0o077 == 0, path  # evidence is private

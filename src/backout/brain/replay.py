@@ -227,13 +227,13 @@ class ReplayReport:
         shown = [t for t in self.tables if t.rows]
         width = max([len("table"), *(len(t.table) for t in shown)])
         head = "to send" if self.dry_run and self.mode == "engine" else "replayed"
-        lines = [
-            f"{'table':<{width}}  {'rows':>6}  {head:>8}  {'present':>7}  {'not replayed':>12}"
-        ]
+        cells = f"{'rows':>6}  {head:>8}  {'present':>7}  {'not replayed':>12}  {'left out':>8}"
+        lines = [f"{'table':<{width}}  {cells}"]
         for t in shown:
+            left_out = t.left_out.rows if t.left_out else 0
             lines.append(
                 f"{t.table:<{width}}  {t.rows:>6}  {t.replayed:>8}  {t.already_present:>7}  "
-                f"{t.not_replayed + (t.left_out.rows if t.left_out else 0):>12}"
+                f"{t.not_replayed:>12}  {left_out:>8}"
             )
         return lines
 
@@ -247,7 +247,10 @@ class ReplayReport:
                     f"{s.reason}{keys}"
                 )
             if t.left_out and t.left_out.rows:
-                lines.append(f"left out: {t.table}, {t.left_out.rows} rows: {t.left_out.reason}")
+                n = t.left_out.rows
+                lines.append(
+                    f"left out: {t.table}, {n} row{'s' if n != 1 else ''}: {t.left_out.reason}"
+                )
         return lines
 
     def _total(self) -> str:

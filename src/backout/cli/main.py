@@ -45,7 +45,8 @@ def _register() -> None:
 
     app.add_typer(snapshot.app, name="snapshot")
     app.add_typer(schema.app, name="schema", help="Schema stamps and diffs: can an older version read this brain?")
-    app.add_typer(salvage.app, name="salvage", help="The bad window's rows: extract, show and replay a salvage.")
+    app.add_typer(salvage.app, name="salvage",
+                  help="The bad window's rows: extract them, show an incident's, replay them.")
     app.command("init")(init.init)
     app.command("status")(status.status)
     app.command("history")(history.history)

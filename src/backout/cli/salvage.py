@@ -169,22 +169,29 @@ def replay(
             EXIT_USAGE,
         )
     target = _target_for(config, deployment, incident)
-    options = _replay_options(target)
     if dry_run:
         with handle_errors():
-            report = replay_bundle(bundle, **options, dry_run=True)
+            report = _run_replay(target, bundle, dry_run=True)
         _print_report(report, as_json)
         return
     total = int(_summary(bundle).get("total") or 0)
-    where = options["base_url"] or options["brain"]
+    where = _service(target)[0] or target.brain
     confirm(f"replay the {total} salvaged rows of incident {incident_id} into {where}?", yes)
-    with handle_errors():
-        lock_dir = deployment_state(target.state_dir, target.deployment)
-        with operation_lock(lock_dir, "salvage replay"):
-            report = replay_bundle(bundle, **options)
+    with (
+        handle_errors(),
+        operation_lock(deployment_state(target.state_dir, target.deployment), "salvage replay"),
+    ):
+        report = _run_replay(target, bundle, dry_run=False)
     _print_report(report, as_json)
     if not report.complete:
         fail(_incomplete(report), EXIT_FAILED)
+
+
+def _run_replay(target: Target, bundle: Path, dry_run: bool) -> ReplayReport:
+    url, key, header = _service(target)
+    return replay_bundle(
+        bundle, base_url=url, api_key=key, key_header=header, brain=target.brain, dry_run=dry_run
+    )
 
 
 # -- incidents -----------------------------------------------------------------------------------
@@ -255,8 +262,8 @@ def _target_for(config: Path | None, deployment: str | None, incident: dict[str,
     return target_from(config, str(name) if name else None, None)
 
 
-def _replay_options(target: Target) -> dict[str, Any]:
-    """Where replay writes: the service's API when it has a health URL, else its brain."""
+def _service(target: Target) -> tuple[str | None, str | None, str]:
+    """(base URL, API key, key header): replay uses the API when there is a health URL."""
     from backout.flows.check import base_url
 
     settings = target.settings
@@ -264,12 +271,8 @@ def _replay_options(target: Target) -> dict[str, Any]:
         key = settings.api_key.value() if settings and settings.api_key else None
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
-    return {
-        "base_url": base_url(target) if target.health_url else None,
-        "api_key": key,
-        "key_header": settings.api_key_header if settings else "X-Engine-Key",
-        "brain": target.brain,
-    }
+    header = settings.api_key_header if settings else "X-Engine-Key"
+    return (base_url(target) if target.health_url else None), key, header
 
 
 # -- output --------------------------------------------------------------------------------------
@@ -279,7 +282,7 @@ def _show_facts(
     incident_id: str, incident: dict[str, Any], bundle: Path | None, summary: dict[str, Any] | None
 ) -> dict[str, Any]:
     tables = (summary or {}).get("tables", [])
-    mcp = next((t for t in tables if t.get("table") == "mcp_calls"), {})
+    mcp: dict[str, Any] = next((t for t in tables if t.get("table") == "mcp_calls"), {})
     snapshot = incident.get("snapshot") or {}
     kind = ((summary or {}).get("schema_diff") or {}).get("kind")
     return {

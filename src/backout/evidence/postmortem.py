@@ -103,7 +103,7 @@ def _duration(inc: dict[str, Any]) -> str:
 
 
 def _verdict(v: dict[str, Any]) -> dict[str, Any]:
-    triggers = v.get("triggers") if isinstance(v.get("triggers"), list) else []
+    triggers = _list(v.get("triggers"))
     rows = [{k: _cell(r.get(k)) for k in ("signal", "baseline", "now", "test", "verdict")}
             for r in _list(v.get("evidence")) if isinstance(r, dict)]
     return {"decision": _text(v.get("decision")),

@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from backout.evidence.redact import Redactor
 from backout.fsutil import ensure_private_dir, replace_text
 
 __all__ = ["FORMAT", "MAX_REQUESTS", "PROBE_MESSAGE", "case_name", "regression_case",
@@ -73,11 +74,13 @@ def regression_case(incident: dict[str, Any]) -> dict[str, Any] | None:
             "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
-def write_regression_case(folder: Path, incident: dict[str, Any]) -> Path | None:
+def write_regression_case(folder: Path, incident: dict[str, Any],
+                          redactor: Redactor | None = None) -> Path | None:
     """Write `folder/regression/<name>.json` (0600); None (no file) when nothing can be tested."""
     case = regression_case(incident)
     if case is None:
         return None
+    case = (redactor or Redactor()).obj(case)  # the reason may quote a log line
     target = ensure_private_dir(folder / "regression")
     path = target / f"{case['name']}.json"
     replace_text(path, json.dumps(case, indent=2) + "\n", mode=0o600)

@@ -43,8 +43,8 @@ def file_ticket(settings: TrackerSettings, title: str, body: str, timeout: float
         result = TicketResult(False, None, f"{where}: not filed: {exc}")
     except Exception as exc:  # noqa: BLE001 -- a tracker problem must never break a rollback
         result = TicketResult(False, None, f"{where}: not filed: {type(exc).__name__}: {exc}")
-    url = None if result.url in secrets else result.url  # a webhook echoing its own URL
-    return TicketResult(result.ok, url, Redactor(secrets).text(result.detail))
+    link = None if result.url in secrets else result.url  # a webhook echoing its own URL
+    return TicketResult(result.ok, link, Redactor(secrets).text(result.detail))
 
 
 def _where(settings: TrackerSettings) -> str:

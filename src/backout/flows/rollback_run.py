@@ -316,7 +316,7 @@ class RollbackRun:
         incident = self.incident("rolled-back" if self.verified() else "rolled-back-unverified")
         self.save_incident(incident)
         path = write_postmortem(self.folder, incident, self.redactor)
-        case = write_regression_case(self.folder, incident)
+        case = write_regression_case(self.folder, incident, self.redactor)
         ticket = None
         if self.settings.tracker is not None:
             title = f"Postmortem: {self.target.deployment} rolled back from {self.d['from_version']} to {self.d['to_version']}"
