@@ -28,7 +28,7 @@ from backout.errors import EXIT_REFUSED, EXIT_USAGE, BackoutError
 from backout.flows.badwindow import bad_window_facts
 from backout.history import History, load_restore_point
 from backout.runtime.base import Runtime
-from backout.runtime.trial import trial_boot, trial_possible
+from backout.runtime.trial import cached_trial, remember_trial, trial_boot, trial_possible
 
 __all__ = ["Mode", "NoRollback", "RollbackRequest", "decide_rollback", "incident_id_for"]
 
@@ -173,7 +173,11 @@ def _layer(target: Target, runtime: Runtime, req: RollbackRequest, version: str,
     said = f"schema {changes['kind']} since the snapshot ({_summary(changes)})" if changes else "schema unknown"
     if why_not:
         return "brain", f"{said}; no trial boot ({why_not}): restoring the brain is the safe choice", None, changes
-    trial = trial_boot(target, runtime, version)
+    fingerprint = f"{now.head}:{now.fingerprint}" if now else None
+    trial = cached_trial(target, version, fingerprint)
+    if trial is None:
+        trial = trial_boot(target, runtime, version)
+        remember_trial(target, version, fingerprint, trial)
     if trial.healthy:
         return "image", f"{said}, but a trial boot of {version} on a copy of the current brain is {trial.reason}", \
             trial.to_dict(), changes

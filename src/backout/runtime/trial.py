@@ -7,6 +7,7 @@ are checked. The live service and its brain are never touched; the copy is remov
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -23,11 +24,11 @@ import httpx
 
 from backout.brain.snapshot import copy_live_brain
 from backout.config import ConfigError, Deployment, Target
-from backout.fsutil import ensure_private_dir
-from backout.history import deployment_state
+from backout.fsutil import atomic_write_json, ensure_private_dir
+from backout.history import deployment_state, now_iso
 from backout.runtime.base import Command, HealthWait, Runtime, RuntimeFailure, not_retryable
 
-__all__ = ["TrialResult", "trial_boot", "trial_possible"]
+__all__ = ["TrialResult", "cached_trial", "remember_trial", "trial_boot", "trial_possible"]
 
 
 @dataclass
@@ -42,10 +43,44 @@ class TrialResult:
     smoke: dict[str, Any] | None = None
     log_tail: list[str] = field(default_factory=list)
 
+    at: str | None = None  # when it ran, for cached results
+
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         return {"healthy": self.healthy, "reason": self.reason, "seconds": round(self.seconds, 3), "how": self.how,
                 "health": self.health, "smoke": self.smoke, "log_tail": self.log_tail}
+
+
+def _cache_path(target: Target) -> Path:
+    return deployment_state(target.state_dir, target.deployment) / "trials.json"
+
+
+def cached_trial(target: Target, version: str, fingerprint: str | None) -> TrialResult | None:
+    """A trial boot of `version` already run on a brain with this schema fingerprint (e.g. by the upgrade's
+    watch window, so a rollback in a hurry need not copy the brain again)."""
+    if not fingerprint:
+        return None
+    try:
+        data = json.loads(_cache_path(target).read_text(encoding="utf-8"))
+        entry = data[f"{version}@{fingerprint}"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return TrialResult(**{**entry, "how": entry["how"] + " (run earlier on a brain with this same schema)"})
+
+
+def remember_trial(target: Target, version: str, fingerprint: str | None, result: TrialResult) -> None:
+    """Keep a trial's outcome for this (version, schema fingerprint)."""
+    if not fingerprint:
+        return
+    path = _cache_path(target)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = {}
+    data[f"{version}@{fingerprint}"] = {**result.to_dict(), "at": now_iso()}
+    data = dict(list(data.items())[-20:])
+    ensure_private_dir(path.parent)
+    atomic_write_json(path, data)
 
 
 def _free_port() -> int:
