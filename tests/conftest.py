@@ -7,6 +7,7 @@ from typing import Callable, Iterator
 
 import pytest
 
+from compose_setup import docker_env, project  # noqa: F401 (fixtures for the compose tests)
 from engine_proc import EngineProcess
 
 StartEngine = Callable[..., EngineProcess]

@@ -86,14 +86,14 @@ def rows_of(brain: Path, sql: str) -> list[tuple[Any, ...]]:
         conn.close()
 
 
-def prepare_bad_upgrade(config: Path, good: str, bad: str) -> dict[str, Any]:
+def prepare_bad_upgrade(config: Path, good: str, bad: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     """good runs and writes; drained; quiescent snapshot (the restore point); bad starts and writes."""
-    cfg = ["--config", str(config)]
-    assert backout_json("switch", good, "--yes", *cfg, env=ENV)["healthy"]
+    cfg, env = ["--config", str(config)], env or ENV
+    assert backout_json("switch", good, "--yes", *cfg, env=env)["healthy"]
     turns(config, "before")
-    backout_json("stop", "--yes", *cfg, env=ENV)
-    snap = backout_json("snapshot", "create", "--version-running", good, *cfg, env=ENV)
-    result = backout_json("switch", bad, "--yes", *cfg, env=ENV)
+    backout_json("stop", "--yes", *cfg, env=env)
+    snap = backout_json("snapshot", "create", "--version-running", good, *cfg, env=env)
+    result = backout_json("switch", bad, "--yes", *cfg, env=env)
     assert result["healthy"], result
     return snap
 

@@ -82,7 +82,7 @@ def test_restore_refuses_a_snapshot_of_another_deployment(start_engine, tmp_path
 @pytest.mark.parametrize("fault", FAULT_POINTS)
 def test_kill_9_at_any_step_then_rerun_finishes(start_engine, tmp_path: Path, fault: str) -> None:  # type: ignore[no-untyped-def]
     eng = _brain_with_turns(start_engine, turns=2)
-    into, state = tmp_path / "snaps", tmp_path / "state"
+    into = tmp_path / "snaps"
     args = ["--brain", str(eng.brain), "--into", str(into)]
     snap = backout_json("snapshot", "create", *args)
     for i in range(3):

@@ -14,88 +14,15 @@ from pathlib import Path
 import pytest
 
 from backout_cli import backout, backout_json
-from engine_proc import DEFAULT_KEY, free_port
+from compose_setup import init_compose, make_project
+from engine_proc import free_port
 
 pytestmark = pytest.mark.docker
-ENV_FILE = Path("/run/backout-docker.env")
-NEEDED = ["2.3.0", "2.3.1", "2.4.0", "2.4.0-crash", "2.4.0-drain"]
-
-
-def _docker_env() -> dict[str, str]:
-    env = {"ENGINE_API_KEY": DEFAULT_KEY}
-    host = os.environ.get("DOCKER_HOST")
-    if not host and ENV_FILE.exists():
-        host = ENV_FILE.read_text().split("DOCKER_HOST=", 1)[1].split()[0]
-    if host:
-        env["DOCKER_HOST"] = host
-    return env
-
-
-@pytest.fixture(scope="module")
-def docker_env() -> dict[str, str]:
-    env = {**os.environ, **_docker_env()}
-    ok = subprocess.run(["docker", "image", "inspect", *(f"engine:{v}" for v in NEEDED)], env=env,
-                        capture_output=True).returncode == 0 if _which("docker") else False
-    if not ok:
-        if os.environ.get("BACKOUT_REQUIRE_DOCKER") == "1":
-            pytest.fail("Docker or the engine images are missing (run scripts/docker/setup.sh and build-images.sh)")
-        pytest.skip("no Docker engine with engine:<version> images here")
-    return _docker_env()
-
-
-def _which(name: str) -> bool:
-    from shutil import which
-
-    return which(name) is not None
-
-
-COMPOSE = """\
-# The Engine, as its operators deploy it.
-services:
-  engine:
-    image: {image}   # the version backout switches
-    network_mode: host
-    stop_grace_period: 30s
-    environment:
-      - ENGINE_API_KEY
-      - ENGINE_PORT={port}
-      - ENGINE_TURN_MS=20
-    volumes:
-      - brain:/data
-volumes:
-  brain: {{}}
-"""
-
-
-def _project(tmp_path: Path, image: str = "engine:${ENGINE_VERSION}", version: str = "2.3.0") -> tuple[Path, int]:
-    port = free_port()
-    folder = tmp_path / f"proj{port}"
-    folder.mkdir()
-    (folder / "compose.yml").write_text(COMPOSE.format(image=image, port=port))
-    (folder / ".env").write_text(f"# versions are switched by backout\nENGINE_VERSION={version}\n")
-    return folder, port
-
-
-def _init(folder: Path, env: dict[str, str], *extra: str) -> Path:
-    out = backout("init", "--runtime", "compose", "--compose-file", "compose.yml", "--service", "engine",
-                  "--pass-env", "ENGINE_API_KEY", *extra, cwd=folder, env=env)
-    assert out.returncode == 0, out.stderr
-    text = (folder / "backout.toml").read_text().replace('drain_timeout = "30s"', 'drain_timeout = "10s"')
-    (folder / "backout.toml").write_text(text)
-    return folder / "backout.toml"
-
-
-@pytest.fixture
-def project(tmp_path: Path, docker_env: dict[str, str]):  # type: ignore[no-untyped-def]
-    folder, port = _project(tmp_path)
-    yield folder, port
-    subprocess.run(["docker", "compose", "-p", folder.name, "-f", str(folder / "compose.yml"), "down", "-v",
-                    "--timeout", "5"], env={**os.environ, **docker_env}, capture_output=True)
 
 
 def test_compose_switch_paths_with_history_and_status(project, docker_env) -> None:  # type: ignore[no-untyped-def]
     folder, port = project
-    config = _init(folder, docker_env)
+    config = init_compose(folder, docker_env)
     text = config.read_text()
     assert 'version_variable = "ENGINE_VERSION"' in text and f"http://127.0.0.1:{port}/health" in text
     brain = Path(text.split("brain = ")[1].split('"')[1])
@@ -121,9 +48,9 @@ def test_compose_switch_paths_with_history_and_status(project, docker_env) -> No
 
 
 def test_image_tag_edit_keeps_comments_and_missing_image_is_refused(tmp_path, docker_env) -> None:  # type: ignore[no-untyped-def]
-    folder, _ = _project(tmp_path, image="engine:2.3.0")
+    folder, _ = make_project(tmp_path, image="engine:2.3.0")
     try:
-        config = _init(folder, docker_env, "--brain", str(tmp_path / "unused.sqlite"))
+        config = init_compose(folder, docker_env, "--brain", str(tmp_path / "unused.sqlite"))
         cfg = ["--config", str(config)]
         assert backout_json("switch", "2.3.1", "--yes", *cfg, env=docker_env)["healthy"]
         compose = (folder / "compose.yml").read_text()
@@ -139,7 +66,7 @@ def test_image_tag_edit_keeps_comments_and_missing_image_is_refused(tmp_path, do
 
 def test_crash_drain_and_docker_down(project, docker_env) -> None:  # type: ignore[no-untyped-def]
     folder, _ = project
-    config = _init(folder, docker_env)
+    config = init_compose(folder, docker_env)
     config.write_text(config.read_text().replace('drain_timeout = "10s"', 'drain_timeout = "3s"'))
     cfg = ["--config", str(config)]
     out = backout("switch", "2.4.0-crash", "--yes", "--json", *cfg, env=docker_env)
@@ -179,9 +106,9 @@ def test_image_pulled_from_the_registry_when_not_local(tmp_path, docker_env) -> 
                  ["docker", "push", f"127.0.0.1:5000/{repo}:2.3.1"],
                  ["docker", "rmi", f"127.0.0.1:5000/{repo}:2.3.1"]):
         assert subprocess.run(argv, env=env, capture_output=True).returncode == 0, argv
-    folder, _ = _project(tmp_path, image=f"{repo}:${{ENGINE_VERSION}}", version="2.3.1")
+    folder, _ = make_project(tmp_path, image=f"{repo}:${{ENGINE_VERSION}}", version="2.3.1")
     try:
-        config = _init(folder, docker_env)
+        config = init_compose(folder, docker_env)
         config.write_text(config.read_text().replace('service = "engine"', 'service = "engine"\nregistry = "127.0.0.1:5000"'))
         plan = backout_json("switch", "2.3.1", "--dry-run", "--config", str(config), env=docker_env)
         assert any(c["argv"][:2] == ["docker", "pull"] for c in plan["commands"])
@@ -195,7 +122,7 @@ def test_image_pulled_from_the_registry_when_not_local(tmp_path, docker_env) -> 
 
 def test_compose_migrate_runs_in_a_one_off_container(project, docker_env) -> None:  # type: ignore[no-untyped-def]
     folder, _ = project
-    config = _init(folder, docker_env, "--migrate", "engine migrate --release {version} --brain /data/brain.sqlite")
+    config = init_compose(folder, docker_env, "--migrate", "engine migrate --release {version} --brain /data/brain.sqlite")
     cfg = ["--config", str(config)]
     assert backout_json("switch", "2.3.1", "--yes", *cfg, env=docker_env)["healthy"]
     plan = backout_json("switch", "2.4.0", "--dry-run", *cfg, env=docker_env)

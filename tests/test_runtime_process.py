@@ -169,5 +169,5 @@ def test_migrate_step_runs_between_stop_and_start(tmp_path: Path) -> None:
     out = backout("switch", "2.3.1", "--yes", "--json", *cfg, env=env)  # its migrate refuses the newer brain
     assert out.returncode == 1
     reason = json.loads(out.stdout)["health"]
-    assert "migrate for 2.3.1 failed" in reason["reason"] and any("MIGRATION_REQUIRED" in l for l in reason["log_tail"])
+    assert "migrate for 2.3.1 failed" in reason["reason"] and any("MIGRATION_REQUIRED" in line for line in reason["log_tail"])
     backout("stop", "--yes", *cfg, env=env)

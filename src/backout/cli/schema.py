@@ -7,7 +7,7 @@ Exit codes: 0 identical or additive only, 1 a migration file failed to execute (
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 

@@ -278,7 +278,7 @@ def restore(
         manifest = store.load(snapshot_id)
     if dry_run:
         steps = [f"verify snapshot {snapshot_id} ({human_bytes(manifest.size)}, {human_age(manifest.age_seconds())} old)",
-                 f"copy it beside the brain as a temporary file, fsync, check sha256",
+                 "copy it beside the brain as a temporary file, fsync, check sha256",
                  f"move {target.brain} (and -wal/-shm) into {target.state_dir / 'quarantine'}/<time>-<reason>/",
                  f"rename the staged copy over {target.brain}"]
         emit_json({"dry_run": True, "steps": steps}) if as_json else typer.echo("\n".join(f"{i+1}. {s}" for i, s in enumerate(steps)))

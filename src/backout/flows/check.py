@@ -7,7 +7,7 @@ import os
 import shlex
 import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from backout.config import Deployment, Target

@@ -1,0 +1,83 @@
+"""`backout rollback` on the compose runtime: real Docker, real `engine:<version>` images.
+
+The trial boot runs the target in a temporary compose project on a spare port (the port variable,
+ENGINE_PORT here, is found in the compose file) against a copy of the brain."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from backout_cli import backout, backout_json
+from compose_setup import init_compose
+from rollback_setup import counts, notifications, prepare_bad_upgrade, turns
+
+pytestmark = pytest.mark.docker
+
+SETTINGS = """
+[deployments.engine.rollback]
+verify_window = "1s"
+smoke = { method = "GET", path = "/execute/replay?after=0" }
+
+[deployments.engine.notify]
+file = "notifications.jsonl"
+"""
+
+
+def _config(folder: Path, env: dict[str, str]) -> Path:
+    config = init_compose(folder, env)
+    text = config.read_text().replace("[deployments.engine]\n", '[deployments.engine]\napi_key = { env = "ENGINE_API_KEY" }\n', 1)
+    config.write_text(text + SETTINGS)
+    return config
+
+
+def _brain(config: Path) -> Path:
+    return Path(config.read_text().split('brain = "', 1)[1].split('"', 1)[0])
+
+
+def _rollback(config: Path, env: dict[str, str]) -> dict:
+    out = backout("rollback", "--yes", "--json", "--config", str(config), env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)["result"]
+
+
+def test_compose_brain_rollback_from_a_broken_build(project, docker_env) -> None:  # type: ignore[no-untyped-def]
+    folder, _ = project
+    config = _config(folder, docker_env)
+    snap = prepare_bad_upgrade(config, "2.3.1", "2.4.0-errors", env=docker_env)
+    written = turns(config, "during", 10, strict=False)
+    result = _rollback(config, docker_env)
+    assert result["layer"] == "brain" and result["outcome"] == "rolled-back", result
+    trial = json.loads((Path(result["incident_folder"]) / "incident.json").read_text())["trial"]
+    assert "container in compose project" in trial["how"] and "MIGRATION_REQUIRED" in trial["reason"], trial
+    now = counts(_brain(config))
+    assert all(now[t] >= m["rows"] for t, m in snap["tables"].items())  # every pre-upgrade row
+    summary = json.loads((Path(result["incident_folder"]) / "salvage" / "summary.json").read_text())
+    salvaged = {t["table"]: t["added"] + t["changed"] for t in summary["tables"]}
+    assert salvaged.get("knowledge_store", 0) >= written and len(result["mcp_calls"]) >= written
+    assert backout_json("status", "--config", str(config), env=docker_env)["running"]["version"] == "2.3.1"
+    assert "ENGINE_VERSION=2.3.1" in (folder / ".env").read_text()
+    assert notifications(config)[-1]["kind"] == "rollback-succeeded"
+
+
+def test_compose_image_rollbacks(project, docker_env) -> None:  # type: ignore[no-untyped-def]
+    folder, _ = project
+    config = _config(folder, docker_env)
+    cfg = ["--config", str(config)]
+    for version in ("2.3.0", "2.3.1"):
+        assert backout_json("switch", version, "--yes", *cfg, env=docker_env)["healthy"]
+        turns(config, f"on-{version}")
+    result = _rollback(config, docker_env)
+    assert (result["to_version"], result["layer"]) == ("2.3.0", "image") and result["salvage"] is None
+
+    for version in ("2.4.0", "2.4.1"):
+        assert backout_json("switch", version, "--yes", *cfg, env=docker_env)["healthy"]
+        turns(config, f"on-{version}")
+    before = counts(_brain(config))
+    result = _rollback(config, docker_env)
+    assert (result["to_version"], result["layer"]) == ("2.4.0", "image"), result["layer_reason"]
+    assert "trial boot" in result["layer_reason"] and "healthy" in result["layer_reason"]
+    after = counts(_brain(config))
+    assert all(after[t] >= n for t, n in before.items())  # the brain was not touched: nothing lost
