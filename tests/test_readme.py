@@ -12,3 +12,12 @@ def test_readme_config_example_validates() -> None:
     block = README.read_text().split("```toml", 1)[1].split("```", 1)[0]
     config = Config.model_validate(tomllib.loads(block))
     assert config.deployments["engine"].expected_changes["2.4.0"].metrics == ["latency"]
+
+
+def test_readme_rollback_example_validates() -> None:
+    block = README.read_text().split("```toml", 2)[2].split("```", 1)[0]
+    data = tomllib.loads(block)
+    data["deployments"]["engine"]["brain"] = "brain.sqlite"
+    engine = Config.model_validate(data).deployments["engine"]
+    assert engine.notify.slack[0].webhook.env == "SLACK_WEBHOOK_URL" and engine.tracker is not None
+    assert engine.rollback.smoke is not None and engine.notify.statuspage is not None

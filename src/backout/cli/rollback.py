@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import typer
 
 from backout.cli.common import (ConfigOpt, DeploymentOpt, DryRunOpt, JsonOpt, YesOpt, confirm, emit_json, fail,
                                 handle_errors, human_age, human_bytes, progress_bar, target_from)
 from backout.errors import EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE
-from backout.flows.rollback import RollbackRequest, decide_rollback
+from backout.flows.rollback import Mode, RollbackRequest, decide_rollback
 from backout.flows.rollback_run import RollbackRun, journal_path
 from backout.freeze import freeze_version, unfreeze_version
 from backout.history import Change, History, deployment_state
@@ -47,7 +47,7 @@ def rollback(
     with handle_errors():
         runtime = runtime_for(target)
         with operation_lock(deployment_state(target.state_dir, target.deployment), "rollback"):
-            journal = _journal(target, runtime, RollbackRequest(to, snapshot, reason, mode), resume, dry_run, yes,
+            journal = _journal(target, runtime, RollbackRequest(to, snapshot, reason, cast(Mode, mode)), resume, dry_run, yes,
                                as_json)
             if journal is None:
                 return
@@ -84,10 +84,9 @@ def _journal(target: Any, runtime: Any, req: RollbackRequest, resume: bool, dry_
 
 def _run(target: Any, runtime: Any, journal: Journal, as_json: bool) -> None:
     def show(step: Step, phase: str) -> None:
-        if not as_json:
-            entry = journal.data.get("timeline", [])[-1] if phase == "done" else None
-            typer.echo(f"  {'✓' if entry else '…'} {step.name:<12}" +
-                       (f" {entry['seconds']:.1f}s  {entry['detail']}" if entry else ""), err=True)
+        if not as_json and phase == "done":
+            entry = journal.data.get("timeline", [])[-1]
+            typer.echo(f"  done {step.name:<12} {entry['seconds']:>6.1f}s  {entry['detail']}", err=True)
 
     with progress_bar(not as_json) as bar:
         run = RollbackRun(target, runtime, journal, bar)
@@ -116,7 +115,7 @@ def render_plan(plan: Plan) -> list[str]:
              f"  running now   {d['from_version']}" + ("" if d["running"] else " (not running)"),
              f"  bad window    since {d['bad_window']['from'] or 'unknown'}",
              f"  symptom       {d['signals']['symptom']}",
-             f"  target        {d['to_version']} (from the {d['target_source']})",
+             f"  target        {d['to_version']} ({d['target_source']})",
              "  snapshot      " + (f"{snap['id']}, taken {human_age(snap['age_seconds'])} ago while "
                                    f"{snap['version'] or '?'} ran, {human_bytes(snap['size'])}" if snap
                                    else f"none: {d['snapshot_note']}")]
@@ -127,7 +126,7 @@ def render_plan(plan: Plan) -> list[str]:
     trial = d.get("trial")
     if trial:
         lines.append(f"  trial boot    {trial['how']}: {trial['reason']} ({trial['seconds']:.1f}s)")
-        lines += [f"                | {line}" for line in trial.get("log_tail", [])[-3:]]
+        lines += [f"                | {line[:160]}" for line in trial.get("log_tail", [])[-3:]]
     impact = d["signals"]["impact"]
     lines.append(f"  impact        {'customers affected' if impact['real'] else 'no customer impact'}: {impact['why']}")
     lines.append("steps:")

@@ -12,6 +12,8 @@ from backout.brain.snapshot import verify_snapshot
 from backout.cli.common import (BrainOpt, ConfigOpt, DeploymentOpt, IntoOpt, JsonOpt, emit_json, handle_errors,
                                 human_age, human_bytes, target_from)
 from backout.config import Target
+from backout.flows.rollback_run import journal_path
+from backout.freeze import frozen_versions
 from backout.history import History, load_restore_point
 from backout.runtime.factory import runtime_for
 from backout.signals.health import probe
@@ -64,7 +66,9 @@ def collect_status(target: Target, verify: bool = False) -> dict[str, Any]:
     if target.settings is not None and target.settings.runtime is not None:
         out["runtime"] = target.settings.runtime
         out["running"] = runtime_for(target).current().to_dict()
-        out["frozen"] = list(target.settings.frozen)
+        out["frozen"] = sorted(frozen_versions(target))
+        pending = journal_path(target)
+        out["pending_rollback"] = str(pending) if pending.exists() else None
     if target.health_url:
         out["health"] = probe(target.health_url, timeout=5).to_dict()
     out["restore_point"] = _restore_point(target, verify)
@@ -112,5 +116,7 @@ def status(
         typer.echo("restore pt   none recorded")
     if data.get("frozen"):
         typer.echo(f"frozen       {', '.join(data['frozen'])}")
+    if data.get("pending_rollback"):
+        typer.echo("rollback     INTERRUPTED: finish it with `backout rollback --resume`")
     d = data["last_drill"]
     typer.echo(f"last drill   {human_age(d['age_seconds']) + ' ago' if d else 'never'}")

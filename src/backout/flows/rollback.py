@@ -97,12 +97,12 @@ def _choose_target(target: Target, req: RollbackRequest, bad: str | None) -> tup
     point = load_restore_point(target.state_dir, target.deployment)
     if req.to_version:
         same = point is not None and point.version == req.to_version
-        return req.to_version, "--to", req.snapshot_id or (point.snapshot_id if same and point else None)
+        return req.to_version, "asked for with --to", req.snapshot_id or (point.snapshot_id if same and point else None)
     if point is not None and point.version != bad:
-        return point.version, "restore point", req.snapshot_id or point.snapshot_id
+        return point.version, f"the restore point recorded {point.recorded_at}", req.snapshot_id or point.snapshot_id
     previous = _previous_version(target, bad)
     if previous:
-        return previous, "history (the version before the current one)", req.snapshot_id
+        return previous, "from the history: it ran before the current one", req.snapshot_id
     raise BackoutError(f"no restore point and no earlier version of {target.deployment} in the history: "
                        "pass --to VERSION", EXIT_USAGE)
 
@@ -119,10 +119,10 @@ def _choose_snapshot(store: SnapshotStore, target: Target, version: str, named: 
         if not _usable(store, manifest):
             return None, f"snapshot {named} is missing, truncated or failed integrity_check when taken"
         return manifest, f"snapshot {named}"
-    manifest = _snapshot_of_version(store, target.deployment, version)
-    if manifest is None:
+    newest = _snapshot_of_version(store, target.deployment, version)
+    if newest is None:
         return None, f"no verified snapshot of {target.deployment} taken while {version} ran"
-    return manifest, f"the newest verified snapshot taken while {version} ran"
+    return newest, f"the newest verified snapshot taken while {version} ran"
 
 
 def _stamp_now(brain: Path) -> SchemaStamp | None:

@@ -26,6 +26,7 @@ from backout.brain.snapshot import copy_live_brain
 from backout.config import ConfigError, Deployment, Target
 from backout.fsutil import atomic_write_json, ensure_private_dir
 from backout.history import deployment_state, now_iso
+from backout.runtime.compose import ComposeRuntime
 from backout.runtime.base import Command, HealthWait, Runtime, RuntimeFailure, not_retryable
 
 __all__ = ["TrialResult", "cached_trial", "remember_trial", "trial_boot", "trial_possible"]
@@ -227,7 +228,7 @@ def _trial_container(target: Target, runtime: Runtime, version: str, copy: Path,
     override.write_text(_override(runtime.service, runtime.image(version), str(_port_variable(settings)), port,
                                   data, str(Path(inside).parent)), encoding="utf-8")
     project = re.sub(r"[^a-z0-9_-]", "", f"{runtime.project}-trial-{folder.name[-8:]}")
-    base = ("docker", "compose", "-p", project, "-f", str(runtime.file), "-f", str(override))
+    base: tuple[str, ...] = ("docker", "compose", "-p", project, "-f", str(runtime.file), "-f", str(override))
     if settings.compose.env_file is not None:
         base += ("--env-file", str(runtime.env_file))
     how = f"container in compose project {project}, port {port}, against a copy of the brain"
@@ -251,7 +252,7 @@ def _override(service: str, image: str, port_env: str, port: int, data: Path, in
 class _ContainerTrial:
     """A temporary compose project running the target once."""
 
-    def __init__(self, runtime: Any, base: tuple[str, ...], service: str) -> None:
+    def __init__(self, runtime: ComposeRuntime, base: tuple[str, ...], service: str) -> None:
         self.runtime = runtime
         self.base = base
         self.service = service
@@ -290,7 +291,8 @@ class _ContainerTrial:
     def _logs(self) -> list[str]:
         out = self.runtime._run(self.base + ("logs", "--no-color", "--no-log-prefix", "--tail", "20", self.service),
                                 check=False)
-        return (out.stdout + out.stderr).splitlines()[-20:]
+        lines: list[str] = (out.stdout + out.stderr).splitlines()
+        return lines[-20:]
 
     def down(self) -> None:
         try:
