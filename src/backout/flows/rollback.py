@@ -25,6 +25,7 @@ from backout.brain.schema import SchemaError, SchemaStamp, diff, stamp
 from backout.brain.tables import connect_readonly, quote_ident, user_tables
 from backout.config import Target
 from backout.errors import EXIT_REFUSED, EXIT_USAGE, BackoutError
+from backout.evidence import Redactor, secrets_of
 from backout.flows.badwindow import bad_window_facts
 from backout.history import History, load_restore_point
 from backout.runtime.base import Runtime
@@ -238,7 +239,8 @@ def decide_rollback(target: Target, runtime: Runtime, req: RollbackRequest) -> d
     decision["signals"] = bad_window_facts(target, runtime, decision["bad_window"]["from"], req.reason)
     if layer == "brain" and manifest is None:
         decision["blocked"] = _blocked(target, version, why_snapshot, changes, why)
-    return decision
+    redactor = Redactor(secrets_of(target.require_settings()))
+    return dict(redactor.obj(decision))  # it goes into the journal: service log lines may quote a secret
 
 
 def _snapshot_facts(store: SnapshotStore, manifest: Manifest | None) -> dict[str, Any] | None:

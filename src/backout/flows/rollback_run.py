@@ -30,6 +30,7 @@ from backout.notify import Message, Notifier
 from backout.plan import Plan, Step, StepFailed, execute, timeline
 from backout.progress import NO_PROGRESS, Progress
 from backout.runtime.base import Command, Runtime
+from backout.runtime.compose import ComposeRuntime
 from backout.signals.evals import run_evals
 from backout.signals.health import probe
 
@@ -193,9 +194,10 @@ class RollbackRun:
 
     def _versions(self) -> dict[str, Any]:
         out: dict[str, Any] = {"from": self.d["from_version"], "to": self.d["to_version"], "runtime": self.runtime.name}
-        image = getattr(self.runtime, "image", None)
-        if callable(image):
-            out["images"] = {v: _digest(self.runtime, image(v)) for v in (self.d["from_version"], self.d["to_version"]) if v}
+        if isinstance(self.runtime, ComposeRuntime):
+            runtime = self.runtime
+            out["images"] = {v: {"image": runtime.image(v), "id": runtime.image_digest(v)}
+                             for v in (self.d["from_version"], self.d["to_version"]) if v}
         return out
 
     def drain(self) -> dict[str, Any]:
@@ -418,11 +420,3 @@ class RollbackRun:
 def _age(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m" if seconds < 7200 else f"{seconds // 3600}h"
-
-
-def _digest(runtime: Runtime, image: str) -> str | None:
-    run = getattr(runtime, "_run", None)
-    if run is None:
-        return None
-    out = run(("docker", "image", "inspect", "--format", "{{.Id}}", image), check=False)
-    return out.stdout.strip() or None

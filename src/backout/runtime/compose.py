@@ -50,7 +50,7 @@ class ComposeRuntime(Runtime):
     # -- commands as data ----------------------------------------------------------------------
 
     def _compose(self, *args: str) -> tuple[str, ...]:
-        base = ("docker", "compose", "-p", self.project, "-f", str(self.file))
+        base: tuple[str, ...] = ("docker", "compose", "-p", self.project, "-f", str(self.file))
         if self.settings.env_file is not None:
             base += ("--env-file", str(self.env_file))
         return base + args
@@ -140,6 +140,11 @@ class ComposeRuntime(Runtime):
         out = self._run(("docker", "inspect", ident))
         data: list[dict[str, Any]] = json.loads(out.stdout)
         return data[0]
+
+    def image_digest(self, version: str) -> str | None:
+        """The local image id of `version` (what exactly ran), if the image is here."""
+        out = self._run(("docker", "image", "inspect", "--format", "{{.Id}}", self.image(version)), check=False)
+        return out.stdout.strip() or None
 
     def _local(self, version: str) -> bool:
         return self._run(("docker", "image", "inspect", self.image(version)), check=False).returncode == 0
