@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup quickstart test docker bench bench-detection clean
+.PHONY: setup quickstart test docker bench bench-detection bench-rollback clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,10 @@ bench: $(STAMP)
 # Time from a switch to a broken build until `backout check` says roll-back (about 15 minutes).
 bench-detection: $(STAMP)
 	$(BIN)/python bench/bench_detection.py
+
+# Time from `backout rollback --yes` to healthy per step, image and brain layer, 1 GB brain, vs the runbook's commands (about 5 minutes).
+bench-rollback: $(STAMP)
+	$(BIN)/python bench/bench_rollback.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -289,7 +289,7 @@ def main() -> None:
         step()
     text = report(b)
     print(text)
-    header = "# Benchmark results\n\nProduced by `make bench` (bench/bench_brain.py) and `make bench-detection` (bench/bench_detection.py); newest first.\n\n"
+    header = "# Benchmark results\n\nProduced by `make bench` (bench/bench_brain.py), `make bench-detection` (bench/bench_detection.py) and `make bench-rollback` (bench/bench_rollback.py); newest first.\n\n"
     old = args.results.read_text(encoding="utf-8").split("\n", 4)[-1] if args.results.exists() else ""
     args.results.write_text(header + text + "\n" + (old if old.startswith("## ") else ""), encoding="utf-8")
     (args.work / "last.json").write_text(json.dumps(b.results, indent=2, default=str))

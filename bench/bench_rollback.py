@@ -354,9 +354,12 @@ def machine(work: Path) -> str:
                if line.startswith("MemTotal"))
     df = subprocess.run(["df", "--output=source,fstype", str(work)], capture_output=True, text=True).stdout
     source, fstype = df.splitlines()[-1].split()
+    git = ["git", "-C", str(HERE.parent)]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "--", "src"], capture_output=True, text=True).stdout.strip()
     return (f"{platform.node()}, {os.cpu_count()} cores (`nproc`), {mem / 2**20:.0f} GiB RAM, work folder on "
             f"{source} ({fstype}), {platform.platform()}, Python {platform.python_version()}, "
-            f"SQLite {sqlite3.sqlite_version}")
+            f"SQLite {sqlite3.sqlite_version}, commit {commit or '?'}{' + uncommitted src/ changes' if dirty else ''}")
 
 
 def report(b: Bench, work: Path) -> str:
