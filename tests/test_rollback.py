@@ -19,7 +19,7 @@ from backout_cli import backout, backout_json
 from http_receiver import API_KEY, COMPONENT, PAGE, running_receiver
 from rollback_setup import ENV, counts, init_process, notifications, prepare_bad_upgrade, rows_of, turns
 
-STEPS = ["announce", "diagnostics", "drain", "restore", "salvage", "start", "verify", "freeze", "notify",
+STEPS = ["announce", "diagnostics", "drain", "restore", "start", "salvage", "verify", "freeze", "notify",
          "postmortem", "record"]
 
 

@@ -368,7 +368,8 @@ def _plan(conn: sqlite3.Connection, table: str, mark: TableMark | None, since: s
 def _write_tables(
     conn: sqlite3.Connection, plans: list[_Plan], work: Path, progress: Progress | None
 ) -> list[TableSalvage]:
-    total = sum(int(conn.execute(p.count_sql, p.args).fetchone()[0]) for p in plans)
+    # The count pass is a second scan of every table: only worth it when someone watches a bar.
+    total = sum(int(conn.execute(p.count_sql, p.args).fetchone()[0]) for p in plans) if progress else 0
     done = 0
     if progress:
         progress(0, total)

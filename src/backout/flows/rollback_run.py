@@ -72,10 +72,9 @@ class RollbackRun:
         """The steps, each with its commands and files; brain steps only for a brain rollback."""
         d, brain = self.d, self.d["layer"] == "brain"
         steps = [self._announce_step(), self._diagnostics_step(), self._drain_step()]
-        if brain:
-            steps += [self._restore_step(), self._salvage_step()]
-        steps += [self._start_step(), self._verify_step(), self._freeze_step(), self._notify_step(),
-                  self._postmortem_step(),
+        # Salvage reads only the quarantined file: it runs once the target serves again.
+        steps += [self._restore_step(), self._start_step(), self._salvage_step()] if brain else [self._start_step()]
+        steps += [self._verify_step(), self._freeze_step(), self._notify_step(), self._postmortem_step(),
                   Step("record", "Record the rollback in the history", files=[str(self.target.state_dir / "history.jsonl")],
                        action=self.record)]
         return Plan("rollback", d, steps)

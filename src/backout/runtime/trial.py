@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from backout.brain.skeleton import copy_brain_skeleton
 from backout.brain.snapshot import copy_live_brain
 from backout.config import ConfigError, Deployment, Target
 from backout.fsutil import atomic_write_json, ensure_private_dir
@@ -50,6 +51,9 @@ class TrialResult:
         """JSON form."""
         return {"healthy": self.healthy, "reason": self.reason, "seconds": round(self.seconds, 3), "how": self.how,
                 "health": self.health, "smoke": self.smoke, "log_tail": self.log_tail}
+
+
+SKELETON_ABOVE_BYTES = 64 * 2**20  # smaller brains are copied whole at once
 
 
 def _cache_path(target: Target) -> Path:
@@ -130,21 +134,39 @@ def _port_variable(settings: Deployment) -> str | None:
 
 
 def trial_boot(target: Target, runtime: Runtime, version: str) -> TrialResult:
-    """Start `version` on a copy of the current brain, check health and the smoke request, clean up."""
+    """Start `version` on a copy of the current brain, check health and the smoke request, clean up.
+
+    A big brain is tried first on its skeleton (schema and small tables): a refusal there is final,
+    and saves copying the whole brain; only a pass is repeated on a full copy."""
     why_not = trial_possible(target)
     if why_not:
         raise ConfigError(f"a trial boot is not possible: {why_not}")
+    if target.brain.stat().st_size > SKELETON_ABOVE_BYTES:
+        first = _trial_on(target, runtime, version, skeleton=True)
+        if not first.healthy:
+            return first
+    return _trial_on(target, runtime, version, skeleton=False)
+
+
+def _trial_on(target: Target, runtime: Runtime, version: str, skeleton: bool) -> TrialResult:
     settings = target.require_settings()
     folder = deployment_state(target.state_dir, target.deployment) / f"trial-{secrets.token_hex(4)}"
     ensure_private_dir(folder)
     try:
         copy = folder / target.brain.name
-        copy_live_brain(target.brain, copy)
+        if skeleton:
+            copy_brain_skeleton(target.brain, copy)
+        else:
+            copy_live_brain(target.brain, copy)
         port = settings.rollback.trial_port or _free_port()
         url = _with_port(str(target.health_url), port)
         if settings.runtime == "process":
-            return _trial_process(target, version, copy, port, url, folder)
-        return _trial_container(target, runtime, version, copy, port, url, folder)
+            result = _trial_process(target, version, copy, port, url, folder)
+        else:
+            result = _trial_container(target, runtime, version, copy, port, url, folder)
+        if skeleton:
+            result.how = result.how.replace("a copy of the brain", "the brain's schema and small tables")
+        return result
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
