@@ -21,6 +21,7 @@ __all__ = [
     "SalvageSettings",
     "SecretSource",
     "TrackerSettings",
+    "UpgradeSettings",
     "SnapshotSettings",
     "Target",
     "find_config",
@@ -246,6 +247,15 @@ class RollbackSettings(_Model):
     verify_window: Duration = timedelta(seconds=10)  # how long errors are watched after the target is healthy
 
 
+class UpgradeSettings(_Model):
+    """How `backout upgrade` watches a new version, and the recovery-time target it plans against."""
+
+    watch: Duration = timedelta(minutes=15)  # the watch window after the switch
+    check_every: Duration = timedelta(seconds=15)  # how often the verdict is computed while watching
+    auto_rollback: bool = True  # roll back by itself on a roll-back verdict
+    rto: Duration | None = timedelta(minutes=5)  # recovery-time target: warn when a restore would take longer
+
+
 class Deployment(_Model):
     """One service that backout manages."""
 
@@ -268,6 +278,7 @@ class Deployment(_Model):
     notify: NotifySettings = NotifySettings()
     tracker: TrackerSettings | None = None
     rollback: RollbackSettings = RollbackSettings()
+    upgrade: UpgradeSettings = UpgradeSettings()
     changelog_command: str | None = None  # prints a version's changelog JSON, e.g. "engine releases --changelog {version} --json"
 
     @model_validator(mode="after")

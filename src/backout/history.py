@@ -15,7 +15,7 @@ from backout.fsutil import atomic_write_json, ensure_private_dir
 __all__ = ["Change", "History", "RestorePoint", "config_hash", "deployment_state", "load_restore_point",
            "now_iso", "save_restore_point"]
 
-Kind = Literal["upgrade", "rollback", "drill", "manual", "stop"]
+Kind = Literal["upgrade", "promote", "rollback", "drill", "manual", "stop"]
 
 
 def now_iso() -> str:

@@ -11,7 +11,7 @@ from backout.cli.common import (ConfigOpt, DeploymentOpt, DryRunOpt, JsonOpt, Ye
                                 handle_errors, human_age, human_bytes, progress_bar, target_from)
 from backout.errors import EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE
 from backout.flows.rollback import Mode, RollbackRequest, decide_rollback
-from backout.flows.rollback_run import RollbackRun, journal_path
+from backout.flows.rollback_run import RollbackRun, journal_path, new_journal
 from backout.freeze import freeze_version, unfreeze_version
 from backout.history import Change, History, deployment_state
 from backout.journal import Journal
@@ -67,7 +67,7 @@ def _journal(target: Any, runtime: Any, req: RollbackRequest, resume: bool, dry_
         fail(f"an interrupted rollback (incident {pending}) is pending: finish it with `backout rollback --resume`",
              EXIT_REFUSED)
     decision = decide_rollback(target, runtime, req)
-    journal = Journal(path, {"operation": {"kind": "rollback", "decision": decision}, "done": [], "facts": {}})
+    journal = new_journal(target, decision)
     plan = RollbackRun(target, runtime, journal).plan()
     if as_json and (dry_run or decision["blocked"]):
         emit_json({"dry_run": dry_run, "plan": plan.to_dict()})

@@ -18,7 +18,7 @@ from backout.signals.baseline import Baseline, StateFiles
 from backout.signals.decide import decide
 from backout.signals.evals import run_evals
 from backout.signals.health import probe
-from backout.signals.model import ExpectedChanges, HealthSample, Observations, Policy, RequestSample, Verdict
+from backout.signals.model import EvalRun, ExpectedChanges, HealthSample, Observations, Policy, RequestSample, Verdict
 
 __all__ = ["base_url", "capture_baseline", "check", "expected_changes", "observe", "policy_of", "request_samples"]
 
@@ -117,8 +117,10 @@ def _switched_at(target: Target, runtime: Runtime) -> float | None:
     return None
 
 
-def observe(target: Target, runtime: Runtime, with_evals: bool = True, report: str | None = None) -> Observations:
-    """Everything known now: baseline, requests and health since the switch, evals, reports."""
+def observe(target: Target, runtime: Runtime, with_evals: bool = True, report: str | None = None,
+            evals: EvalRun | None = None) -> Observations:
+    """Everything known now: baseline, requests and health since the switch, evals (run now, or an
+    earlier run of this version passed in), reports."""
     settings = target.require_settings()
     files = state_files(target)
     baseline = files.load_baseline()
@@ -133,7 +135,8 @@ def observe(target: Target, runtime: Runtime, with_evals: bool = True, report: s
         files.add_health(sample)
     if report:
         files.add_report(report, version)
-    evals = run_evals(settings.evals, base_url(target), version) if with_evals and settings.evals else None
+    if evals is None and with_evals and settings.evals:
+        evals = run_evals(settings.evals, base_url(target), version)
     return Observations(
         now=now, switched_at=switched, baseline_requests=baseline.requests,
         requests=request_samples(target, runtime, switched, now), health=files.health_since(switched),
@@ -141,9 +144,10 @@ def observe(target: Target, runtime: Runtime, with_evals: bool = True, report: s
         expected=expected_changes(settings, version), version=version, baseline_version=baseline.version)
 
 
-def check(target: Target, runtime: Runtime, with_evals: bool = True, report: str | None = None) -> Verdict:
+def check(target: Target, runtime: Runtime, with_evals: bool = True, report: str | None = None,
+          evals: EvalRun | None = None) -> Verdict:
     """The verdict now (kept as the deployment's latest verdict)."""
-    obs = observe(target, runtime, with_evals, report)
+    obs = observe(target, runtime, with_evals, report, evals)
     verdict = decide(obs, policy_of(target.require_settings()))
     failed = obs.evals.failed if obs.evals else []
     state_files(target).save_verdict({**verdict.to_dict(), "failed_eval_cases": failed}, obs.version)

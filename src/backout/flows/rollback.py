@@ -29,7 +29,7 @@ from backout.evidence import Redactor, secrets_of
 from backout.flows.badwindow import bad_window_facts
 from backout.history import History, load_restore_point
 from backout.runtime.base import Runtime
-from backout.runtime.trial import cached_trial, remember_trial, trial_boot, trial_possible
+from backout.runtime.trial import cached_trial, remember_trial, schema_key, trial_boot, trial_possible
 
 __all__ = ["Mode", "NoRollback", "RollbackRequest", "decide_rollback", "incident_id_for"]
 
@@ -174,7 +174,7 @@ def _layer(target: Target, runtime: Runtime, req: RollbackRequest, version: str,
     said = f"schema {changes['kind']} since the snapshot ({_summary(changes)})" if changes else "schema unknown"
     if why_not:
         return "brain", f"{said}; no trial boot ({why_not}): restoring the brain is the safe choice", None, changes
-    fingerprint = f"{now.head}:{now.fingerprint}" if now else None
+    fingerprint = schema_key(target.brain)
     trial = cached_trial(target, version, fingerprint)
     if trial is None:
         trial = trial_boot(target, runtime, version)

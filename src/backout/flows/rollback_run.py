@@ -25,7 +25,10 @@ from backout.flows.check import base_url, policy_of, request_samples, state_file
 from backout.freeze import freeze_version
 from backout.fsutil import atomic_write_json, ensure_private_dir
 from backout.history import Change, History, deployment_state, now_iso
+from backout.errors import EXIT_REFUSED, BackoutError
+from backout.flows.rollback import NoRollback, RollbackRequest, decide_rollback
 from backout.journal import Journal
+from backout.lock import operation_lock
 from backout.notify import Message, Notifier
 from backout.plan import Plan, Step, StepFailed, execute, timeline
 from backout.progress import NO_PROGRESS, Progress
@@ -34,7 +37,7 @@ from backout.runtime.compose import ComposeRuntime
 from backout.signals.evals import run_evals
 from backout.signals.health import probe
 
-__all__ = ["RollbackRun", "incident_folder", "journal_path"]
+__all__ = ["RollbackRun", "incident_folder", "journal_path", "new_journal", "rollback_now"]
 
 
 def journal_path(target: Target) -> Path:
@@ -419,3 +422,29 @@ class RollbackRun:
 def _age(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m" if seconds < 7200 else f"{seconds // 3600}h"
+
+
+def new_journal(target: Target, decision: dict[str, Any]) -> Journal:
+    """A journal for a rollback about to run (not yet on disk: `save()` it once confirmed)."""
+    return Journal(journal_path(target), {"operation": {"kind": "rollback", "decision": decision}, "done": [],
+                                          "facts": {}})
+
+
+def rollback_now(target: Target, runtime: Runtime, req: RollbackRequest,
+                 on_step: Callable[[Step, str], None] | None = None, progress: Progress = NO_PROGRESS) -> dict[str, Any]:
+    """Decide and carry out a rollback at once, without asking (what upgrade and watch call)."""
+    with operation_lock(deployment_state(target.state_dir, target.deployment), "rollback"):
+        path = journal_path(target)
+        if path.exists():
+            raise BackoutError("an interrupted rollback is pending: finish it with `backout rollback --resume`",
+                               EXIT_REFUSED)
+        decision = decide_rollback(target, runtime, req)
+        if decision["blocked"]:
+            raise NoRollback(decision["blocked"])
+        journal = new_journal(target, decision)
+        journal.save()
+        run = RollbackRun(target, runtime, journal, progress)
+        try:
+            return {"plan": run.plan().to_dict(), "result": run.run(on_step)}
+        except StepFailed:
+            return {"plan": run.plan().to_dict(), "result": run.result("failed")}

@@ -30,7 +30,7 @@ from backout.history import deployment_state, now_iso
 from backout.runtime.compose import ComposeRuntime
 from backout.runtime.base import Command, HealthWait, Runtime, RuntimeFailure, not_retryable
 
-__all__ = ["TrialResult", "cached_trial", "remember_trial", "trial_boot", "trial_possible"]
+__all__ = ["TrialResult", "cached_trial", "remember_trial", "schema_key", "trial_boot", "trial_possible"]
 
 
 @dataclass
@@ -54,6 +54,17 @@ class TrialResult:
 
 
 SKELETON_ABOVE_BYTES = 64 * 2**20  # smaller brains are copied whole at once
+
+
+def schema_key(brain: Path) -> str | None:
+    """What a trial result depends on: the brain's migration head and schema fingerprint."""
+    from backout.brain.schema import SchemaError, stamp
+
+    try:
+        now = stamp(brain) if brain.exists() else None
+    except SchemaError:
+        return None
+    return f"{now.head}:{now.fingerprint}" if now else None
 
 
 def _cache_path(target: Target) -> Path:

@@ -1,0 +1,261 @@
+"""`backout upgrade VERSION` (pre-flight, a restore point, the switch, the watch window) and `backout watch`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from backout.cli.common import (ConfigOpt, DeploymentOpt, DryRunOpt, JsonOpt, YesOpt, confirm, fail,
+                                handle_errors, human_bytes, progress_bar, target_from)
+from backout.config import Target, parse_duration
+from backout.errors import EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE
+from backout.flows.upgrade import preflight, upgrade_journal
+from backout.flows.upgrade_run import UpgradeRun
+from backout.flows.watch import WatchEvent, load_watch, watch
+from backout.history import deployment_state
+from backout.journal import Journal
+from backout.lock import operation_lock
+from backout.plan import Plan, Step
+from backout.runtime.base import Runtime
+from backout.runtime.factory import runtime_for
+
+__all__ = ["upgrade", "watch_command"]
+
+AutoOpt = typer.Option(None, "--auto-rollback/--no-auto-rollback",
+                       help="On a roll-back verdict, roll back at once (default from the config: yes) or only "
+                            "print the command.")
+
+
+def upgrade(
+    version: str = typer.Argument(..., help="The version to upgrade to (image tag, or the command template's value)."),
+    watch_for: Optional[str] = typer.Option(None, "--watch", help="Watch window, e.g. 15m (default: upgrade.watch; "
+                                                                  "0 to skip)."),
+    auto_rollback: Optional[bool] = AutoOpt,
+    force: bool = typer.Option(False, "--force", help="Upgrade even though the running version is not healthy."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an upgrade that was interrupted."),
+    dry_run: bool = DryRunOpt,
+    yes: bool = YesOpt,
+    as_json: bool = JsonOpt,
+    config: Optional[Path] = ConfigOpt,
+    deployment: Optional[str] = DeploymentOpt,
+) -> None:
+    """Upgrade with a restore point, then watch, ready to roll back at once.
+
+    Pre-flight (before anything stops): the target is not frozen and is available, the running
+    version is healthy and will still be startable, there is room for two snapshots, baselines
+    are taken, announced changes are loaded, the predicted restore time is held against the
+    recovery-time target. Then: online snapshot, drain, final snapshot of the quiescent brain
+    (the restore point, pinned), migrate + start + wait healthy, regression evals, pre-armed
+    rollback, and the watch window. A failure after the drain rolls back at once. With --json,
+    events stream as JSON lines."""
+    target = target_from(config, deployment, None)
+    seconds = _seconds(watch_for)
+    with handle_errors():
+        runtime = runtime_for(target)
+        auto = target.require_settings().upgrade.auto_rollback if auto_rollback is None else auto_rollback
+        with operation_lock(deployment_state(target.state_dir, target.deployment), f"upgrade to {version}"):
+            journal = _journal(target, runtime, version, force, seconds, resume, dry_run, yes, as_json)
+            if journal is None:
+                return
+            result = _run(target, runtime, journal, as_json)
+        if result["outcome"] != "watching":
+            _finish(result, as_json)
+            raise typer.Exit(EXIT_FAILED)  # the upgrade did not stick (rolled back, or worse)
+        if not journal.operation["decision"]["watch_s"]:
+            _finish(result, as_json)
+            return
+        _watch(target, runtime, auto, as_json)
+
+
+def _seconds(text: Optional[str]) -> Optional[float]:
+    if text is None:
+        return None
+    try:
+        return parse_duration(text).total_seconds()
+    except ValueError as exc:
+        fail(f"--watch: {exc}", EXIT_USAGE)
+
+
+def _journal(target: Target, runtime: Runtime, version: str, force: bool, seconds: Optional[float], resume: bool,
+             dry_run: bool, yes: bool, as_json: bool) -> Journal | None:
+    path = upgrade_journal(target)
+    if resume:
+        if not path.exists():
+            fail("there is no interrupted upgrade to resume", EXIT_USAGE)
+        return Journal.open(path, {})
+    decision = preflight(target, runtime, version, force, seconds)
+    journal = Journal(path, {"operation": {"kind": "upgrade", "decision": decision}, "done": [], "facts": {}})
+    plan = UpgradeRun(target, runtime, journal).plan()
+    if as_json:
+        _event({"event": "plan", "dry_run": dry_run, "plan": plan.to_dict()})
+    else:
+        typer.echo("\n".join(render_plan(plan)), err=not dry_run)
+    if dry_run:
+        return None
+    confirm(f"upgrade {target.deployment} from {decision['from_version']} to {version}?", yes)
+    journal.save()
+    return journal
+
+
+def render_plan(plan: Plan) -> list[str]:
+    """The pre-flight result and the steps, as text."""
+    d = plan.facts
+    lines = [f"upgrade plan for {d['deployment']}: {d['from_version']} -> {d['to_version']}",
+             "  pre-flight    target not frozen and available; the running version healthy and startable afterwards; "
+             "room for two snapshots",
+             f"  brain         {human_bytes(d['brain_bytes'])}; a brain rollback would take about "
+             f"{d['predicted_restore_s']:.0f}s ({d['throughput']['mb_s']:.0f} MB/s, {d['throughput']['source']})",
+             f"  announced     {_announced(d['expected_changes'])}",
+             f"  watch         {d['watch_s']:.0f}s after the switch"]
+    lines += [f"  WARNING       {w}" for w in d["warnings"]]
+    lines.append("steps:")
+    for number, step in enumerate(plan.steps, 1):
+        lines += step.render(number)
+    return lines
+
+
+def _announced(expected: dict[str, list[str]]) -> str:
+    parts = [f"{m} change" for m in expected["metrics"]] + [f"eval case {c}" for c in expected["eval_cases"]]
+    return ", ".join(parts) + " (not counted against it)" if parts else "no behaviour changes announced"
+
+
+def _event(data: dict[str, Any]) -> None:
+    typer.echo(json.dumps(data, default=str))
+
+
+def _step_printer(as_json: bool, journal: Journal, prefix: str = "") -> Any:
+    def show(step: Step, phase: str) -> None:
+        if phase != "done":
+            return
+        entry = journal.data.get("timeline", [])[-1]
+        if as_json:
+            _event({"event": "step", "step": step.name, **{k: entry[k] for k in ("seconds", "outcome", "detail")}})
+        else:
+            typer.echo(f"  {prefix}done {step.name:<16} {entry['seconds']:>6.1f}s  {entry['detail']}", err=True)
+    return show
+
+
+def _run(target: Target, runtime: Runtime, journal: Journal, as_json: bool) -> dict[str, Any]:
+    with progress_bar(not as_json) as bar:
+        run = UpgradeRun(target, runtime, journal, bar)
+        if not as_json:
+            typer.echo("upgrading…", err=True)
+        result = run.run(_step_printer(as_json, journal), _rollback_printer(as_json))
+    if as_json:
+        _event({"event": "upgraded" if result["outcome"] == "watching" else "upgrade-failed", **result})
+    elif result["outcome"] == "watching":
+        typer.echo(f"{result['to_version']} is healthy; restore point {result['restore_point']['version']} + "
+                   f"snapshot {result['restore_point']['snapshot_id']} (pinned)", err=True)
+    return result
+
+
+def _rollback_printer(as_json: bool) -> Any:
+    def show(step: Step, phase: str) -> None:
+        if phase == "done":
+            if as_json:
+                _event({"event": "rollback-step", "step": step.name})
+            else:
+                typer.echo(f"  rollback: done {step.name}", err=True)
+    return show
+
+
+def _finish(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        return
+    rollback = result.get("rollback")
+    typer.echo(f"upgrade to {result['to_version']} FAILED: {result['why']}")
+    if rollback:
+        typer.echo(f"rolled back to {rollback['to_version']} ({rollback['layer']} layer): {rollback['outcome']}; "
+                   f"incident {rollback['incident_folder']}")
+
+
+def _watch(target: Target, runtime: Runtime, auto: bool, as_json: bool) -> None:
+    view = _WatchView(target, as_json)
+    try:
+        with view:
+            outcome, rollback = watch(target, runtime, auto, view.show)
+    except KeyboardInterrupt:
+        typer.echo("stopped watching; nothing was changed. Resume the watch with `backout watch`", err=True)
+        raise typer.Exit(130) from None
+    if as_json:
+        _event({"event": "result", "outcome": outcome, "rollback": rollback["result"] if rollback else None})
+    else:
+        view.summary(outcome, rollback)
+    if outcome != "promoted":  # 3: a roll-back verdict to act on; 1: rolled back (or the rollback failed)
+        raise typer.Exit(EXIT_REFUSED if outcome == "roll-back-advised" else EXIT_FAILED)
+
+
+class _WatchView:
+    """A live table on a terminal; one line per check otherwise; JSON lines with --json."""
+
+    def __init__(self, target: Target, as_json: bool) -> None:
+        self.as_json = as_json
+        self.console = Console(stderr=True)
+        self.live = Live(console=self.console, refresh_per_second=2, transient=False) \
+            if self.console.is_terminal and not as_json else None
+        self.target = target
+        self.last: WatchEvent | None = None
+
+    def __enter__(self) -> "_WatchView":
+        if self.live:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live:
+            self.live.__exit__(None, None, None)
+
+    def show(self, event: WatchEvent) -> None:
+        self.last = event
+        if self.as_json:
+            _event(event.to_dict())
+        elif self.live:
+            self.live.update(self._table(event))
+        else:
+            decision = (event.verdict or {}).get("decision", "")
+            typer.echo(f"  watch {event.left_s:>6.0f}s left  {event.event:<8} {decision:<12} {event.detail}", err=True)
+
+    def _table(self, event: WatchEvent) -> Table:
+        verdict = event.verdict or {}
+        table = Table(title=f"watching {self.target.deployment}: {event.left_s:.0f}s left — "
+                            f"{str(verdict.get('decision', '')).upper()}", title_justify="left")
+        for column in ("signal", "baseline", "now", "test", "verdict"):
+            table.add_column(column)
+        for row in verdict.get("evidence", []):
+            table.add_row(row["signal"], row["baseline"], row["now"], row["test"], row["verdict"])
+        table.caption = event.detail
+        return table
+
+    def summary(self, outcome: str, rollback: dict[str, Any] | None) -> None:
+        if outcome == "promoted":
+            typer.echo(self.last.detail if self.last else "promoted")
+        elif rollback:
+            r = rollback["result"]
+            typer.echo(f"ROLLED BACK: {r['from_version']} -> {r['to_version']} ({r['layer']} layer, "
+                       f"{r['outcome']}) because {self.last.verdict['reason'] if self.last and self.last.verdict else '?'}")
+            typer.echo(f"  why this layer  {r['layer_reason']}")
+            typer.echo(f"  incident        {r['incident_folder']}")
+        elif self.last:
+            typer.echo(self.last.detail)
+
+
+def watch_command(
+    auto_rollback: Optional[bool] = AutoOpt,
+    as_json: bool = JsonOpt,
+    config: Optional[Path] = ConfigOpt,
+    deployment: Optional[str] = DeploymentOpt,
+) -> None:
+    """Watch the last upgrade again (after Ctrl-C): the verdict until its window ends; promote or roll back."""
+    target = target_from(config, deployment, None)
+    with handle_errors():
+        runtime = runtime_for(target)
+        load_watch(target)
+        auto = target.require_settings().upgrade.auto_rollback if auto_rollback is None else auto_rollback
+        _watch(target, runtime, auto, as_json)
+

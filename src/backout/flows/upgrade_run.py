@@ -1,0 +1,226 @@
+"""Guarded upgrade, carried out: the steps between the pre-flight and the watch window.
+
+baseline → online snapshot (early insurance) → drain → final snapshot of the quiescent brain (the
+restore point: taken before the new version ever starts, so a brain rollback loses nothing written
+before the switch) → record and pin the restore point → migrate, start, wait healthy → regression
+evals → pre-arm the rollback (stage the restore point's copy beside the brain; trial-boot the
+previous version on the new brain) → record. Journaled like a rollback. If a step fails after the
+drain and before the new version is healthy, the rollback runs at once (`rollback_now`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from backout.brain.manifest import SnapshotError, SnapshotStore
+from backout.brain.restore import stage_snapshot
+from backout.brain.snapshot import create_snapshot
+from backout.config import Target
+from backout.flows.check import base_url, capture_baseline
+from backout.flows.rollback import RollbackRequest
+from backout.flows.rollback_run import rollback_now
+from backout.flows.switch import brain_stamp
+from backout.fsutil import atomic_write_json
+from backout.history import Change, History, RestorePoint, config_hash, deployment_state, save_restore_point
+from backout.journal import Journal
+from backout.plan import Plan, Step, StepFailed, execute, timeline
+from backout.progress import NO_PROGRESS, Progress
+from backout.runtime.base import Command, Runtime, RuntimeFailure
+from backout.runtime.compose import ComposeRuntime
+from backout.runtime.trial import remember_trial, schema_key, trial_boot, trial_possible
+from backout.signals.evals import run_evals
+
+__all__ = ["UpgradeRun", "watch_state_path"]
+
+# Before this step nothing was stopped; from it on, a failure means the previous version must come back.
+_FIRST_DISRUPTIVE = "drain"
+
+
+def watch_state_path(target: Target) -> Path:
+    """The watch window of the last upgrade: version, previous version, until when, evals."""
+    return deployment_state(target.state_dir, target.deployment) / "watch.json"
+
+
+class UpgradeRun:
+    """One upgrade: its pre-flight decision (from the journal) and its steps."""
+
+    def __init__(self, target: Target, runtime: Runtime, journal: Journal, progress: Progress = NO_PROGRESS) -> None:
+        self.target = target
+        self.settings = target.require_settings()
+        self.runtime = runtime
+        self.journal = journal
+        self.d: dict[str, Any] = journal.operation["decision"]
+        self.store = SnapshotStore(target.snapshot_dir)
+        self.progress = progress
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        """What the steps fixed so far."""
+        return self.journal.facts
+
+    def plan(self) -> Plan:
+        """The steps, each with its commands and files."""
+        d, drain = self.d, self.settings.drain_timeout.total_seconds()
+        snapshots = str(self.store.folder)
+        stop = [Command(c.purpose, tuple(a.replace("<drain_timeout>", f"{drain:g}") for a in c.argv))
+                for c in self.runtime.describe_stop()]
+        start = self.runtime.describe(d["to_version"])[len(stop):]  # migrate (if any) and start
+        evals = f" ({self.settings.evals.command})" if self.settings.evals else " (none configured)"
+        return Plan("upgrade", d, [
+            Step("baseline", f"Record the baseline of {d['from_version']}: health, requests, regression evals{evals}",
+                 files=[str(deployment_state(self.target.state_dir, self.target.deployment) / "signals")],
+                 action=self.baseline),
+            Step("snapshot-online", "Online snapshot of the live brain, verified (early insurance)",
+                 files=[str(self.target.brain), snapshots], action=self.snapshot_online),
+            Step("drain", f"Drain and stop {d['from_version']} (up to {drain:g}s, then killed)", stop,
+                 action=self.drain),
+            Step("snapshot-final", "Final snapshot of the quiescent brain, verified and pinned: the restore point",
+                 files=[str(self.target.brain), snapshots], action=self.snapshot_final),
+            Step("restore-point", f"Record the restore point ({d['from_version']}, final snapshot, schema stamp)",
+                 files=[str(deployment_state(self.target.state_dir, self.target.deployment) / "restore-point.json")],
+                 action=self.restore_point),
+            Step("start", f"Migrate (if configured) and start {d['to_version']}; wait until healthy (up to "
+                 f"{self.settings.boot_timeout.total_seconds():g}s)", start, action=self.start),
+            Step("evals", f"Run the regression evals against {d['to_version']} and compare with the baseline",
+                 action=self.evals),
+            Step("arm", "Pre-arm the rollback: stage a verified copy of the restore point beside the brain (a brain "
+                 f"rollback becomes a rename) and trial-boot {d['from_version']} on a copy of the new brain",
+                 files=[str(self.target.brain.parent)], action=self.arm),
+            Step("record", "Record the upgrade in the history and open the watch window",
+                 files=[str(self.target.state_dir / "history.jsonl"), str(watch_state_path(self.target))],
+                 action=self.record),
+        ])
+
+    # -- the steps -----------------------------------------------------------------------------
+
+    def baseline(self) -> dict[str, Any]:
+        """The good version's requests, health and evals, stored for the verdict."""
+        baseline = capture_baseline(self.target, self.runtime, with_evals=True)
+        return {"baseline": baseline.summary(), "detail": f"{len(baseline.requests)} requests"
+                + (f", evals {sum(baseline.evals.cases.values())}/{len(baseline.evals.cases)}" if baseline.evals else "")}
+
+    def _snapshot(self, label: str, pin: bool) -> dict[str, Any]:
+        manifest = create_snapshot(self.store, self.target.brain, self.target.deployment, label=label, pin=pin,
+                                   version=self.d["from_version"], progress=self.progress)
+        return {"id": manifest.id, "size": manifest.size, "seconds": manifest.duration_s,
+                "schema_stamp": manifest.schema_stamp, "tables": {t: m["rows"] for t, m in manifest.tables.items()}}
+
+    def snapshot_online(self) -> dict[str, Any]:
+        """Early insurance, while the previous version still serves."""
+        snap = self._snapshot(f"before {self.d['to_version']} (online)", pin=False)
+        return {"snapshot_online": snap, "detail": f"{snap['id']} in {snap['seconds']:.1f}s"}
+
+    def drain(self) -> dict[str, Any]:
+        """SIGTERM, the drain, SIGKILL at the deadline."""
+        result = self.runtime.stop(self.settings.drain_timeout.total_seconds())
+        return {"drain": result.to_dict(), "detail": f"{'clean drain' if result.clean else 'FORCED stop'}: "
+                f"{result.detail} ({result.seconds:.1f}s)"}
+
+    def snapshot_final(self) -> dict[str, Any]:
+        """The restore point's snapshot: the brain as the previous version left it."""
+        snap = self._snapshot(f"restore point before {self.d['to_version']}", pin=True)
+        return {"snapshot_final": snap, "detail": f"{snap['id']} in {snap['seconds']:.1f}s (pinned)"}
+
+    def restore_point(self) -> dict[str, Any]:
+        """Record the restore point durably (its snapshot is pinned)."""
+        snap = self.facts["snapshot_final"]
+        digest = self.runtime.image_digest(self.d["from_version"]) if isinstance(self.runtime, ComposeRuntime) else None
+        point = RestorePoint(self.target.deployment, self.d["from_version"], snap["id"], snap["schema_stamp"],
+                             config_hash(self.target.config_path), digest)
+        save_restore_point(self.target.state_dir, point)
+        return {"restore_point": {"version": point.version, "snapshot_id": point.snapshot_id, "image_digest": digest},
+                "detail": f"{point.version} + {point.snapshot_id}"}
+
+    def start(self) -> dict[str, Any]:
+        """Migrate if configured, start the new version, wait for health; record the schema after."""
+        version = self.d["to_version"]
+        current = self.runtime.current()
+        try:
+            if not (current.running and current.version == version):
+                self.runtime.migrate(version)
+                self.runtime.start(version)
+        except RuntimeFailure as exc:
+            raise StepFailed("start", f"{version} did not start: {exc}", {"start": {"reason": str(exc),
+                                                                                    "log_tail": exc.log_tail}})
+        wait = self.runtime.wait_healthy(time.monotonic() + self.settings.boot_timeout.total_seconds())
+        if not wait.healthy:
+            raise StepFailed("start", f"{version} did not become healthy: {wait.reason}", {"start": wait.to_dict()})
+        return {"start": wait.to_dict(), "switched_at": time.time(), "schema_after": brain_stamp(self.target),
+                "detail": f"healthy after {wait.seconds:.1f}s"}
+
+    def evals(self) -> dict[str, Any]:
+        """The regression evals against the new version (the watch window's verdict counts them)."""
+        if self.settings.evals is None:
+            return {"evals": None, "detail": "no evals configured"}
+        run = run_evals(self.settings.evals, base_url(self.target), self.d["to_version"])
+        return {"evals": {"cases": run.cases, "ts": run.ts, "version": run.version, "source": run.source},
+                "detail": f"{sum(run.cases.values())}/{len(run.cases)} passed" +
+                          (f"; failing: {', '.join(run.failed)}" if run.failed else "")}
+
+    def arm(self) -> dict[str, Any]:
+        """Stage the restore point beside the brain and learn whether the previous version reads the new brain."""
+        snap = self.facts["snapshot_final"]
+        notes = []
+        try:
+            staged = str(stage_snapshot(self.store, snap["id"], self.target.brain, self.progress))
+        except SnapshotError as exc:
+            staged = None
+            notes.append(f"not staged ({exc}); a brain rollback will copy the snapshot instead")
+        trial = None
+        if trial_possible(self.target) is None:
+            key = schema_key(self.target.brain)
+            result = trial_boot(self.target, self.runtime, self.d["from_version"])
+            remember_trial(self.target, self.d["from_version"], key, result)
+            trial = result.to_dict()
+            notes.append(f"{self.d['from_version']} on the new brain: {result.reason}")
+        return {"staged": staged, "trial": trial, "detail": "; ".join(notes) or "staged"}
+
+    def record(self) -> dict[str, Any]:
+        """The history line, and the watch window's state."""
+        History(self.target.state_dir).append(self._change("ok"))
+        atomic_write_json(watch_state_path(self.target), {
+            "deployment": self.target.deployment, "version": self.d["to_version"],
+            "previous": self.d["from_version"], "switched_at": self.facts["switched_at"],
+            "until": self.facts["switched_at"] + self.d["watch_s"], "evals": self.facts.get("evals"),
+            "staged": self.facts.get("staged"), "restore_point": self.facts["restore_point"]})
+        return {}
+
+    def _change(self, outcome: str, detail: str = "") -> Change:
+        final = self.facts.get("snapshot_final") or {}
+        return Change(deployment=self.target.deployment, kind="upgrade", from_version=self.d["from_version"],
+                      to_version=self.d["to_version"], outcome=outcome,
+                      schema_before={"head": final["schema_stamp"].get("head")} if final else None,
+                      schema_after=self.facts.get("schema_after"), snapshot_before=final.get("id"),
+                      drain=self.facts.get("drain"), health=self.facts.get("start"), detail=detail)
+
+    # -- running it ----------------------------------------------------------------------------
+
+    def run(self, on_step: Callable[[Step, str], None] | None = None,
+            on_rollback: Callable[[Step, str], None] | None = None) -> dict[str, Any]:
+        """The steps; a failure after the drain rolls back at once. Returns the upgrade's result."""
+        try:
+            execute(self.plan(), self.journal, on_step)
+        except Exception as exc:
+            disrupted = self.journal.done(_FIRST_DISRUPTIVE)
+            History(self.target.state_dir).append(self._change("failed", str(exc)))
+            self.journal.finish()
+            if not disrupted:
+                raise
+            rollback = rollback_now(self.target, self.runtime, RollbackRequest(
+                to_version=self.d["from_version"],
+                snapshot_id=(self.facts.get("snapshot_final") or self.facts.get("snapshot_online") or {}).get("id"),
+                reason=f"the upgrade to {self.d['to_version']} failed: {exc}"), on_rollback, self.progress)
+            return self.result("rolled-back" if rollback["result"]["outcome"] == "rolled-back" else "failed",
+                               str(exc), rollback)
+        self.journal.finish()
+        return self.result("watching", "")
+
+    def result(self, outcome: str, why: str, rollback: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The upgrade's result as JSON."""
+        return {"outcome": outcome, "why": why, "from_version": self.d["from_version"],
+                "to_version": self.d["to_version"], "timings": {e["step"]: e["seconds"] for e in timeline(self.journal)},
+                "restore_point": self.facts.get("restore_point"), "snapshot_final": self.facts.get("snapshot_final"),
+                "drain": self.facts.get("drain"), "evals": self.facts.get("evals"), "staged": self.facts.get("staged"),
+                "trial": self.facts.get("trial"), "rollback": rollback["result"] if rollback else None}

@@ -1,0 +1,110 @@
+"""The watch window after an upgrade: the verdict, periodically, with the rollback pre-armed.
+
+roll-back → the rollback runs at once (or, without auto-rollback, the command is printed);
+inconclusive or hold → keep watching; at the end of the window the version is promoted: a history
+line, and the staged copy of the restore point is removed. Stopping the watch (Ctrl-C) changes
+nothing; `backout watch` picks it up again from `watch.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from backout.brain.restore import staged_path
+from backout.config import Target
+from backout.errors import EXIT_USAGE, BackoutError
+from backout.flows.check import check
+from backout.flows.rollback import RollbackRequest
+from backout.flows.rollback_run import rollback_now
+from backout.flows.upgrade_run import watch_state_path
+from backout.history import Change, History
+from backout.runtime.base import Runtime
+from backout.signals.model import EvalRun
+
+__all__ = ["WatchEvent", "load_watch", "promote", "watch"]
+
+
+@dataclass
+class WatchEvent:
+    """One thing that happened while watching (streamed as a JSON line with --json)."""
+
+    event: str  # "check", "rollback", "advice", "promoted"
+    left_s: float
+    verdict: dict[str, Any] | None = None
+    detail: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"event": self.event, "at": round(self.at, 3), "left_s": round(self.left_s, 1),
+                "verdict": self.verdict, "detail": self.detail, **self.data}
+
+
+def load_watch(target: Target) -> dict[str, Any]:
+    """The watch window of the last upgrade; BackoutError when no upgrade is being watched."""
+    try:
+        state: dict[str, Any] = json.loads(watch_state_path(target).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BackoutError(f"no upgrade of {target.deployment} is being watched (it was promoted or rolled back, "
+                           "or none was made with `backout upgrade`)", EXIT_USAGE) from None
+    except ValueError:
+        raise BackoutError(f"{watch_state_path(target)} is corrupt; inspect it or remove it", EXIT_USAGE) from None
+    return state
+
+
+def _evals(state: dict[str, Any]) -> EvalRun | None:
+    data = state.get("evals")
+    return EvalRun(**data) if data else None
+
+
+def promote(target: Target, state: dict[str, Any]) -> str:
+    """The window ended without a roll-back verdict: record it, drop the staged copy, close the window."""
+    History(target.state_dir).append(Change(
+        deployment=target.deployment, kind="promote", from_version=state["previous"], to_version=state["version"],
+        outcome="ok", detail=f"watched for {time.time() - state['switched_at']:.0f}s without a roll-back verdict"))
+    point = state.get("restore_point") or {}
+    if point.get("snapshot_id"):
+        staged = staged_path(target.brain, point["snapshot_id"])
+        for path in (staged, staged.with_name(staged.name + ".verified")):
+            path.unlink(missing_ok=True)
+    watch_state_path(target).unlink(missing_ok=True)
+    return f"{state['version']} promoted; the restore point ({state['previous']}) stays pinned"
+
+
+def watch(target: Target, runtime: Runtime, auto_rollback: bool, on_event: Callable[[WatchEvent], None],
+          sleep: Callable[[float], None] = time.sleep) -> tuple[str, dict[str, Any] | None]:
+    """Watch until the window ends or a roll-back verdict; ("promoted"|"rolled-back"|..., rollback result)."""
+    state = load_watch(target)
+    every = target.require_settings().upgrade.check_every.total_seconds()
+    evals = _evals(state)
+    while True:
+        left = state["until"] - time.time()
+        verdict = check(target, runtime, with_evals=False, evals=evals).to_dict()
+        on_event(WatchEvent("check", max(0.0, left), verdict, verdict["reason"]))
+        if verdict["decision"] == "roll-back":
+            return _roll_back(target, runtime, state, verdict, auto_rollback, on_event)
+        if left <= 0:
+            detail = promote(target, state)
+            on_event(WatchEvent("promoted", 0.0, verdict, detail))
+            return "promoted", None
+        sleep(min(every, max(0.5, left)))
+
+
+def _roll_back(target: Target, runtime: Runtime, state: dict[str, Any], verdict: dict[str, Any],
+               auto_rollback: bool, on_event: Callable[[WatchEvent], None]) -> tuple[str, dict[str, Any] | None]:
+    left = max(0.0, state["until"] - time.time())
+    if not auto_rollback:
+        command = f"backout rollback --to {state['previous']} --reason {json.dumps(verdict['reason'])}"
+        on_event(WatchEvent("advice", left, verdict, f"roll back now: {command}", {"command": command}))
+        return "roll-back-advised", None
+    on_event(WatchEvent("rollback", left, verdict, f"rolling back to {state['previous']}: {verdict['reason']}"))
+    done = rollback_now(target, runtime, RollbackRequest(to_version=state["previous"], reason=verdict["reason"],
+                                                         snapshot_id=(state.get("restore_point") or {}).get("snapshot_id")))
+    watch_state_path(target).unlink(missing_ok=True)
+    outcome = done["result"]["outcome"]
+    return ("rolled-back" if outcome == "rolled-back" else f"rollback-{outcome}"), done
+
