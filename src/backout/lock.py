@@ -21,9 +21,18 @@ class LockBusy(BackoutError):
     """Another backout operation holds the deployment's lock."""
 
 
+_HELD: set[Path] = set()  # folders this process holds: an upgrade that rolls back keeps its lock
+
+
 @contextmanager
 def operation_lock(folder: Path, what: str) -> Iterator[None]:
-    """Hold the deployment's lock for the duration of `what`; LockBusy if someone else has it."""
+    """Hold the deployment's lock for the duration of `what`; LockBusy if someone else has it.
+
+    Re-entrant within one process (an upgrade's own rollback runs under the upgrade's lock)."""
+    key = folder.absolute()
+    if key in _HELD:
+        yield
+        return
     ensure_private_dir(folder)
     path = folder / "operation.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -36,6 +45,10 @@ def operation_lock(folder: Path, what: str) -> Iterator[None]:
                            "wait for it to finish", EXIT_REFUSED) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}: {what}\n".encode(), 0)
-        yield
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
     finally:
         os.close(fd)

@@ -135,7 +135,8 @@ def _step_printer(as_json: bool, journal: Journal, prefix: str = "") -> Any:
             return
         entry = journal.data.get("timeline", [])[-1]
         if as_json:
-            _event({"event": "step", "step": step.name, **{k: entry[k] for k in ("seconds", "outcome", "detail")}})
+            _event({"event": "step", "step": step.name,
+                    **{k: entry[k] for k in ("started_at", "finished_at", "seconds", "outcome", "detail")}})
         else:
             typer.echo(f"  {prefix}done {step.name:<16} {entry['seconds']:>6.1f}s  {entry['detail']}", err=True)
     return show

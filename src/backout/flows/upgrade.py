@@ -79,7 +79,10 @@ def preflight(target: Target, runtime: Runtime, version: str, force: bool = Fals
     for path, what in ((rollback_journal(target), "rollback"), (upgrade_journal(target), "upgrade")):
         if path.exists():
             raise UpgradeRefused(f"an interrupted {what} is pending: finish it with `backout {what} --resume`")
-    refuse_if_frozen(target, version)
+    try:
+        refuse_if_frozen(target, version)
+    except BackoutError as exc:
+        raise UpgradeRefused(str(exc)) from None
     previous, health = _current(target, runtime, force)
     if previous == version:
         raise UpgradeRefused(f"{target.deployment} already runs {version}")
