@@ -1,4 +1,4 @@
-"""`backout rollback` on the compose runtime: real Docker, real `engine:<version>` images.
+"""`backout rollback` and `backout upgrade` on the compose runtime: real Docker, real `engine:<version>` images.
 
 The trial boot runs the target in a temporary compose project on a spare port (the port variable,
 ENGINE_PORT here, is found in the compose file) against a copy of the brain."""
@@ -81,3 +81,28 @@ def test_compose_image_rollbacks(project, docker_env) -> None:  # type: ignore[n
     assert "trial boot" in result["layer_reason"] and "healthy" in result["layer_reason"]
     after = counts(_brain(config))
     assert all(after[t] >= n for t, n in before.items())  # the brain was not touched: nothing lost
+
+
+def test_compose_upgrade_promoted_then_a_broken_build_rolled_back(project, docker_env) -> None:  # type: ignore[no-untyped-def]
+    folder, _ = project
+    config = _config(folder, docker_env)
+    config.write_text(config.read_text() + '\n[deployments.engine.upgrade]\nwatch = "2s"\ncheck_every = "1s"\n')
+    cfg = ["--config", str(config)]
+    assert backout_json("switch", "2.3.1", "--yes", *cfg, env=docker_env)["healthy"]
+    turns(config, "before")
+    out = backout("upgrade", "2.4.0", "--yes", "--json", *cfg, env=docker_env, timeout=300)
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    assert out.returncode == 0 and events[-1]["outcome"] == "promoted", out.stderr
+    upgraded = next(e for e in events if e["event"] == "upgraded")
+    assert upgraded["restore_point"]["image_digest"].startswith("sha256:")
+    assert "container in compose project" in upgraded["trial"]["how"]  # pre-armed: 2.3.1 cannot read it
+
+    out = backout("upgrade", "2.4.1", "--dry-run", *cfg, env=docker_env)
+    assert out.returncode == 0 and "2.4.0 -> 2.4.1" in out.stderr + out.stdout
+    out = backout("upgrade", "2.4.0-health", "--yes", "--json", *cfg, env=docker_env, timeout=300)
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    failed = next(e for e in events if e["event"] == "upgrade-failed")
+    assert out.returncode == 1 and failed["rollback"]["to_version"] == "2.4.0", failed
+    assert failed["rollback"]["layer"] == "image"  # 2.4.0-health adds no migration over 2.4.0
+    status = backout_json("status", *cfg, env=docker_env)
+    assert status["running"]["version"] == "2.4.0" and status["health"]["ok"]
