@@ -15,9 +15,16 @@ def test_readme_config_example_validates() -> None:
 
 
 def test_readme_rollback_example_validates() -> None:
-    block = README.read_text().split("```toml", 2)[2].split("```", 1)[0]
-    data = tomllib.loads(block)
+    blocks = [b.split("```", 1)[0] for b in README.read_text().split("```toml")[1:]]
+    data = tomllib.loads(next(b for b in blocks if "notify" in b))
     data["deployments"]["engine"]["brain"] = "brain.sqlite"
     engine = Config.model_validate(data).deployments["engine"]
     assert engine.notify.slack[0].webhook.env == "SLACK_WEBHOOK_URL" and engine.tracker is not None
     assert engine.rollback.smoke is not None and engine.notify.statuspage is not None
+
+
+def test_readme_upgrade_example_validates() -> None:
+    blocks = [b.split("```", 1)[0] for b in README.read_text().split("```toml")[1:]]
+    data = tomllib.loads(next(b for b in blocks if ".upgrade]" in b))
+    data["deployments"]["engine"]["brain"] = "brain.sqlite"
+    assert Config.model_validate(data).deployments["engine"].upgrade.check_every.total_seconds() == 15
