@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # System packages the test suite uses (sqlite3 CLI for baselines, strace for fault injection,
-# prometheus for the PrometheusSource tests, which start /usr/bin/prometheus themselves).
+# prometheus for the PrometheusSource tests, which start /usr/bin/prometheus themselves, chromium
+# for the drill report test, which renders the page headless and screenshots it).
 # Idempotent; needs root or sudo on a Debian-like machine.
 set -euo pipefail
 packages=(sqlite3 strace make)
-# Installed without recommends (prometheus recommends prometheus-node-exporter, another daemon).
-bare_packages=(prometheus)
+# Installed without recommends (prometheus recommends prometheus-node-exporter, another daemon;
+# chromium recommends a desktop's worth of fonts, sound and portal packages the headless test
+# does not need).
+bare_packages=(prometheus chromium)
 # `dpkg -s` also succeeds for a removed package whose config files remain: ask for "installed".
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 missing=()

@@ -31,3 +31,19 @@ def test_skeleton_keeps_schema_and_ledger_and_the_engine_judges_it_like_the_brai
     assert "MIGRATION_REQUIRED" in old.logs()
     copy_brain_skeleton(eng.brain, tmp_path / "skel2.sqlite")
     start_engine("2.4.0", brain=tmp_path / "skel2.sqlite")  # waits until healthy: it reads its own schema
+
+
+def test_skeleton_of_a_brain_with_full_text_search(tmp_path: Path) -> None:
+    import sqlite3
+
+    brain = tmp_path / "fts.sqlite"
+    conn = sqlite3.connect(brain)
+    conn.execute("CREATE VIRTUAL TABLE docs USING fts5(body)")
+    conn.execute("INSERT INTO docs VALUES ('hello world')")
+    conn.execute("CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT)")
+    conn.execute("INSERT INTO meta VALUES ('schema', '7')")
+    conn.commit()
+    conn.close()
+    left_out = copy_brain_skeleton(brain, tmp_path / "skel.sqlite")
+    assert "docs" in left_out and "meta" not in left_out
+    assert stamp(tmp_path / "skel.sqlite").fingerprint == stamp(brain).fingerprint

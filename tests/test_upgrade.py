@@ -140,3 +140,44 @@ def test_a_version_that_crashes_at_boot_is_rolled_back_at_once(config: Path) -> 
     status = backout_json("status", *_cfg(config), env=ENV)
     assert status["running"]["version"] == "2.3.1" and status["health"]["ok"]
     assert "2.4.0-crash" in status["frozen"]
+
+
+@pytest.mark.parametrize("point", ["before:snapshot-final", "before:start", "after:start", "before:arm"])
+def test_crash_during_the_upgrade_then_resume(config: Path, point: str) -> None:
+    turns(config, "before")
+    out = backout("upgrade", "2.4.0", "--yes", "--json", *_cfg(config), env={**ENV, "BACKOUT_FAULT_AT": point},
+                  timeout=300)
+    assert out.returncode == -9
+    out = backout("upgrade", "2.4.0", "--yes", *_cfg(config), env=ENV)
+    assert out.returncode == 3 and "--resume" in out.stderr  # no second upgrade over a pending one
+    code, events = _upgrade(config, "2.4.0", "--resume")
+    assert code == 0 and events[-1]["outcome"] == "promoted", events[-2:]
+    status = backout_json("status", *_cfg(config), env=ENV)
+    assert status["running"]["version"] == "2.4.0" and status["restore_point"]["version"] == "2.3.1"
+    assert status["restore_point"]["ready"]
+
+
+def test_crash_during_the_upgrades_own_rollback_then_resume(config: Path) -> None:
+    turns(config, "before")
+    out = backout("upgrade", "2.4.0-crash", "--yes", "--json", *_cfg(config),
+                  env={**ENV, "BACKOUT_FAULT_AT": "before:restore"}, timeout=300)
+    assert out.returncode == -9
+    code, events = _upgrade(config, "2.4.0-crash", "--resume")
+    failed = next(e for e in events if e["event"] == "upgrade-failed")
+    assert code == 1 and failed["outcome"] == "rolled-back" and failed["rollback"]["from_version"] == "2.4.0-crash"
+    status = backout_json("status", *_cfg(config), env=ENV)
+    assert status["running"]["version"] == "2.3.1" and status["health"]["ok"]
+    assert status["frozen"] == ["2.4.0-crash"] and status["pending_rollback"] is None  # not 2.3.1: M1
+
+
+def test_a_stale_rollback_is_not_resumed_blindly(config: Path) -> None:
+    cfg = _cfg(config)
+    assert backout_json("switch", "2.3.0", "--yes", *cfg, env=ENV)["healthy"]
+    out = backout("rollback", "--yes", *cfg, env={**ENV, "BACKOUT_FAULT_AT": "before:drain"})
+    assert out.returncode == -9
+    assert backout_json("switch", "2.3.1", "--yes", *cfg, env=ENV)["healthy"]  # someone fixed it by hand
+    out = backout("rollback", "--resume", "--yes", *cfg, env=ENV)
+    assert out.returncode == 3 and "--abandon" in out.stderr
+    out = backout("rollback", "--abandon", "--yes", *cfg, env=ENV)
+    assert out.returncode == 0 and "set aside" in out.stdout
+    assert backout_json("status", *cfg, env=ENV)["pending_rollback"] is None

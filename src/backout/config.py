@@ -16,6 +16,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Deployment",
+    "DrillSettings",
     "NotifySettings",
     "RollbackSettings",
     "SalvageSettings",
@@ -256,6 +257,15 @@ class UpgradeSettings(_Model):
     rto: Duration | None = timedelta(minutes=5)  # recovery-time target: warn when a restore would take longer
 
 
+class DrillSettings(_Model):
+    """What a drill on this (staging) deployment rehearses, and its targets."""
+
+    production_version: str = "2.3.1"  # what production runs: the drill starts staging on it
+    rto: Duration = timedelta(minutes=2)  # switch to verified recovery
+    rpo_rows: int = Field(0, ge=0)  # rows that may be lost (neither restored nor salvaged)
+    traffic_rate: float = Field(8.0, gt=0, le=200)  # turns per second kept running through the drill
+
+
 class Deployment(_Model):
     """One service that backout manages."""
 
@@ -279,6 +289,7 @@ class Deployment(_Model):
     tracker: TrackerSettings | None = None
     rollback: RollbackSettings = RollbackSettings()
     upgrade: UpgradeSettings = UpgradeSettings()
+    drill: DrillSettings = DrillSettings()
     changelog_command: str | None = None  # prints a version's changelog JSON, e.g. "engine releases --changelog {version} --json"
 
     @model_validator(mode="after")

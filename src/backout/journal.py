@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from backout.errors import BackoutError
-from backout.fsutil import atomic_write_json, ensure_private_dir
+from backout.fsutil import atomic_write_json, ensure_private_dir, fsync_dir
 
 __all__ = ["Journal", "JournalError", "fault_point"]
 
@@ -38,6 +39,7 @@ class Journal:
     def __init__(self, path: Path, data: dict[str, Any]) -> None:
         self.path = path
         self.data = data
+        self.redact: Callable[[Any], Any] = lambda value: value  # set by flows: facts may quote service logs
 
     @classmethod
     def open(cls, path: Path, operation: dict[str, Any]) -> "Journal":
@@ -70,14 +72,14 @@ class Journal:
 
     def mark(self, step: str, **facts: Any) -> None:
         """Record `step` as completed, with any facts it fixed, durably."""
-        self.facts.update(facts)
+        self.facts.update(self.redact(facts))
         if step not in self.data["done"]:
             self.data["done"].append(step)
         self.save()
 
     def remember(self, **facts: Any) -> None:
         """Record facts before a step completes (e.g. a name chosen for it)."""
-        self.facts.update(facts)
+        self.facts.update(self.redact(facts))
         self.save()
 
     def save(self) -> None:
@@ -85,5 +87,15 @@ class Journal:
         atomic_write_json(self.path, self.data)
 
     def finish(self) -> None:
-        """The operation completed: the journal goes away."""
+        """The operation completed: the journal goes away (durably: it must not come back after a power loss)."""
         self.path.unlink(missing_ok=True)
+        fsync_dir(self.path.parent)
+
+    def set_aside(self, why: str) -> Path | None:
+        """Move the journal out of the way (kept, renamed), e.g. when an operation is abandoned."""
+        if not self.path.exists():
+            return None
+        kept = self.path.with_name(f"{self.path.stem}.{why}-{int(time.time())}.json")
+        os.rename(self.path, kept)
+        fsync_dir(self.path.parent)
+        return kept

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from engine.client import AsyncEngineClient, TurnResult
 from engine.releases import POISONED_TASK_ID
@@ -54,6 +55,9 @@ _TEMPLATES = {"fact": _FACTS, "people": _MEETINGS, "question": _QUESTIONS, "chat
 _RATINGS = (5, 5, 4, 4, 4, 3, 2, 1, 0, -1)
 _COMMENTS = ("spot on", "too long", "missed the point", "helpful, thanks")
 FEEDBACK_SHARE = 0.2
+
+
+OnResult = Callable[["PlannedTurn", TurnResult, float], None]
 
 
 @dataclass(frozen=True)
@@ -196,7 +200,7 @@ class _Tally:
 
 
 async def _turn(client: AsyncEngineClient, slots: asyncio.Semaphore, turn: PlannedTurn,
-                tally: _Tally) -> None:
+                tally: _Tally, on_result: OnResult | None = None) -> None:
     """Send one turn (and its feedback); every outcome is recorded, nothing is raised."""
     async with slots:
         try:
@@ -205,6 +209,8 @@ async def _turn(client: AsyncEngineClient, slots: asyncio.Semaphore, turn: Plann
             result = TurnResult(status=0, error_code=CLIENT_ERROR,
                                 error_message=f"{type(exc).__name__}: {exc}")
         tally.results.append((turn, result))
+        if on_result is not None:
+            on_result(turn, result, time.time())
         if result.ok and turn.rating is not None:
             try:
                 message_id = f"{result.request_id}-assistant" if result.request_id else None
@@ -248,8 +254,12 @@ def _summarise(plan: TrafficPlan, tally: _Tally, elapsed: float) -> TrafficSumma
     )
 
 
-async def run_traffic_async(plan: TrafficPlan) -> TrafficSummary:
-    """Send the plan's turns open-loop (on schedule, not waiting for earlier ones) and summarise."""
+async def run_traffic_async(plan: TrafficPlan, on_result: OnResult | None = None,
+                            stop: threading.Event | None = None) -> TrafficSummary:
+    """Send the plan's turns open-loop (on schedule, not waiting for earlier ones) and summarise.
+
+    `on_result(turn, result, finished_at)` sees every turn as it ends; setting `stop` ends the run
+    early (turns in flight still finish)."""
     turns = plan_turns(plan)
     tally = _Tally()
     slots = asyncio.Semaphore(max(1, plan.concurrency))
@@ -261,12 +271,15 @@ async def run_traffic_async(plan: TrafficPlan) -> TrafficSummary:
             delay = started + turn.at - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(_turn(client, slots, turn, tally)))
+            if stop is not None and stop.is_set():
+                break
+            tasks.append(asyncio.create_task(_turn(client, slots, turn, tally, on_result)))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - started
     return _summarise(plan, tally, elapsed)
 
 
-def run_traffic(plan: TrafficPlan) -> TrafficSummary:
-    """Run the plan to completion on a fresh event loop and return its summary."""
-    return asyncio.run(run_traffic_async(plan))
+def run_traffic(plan: TrafficPlan, on_result: OnResult | None = None,
+                stop: threading.Event | None = None) -> TrafficSummary:
+    """Run the plan to completion (or until `stop`) on a fresh event loop and return its summary."""
+    return asyncio.run(run_traffic_async(plan, on_result, stop))

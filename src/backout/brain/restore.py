@@ -34,7 +34,8 @@ from backout.errors import EXIT_ENVIRONMENT, EXIT_REFUSED
 from backout.journal import Journal, fault_point
 from backout.progress import NO_PROGRESS, Progress
 
-__all__ = ["RestoreRequest", "RestoreResult", "restore_snapshot", "stage_snapshot", "staged_path", "newest_passing"]
+__all__ = ["RestoreRequest", "RestoreResult", "restore_snapshot", "stage_snapshot", "staged_path", "newest_passing",
+           "pending_restore"]
 
 STEPS = ("stage", "checkpoint", "quarantine", "swap")
 
@@ -77,6 +78,11 @@ def staged_path(brain: Path, snapshot_id: str) -> Path:
 def _journal_path(state_dir: Path, brain: Path) -> Path:
     key = hashlib.sha256(str(brain).encode()).hexdigest()[:12]
     return state_dir / "journals" / f"restore-{key}.json"
+
+
+def pending_restore(state_dir: Path, brain: Path) -> bool:
+    """True when an interrupted restore over `brain` has left its journal (finish it first)."""
+    return _journal_path(state_dir, brain).exists()
 
 
 def newest_passing(store: SnapshotStore, deployment: str, exclude: str | None = None) -> str | None:
@@ -277,7 +283,7 @@ def _swap(req: RestoreRequest, staged: Path, manifest: Manifest) -> None:
         if req.brain.exists() and sha256_file(req.brain) == manifest.sha256:
             _stamp_path(staged).unlink(missing_ok=True)
             return  # the rename happened before a crash
-        raise SnapshotError(f"staged copy {staged} vanished before the swap; re-run the restore", EXIT_REFUSED)
+        staged = stage_snapshot(req.store, req.snapshot_id, req.brain)  # removed meanwhile: stage it again
     for suffix in SIDE_CARS:  # a stale WAL beside the restored brain would be replayed into it
         req.brain.with_name(req.brain.name + suffix).unlink(missing_ok=True)
     fault_point("inside:swap")

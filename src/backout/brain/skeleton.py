@@ -30,9 +30,16 @@ def copy_brain_skeleton(source: Path, dest: Path, small_rows: int = SMALL_TABLE_
                               "AND name NOT LIKE 'sqlite_%' ORDER BY CASE type WHEN 'table' THEN 0 "
                               "WHEN 'index' THEN 1 WHEN 'view' THEN 2 ELSE 3 END").fetchall()
         out.execute("BEGIN")
-        for _, _, sql in objects:
+        virtual = [name for kind, name, sql in objects if kind == "table" and sql.upper().startswith("CREATE VIRTUAL")]
+        for kind, name, sql in objects:
+            if kind == "table" and any(name.startswith(f"{v}_") for v in virtual):
+                continue  # a shadow table: creating its virtual table made it already
             out.execute(sql)
-        left_out = [t for t in user_tables(src) if not _copy_if_small(src, out, t, small_rows)]
+        def virtual_or_shadow(t: str) -> bool:
+            return t in virtual or any(t.startswith(f"{v}_") for v in virtual)
+
+        left_out = [t for t in user_tables(src)
+                    if virtual_or_shadow(t) or not _copy_if_small(src, out, t, small_rows)]
         out.execute(f"PRAGMA user_version = {int(src.execute('PRAGMA user_version').fetchone()[0])}")
         out.execute("COMMIT")
         return left_out

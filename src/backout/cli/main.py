@@ -41,8 +41,8 @@ def root(
 
 def _register() -> None:
     """Attach the command groups (imported here so `backout --version` stays fast)."""
-    from backout.cli import (check, deploy, history, init, rollback, salvage, schema, snapshot, status,
-                             upgrade)
+    from backout.cli import (check, deploy, drill, history, init, rollback, salvage, schema, snapshot,
+                             status, upgrade)
 
     app.add_typer(snapshot.app, name="snapshot")
     app.add_typer(schema.app, name="schema", help="Schema stamps and diffs: can an older version read this brain?")
@@ -55,6 +55,7 @@ def _register() -> None:
     app.command("stop")(deploy.stop)
     app.command("check")(check.check)
     app.add_typer(check.baseline_app, name="baseline")
+    app.command("drill")(drill.drill)
     app.command("upgrade")(upgrade.upgrade)
     app.command("watch")(upgrade.watch_command)
     app.command("rollback")(rollback.rollback)

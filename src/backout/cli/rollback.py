@@ -11,7 +11,8 @@ from backout.cli.common import (ConfigOpt, DeploymentOpt, DryRunOpt, JsonOpt, Ye
                                 handle_errors, human_age, human_bytes, progress_bar, target_from)
 from backout.errors import EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE
 from backout.flows.rollback import Mode, RollbackRequest, decide_rollback
-from backout.flows.rollback_run import RollbackRun, journal_path, new_journal
+from backout.flows.paths import rollback_journal
+from backout.flows.rollback_run import RollbackRun, new_journal
 from backout.freeze import freeze_version, unfreeze_version
 from backout.history import Change, History, deployment_state
 from backout.journal import Journal
@@ -29,6 +30,8 @@ def rollback(
                                "(default: the latest verdict's reason)."),
     mode: str = typer.Option("auto", "--mode", help="auto (choose the layer), image, or brain."),
     resume: bool = typer.Option(False, "--resume", help="Continue a rollback that was interrupted."),
+    abandon: bool = typer.Option(False, "--abandon", help="Set an interrupted rollback's journal aside (kept, "
+                                 "renamed) instead of finishing it."),
     dry_run: bool = DryRunOpt,
     yes: bool = YesOpt,
     as_json: bool = JsonOpt,
@@ -44,6 +47,9 @@ def rollback(
     if mode not in ("auto", "image", "brain"):
         fail(f"--mode must be auto, image or brain, not {mode!r}", EXIT_USAGE)
     target = target_from(config, deployment, None)
+    if abandon:
+        _abandon(target, yes)
+        return
     with handle_errors():
         runtime = runtime_for(target)
         with operation_lock(deployment_state(target.state_dir, target.deployment), "rollback"):
@@ -57,11 +63,15 @@ def rollback(
 def _journal(target: Any, runtime: Any, req: RollbackRequest, resume: bool, dry_run: bool, yes: bool,
              as_json: bool) -> Journal | None:
     """The journal to run: the interrupted one (--resume) or a new one after the plan is shown and confirmed."""
-    path = journal_path(target)
+    path = rollback_journal(target)
     if resume:
         if not path.exists():
             fail("there is no interrupted rollback to resume", EXIT_USAGE)
-        return Journal.open(path, {})
+        journal = Journal.open(path, {})
+        stale = RollbackRun(target, runtime, journal).stale()
+        if stale:
+            fail(stale, EXIT_REFUSED)
+        return journal
     if path.exists():
         pending = Journal.open(path, {}).operation.get("decision", {}).get("incident_id", "?")
         fail(f"an interrupted rollback (incident {pending}) is pending: finish it with `backout rollback --resume`",
@@ -105,6 +115,16 @@ def _run(target: Any, runtime: Any, journal: Journal, as_json: bool) -> None:
         _print_result(result)
     if result["outcome"] != "rolled-back":
         raise typer.Exit(EXIT_FAILED)
+
+
+def _abandon(target: Any, yes: bool) -> None:
+    path = rollback_journal(target)
+    if not path.exists():
+        fail("there is no interrupted rollback to abandon", EXIT_USAGE)
+    confirm("set the interrupted rollback aside (the service stays as it is now)?", yes)
+    with operation_lock(deployment_state(target.state_dir, target.deployment), "abandon rollback"):
+        kept = Journal(path, {}).set_aside("abandoned")
+    typer.echo(f"set aside: {kept}; check `backout status` before anything else")
 
 
 def render_plan(plan: Plan) -> list[str]:

@@ -12,7 +12,7 @@ from backout.brain.snapshot import verify_snapshot
 from backout.cli.common import (BrainOpt, ConfigOpt, DeploymentOpt, IntoOpt, JsonOpt, emit_json, handle_errors,
                                 human_age, human_bytes, target_from)
 from backout.config import Target
-from backout.flows.rollback_run import journal_path
+from backout.flows.paths import rollback_journal
 from backout.freeze import frozen_versions
 from backout.history import History, load_restore_point
 from backout.runtime.factory import runtime_for
@@ -67,12 +67,13 @@ def collect_status(target: Target, verify: bool = False) -> dict[str, Any]:
         out["runtime"] = target.settings.runtime
         out["running"] = runtime_for(target).current().to_dict()
         out["frozen"] = sorted(frozen_versions(target))
-        pending = journal_path(target)
+        pending = rollback_journal(target)
         out["pending_rollback"] = str(pending) if pending.exists() else None
     if target.health_url:
         out["health"] = probe(target.health_url, timeout=5).to_dict()
     out["restore_point"] = _restore_point(target, verify)
-    out["last_change"] = (History(target.state_dir).entries(target.deployment) or [None])[-1]
+    changes = History(target.state_dir).entries(target.deployment)
+    out["last_change"] = changes[-1] if changes else None
     out["last_drill"] = _last_drill(target)
     return out
 

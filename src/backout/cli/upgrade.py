@@ -15,7 +15,8 @@ from backout.cli.common import (ConfigOpt, DeploymentOpt, DryRunOpt, JsonOpt, Ye
                                 handle_errors, human_bytes, progress_bar, target_from)
 from backout.config import Target, parse_duration
 from backout.errors import EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE
-from backout.flows.upgrade import preflight, upgrade_journal
+from backout.flows.paths import upgrade_journal
+from backout.flows.upgrade import preflight
 from backout.flows.upgrade_run import UpgradeRun
 from backout.flows.watch import WatchEvent, load_watch, watch
 from backout.history import deployment_state
@@ -39,6 +40,7 @@ def upgrade(
     auto_rollback: Optional[bool] = AutoOpt,
     force: bool = typer.Option(False, "--force", help="Upgrade even though the running version is not healthy."),
     resume: bool = typer.Option(False, "--resume", help="Continue an upgrade that was interrupted."),
+    abandon: bool = typer.Option(False, "--abandon", help="Set an interrupted upgrade's journal aside (kept, renamed)."),
     dry_run: bool = DryRunOpt,
     yes: bool = YesOpt,
     as_json: bool = JsonOpt,
@@ -55,6 +57,9 @@ def upgrade(
     rollback, and the watch window. A failure after the drain rolls back at once. With --json,
     events stream as JSON lines."""
     target = target_from(config, deployment, None)
+    if abandon:
+        _abandon(target, yes)
+        return
     seconds = _seconds(watch_for)
     with handle_errors():
         runtime = runtime_for(target)
@@ -88,7 +93,14 @@ def _journal(target: Target, runtime: Runtime, version: str, force: bool, second
     if resume:
         if not path.exists():
             fail("there is no interrupted upgrade to resume", EXIT_USAGE)
-        return Journal.open(path, {})
+        journal = Journal.open(path, {})
+        if journal.operation["decision"]["to_version"] != version:
+            fail(f"the interrupted upgrade is to {journal.operation['decision']['to_version']}, not {version}",
+                 EXIT_USAGE)
+        stale = UpgradeRun(target, runtime, journal).stale()
+        if stale:
+            fail(stale, EXIT_REFUSED)
+        return journal
     decision = preflight(target, runtime, version, force, seconds)
     journal = Journal(path, {"operation": {"kind": "upgrade", "decision": decision}, "done": [], "facts": {}})
     plan = UpgradeRun(target, runtime, journal).plan()
@@ -101,6 +113,16 @@ def _journal(target: Target, runtime: Runtime, version: str, force: bool, second
     confirm(f"upgrade {target.deployment} from {decision['from_version']} to {version}?", yes)
     journal.save()
     return journal
+
+
+def _abandon(target: Target, yes: bool) -> None:
+    path = upgrade_journal(target)
+    if not path.exists():
+        fail("there is no interrupted upgrade to abandon", EXIT_USAGE)
+    confirm("set the interrupted upgrade aside (the service stays as it is now)?", yes)
+    with operation_lock(deployment_state(target.state_dir, target.deployment), "abandon upgrade"):
+        kept = Journal(path, {}).set_aside("abandoned")
+    typer.echo(f"set aside: {kept}; check `backout status` before anything else")
 
 
 def render_plan(plan: Plan) -> list[str]:
@@ -188,7 +210,7 @@ def _watch(target: Target, runtime: Runtime, auto: bool, as_json: bool) -> None:
         _event({"event": "result", "outcome": outcome, "rollback": rollback["result"] if rollback else None})
     else:
         view.summary(outcome, rollback)
-    if outcome != "promoted":  # 3: a roll-back verdict to act on; 1: rolled back (or the rollback failed)
+    if outcome not in ("promoted", "ended"):  # 3: a roll-back verdict to act on; 1: rolled back (or worse)
         raise typer.Exit(EXIT_REFUSED if outcome == "roll-back-advised" else EXIT_FAILED)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from backout.brain.manifest import Manifest, SnapshotError, SnapshotStore, utcnow
+from backout.brain.restore import pending_restore
 from backout.brain.schema import SchemaError, SchemaStamp, diff, stamp
 from backout.brain.tables import connect_readonly, quote_ident, user_tables
 from backout.config import Target
@@ -51,6 +52,7 @@ class RollbackRequest:
     snapshot_id: str | None = None
     reason: str = ""
     mode: Mode = "auto"
+    from_version: str | None = None  # the bad version, when the caller knows it (a failed upgrade's target)
 
 
 def incident_id_for(version: str | None, now: datetime | None = None) -> str:
@@ -170,6 +172,8 @@ def _layer(target: Target, runtime: Runtime, req: RollbackRequest, version: str,
     if changes is not None and changes["kind"] == "additive" and settings.rollback.additive_tolerant:
         return ("image", f"only additive schema changes since the snapshot ({_summary(changes)}), and "
                 f"rollback.additive_tolerant says {version} reads those", None, changes)
+    if now is None and target.brain.exists():
+        return "brain", "the current brain cannot be read as SQLite: restoring it is the only way back", None, changes
     why_not = trial_possible(target)
     said = f"schema {changes['kind']} since the snapshot ({_summary(changes)})" if changes else "schema unknown"
     if why_not:
@@ -178,7 +182,7 @@ def _layer(target: Target, runtime: Runtime, req: RollbackRequest, version: str,
     trial = cached_trial(target, version, fingerprint)
     if trial is None:
         trial = trial_boot(target, runtime, version)
-        remember_trial(target, version, fingerprint, trial)
+        remember_trial(target, version, fingerprint, trial, Redactor(secrets_of(settings)).obj)
     if trial.healthy:
         return "image", f"{said}, but a trial boot of {version} on a copy of the current brain is {trial.reason}", \
             trial.to_dict(), changes
@@ -207,13 +211,16 @@ def _blocked(target: Target, version: str, why_snapshot: str, changes: dict[str,
 def decide_rollback(target: Target, runtime: Runtime, req: RollbackRequest) -> dict[str, Any]:
     """Everything the rollback will do, decided up front (the brain and the service are only read)."""
     current = runtime.current()
-    bad = current.version or History(target.state_dir).last_version(target.deployment)
+    bad = req.from_version or current.version or History(target.state_dir).last_version(target.deployment)
     version, source, named = _choose_target(target, req, bad)
     if version == bad and current.running:
         raise NoRollback(f"{target.deployment} already runs {version}; nothing to roll back")
     available = runtime.is_available(version)
     if not available.ok:
         raise NoRollback(f"cannot roll back to {version}: {available.detail}; nothing was stopped")
+    if pending_restore(target.state_dir, target.brain):
+        raise NoRollback(f"an interrupted `backout snapshot restore` over {target.brain} is pending: finish it first "
+                         "(run the same restore again); nothing was stopped")
     store = SnapshotStore(target.snapshot_dir)
     manifest, why_snapshot = _choose_snapshot(store, target, version, named)
     point = load_restore_point(target.state_dir, target.deployment)

@@ -9,40 +9,38 @@ brain and the quarantine as they are; `--resume` tries the start again, it never
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 from backout.brain.manifest import SnapshotStore
-from backout.brain.restore import RestoreRequest, restore_snapshot
-from backout.brain.salvage import SUMMARY_FILE, salvage
+from backout.brain.restore import RestoreRequest, pending_restore, restore_snapshot
+from backout.brain.salvage import SUMMARY_FILE, SalvageError, salvage
 from backout.config import Target
 from backout.evidence import (DiagnosticsInput, Redactor, collect_diagnostics, file_ticket, migration_history,
                               secrets_of, write_postmortem, write_regression_case)
 from backout.flows.badwindow import epoch, mcp_calls_since
+from backout.flows.paths import rollback_journal, upgrade_journal, watch_state
+from backout.flows.switch import drain_commands, drain_facts, start_until_healthy
 from backout.flows.check import base_url, policy_of, request_samples, state_files
 from backout.freeze import freeze_version
 from backout.fsutil import atomic_write_json, ensure_private_dir
 from backout.history import Change, History, deployment_state, now_iso
-from backout.errors import EXIT_REFUSED, BackoutError
+from backout.errors import BackoutError
 from backout.flows.rollback import NoRollback, RollbackRequest, decide_rollback
 from backout.journal import Journal
 from backout.lock import operation_lock
 from backout.notify import Message, Notifier
 from backout.plan import Plan, Step, StepFailed, execute, timeline
 from backout.progress import NO_PROGRESS, Progress
-from backout.runtime.base import Command, Runtime
+from backout.runtime.base import Runtime
 from backout.runtime.compose import ComposeRuntime
 from backout.signals.evals import run_evals
 from backout.signals.health import probe
 
-__all__ = ["RollbackRun", "incident_folder", "journal_path", "new_journal", "rollback_now"]
-
-
-def journal_path(target: Target) -> Path:
-    """Where a running rollback keeps its journal."""
-    return deployment_state(target.state_dir, target.deployment) / "rollback.journal.json"
+__all__ = ["RollbackRun", "incident_folder", "new_journal", "rollback_now"]
 
 
 def incident_folder(target: Target, incident_id: str) -> Path:
@@ -62,12 +60,23 @@ class RollbackRun:
         self.folder = incident_folder(target, self.d["incident_id"])
         self.notifier = Notifier(self.settings.notify)
         self.redactor = Redactor(secrets_of(self.settings))
+        journal.redact = self.redactor.obj
         self.progress = progress
 
     @property
     def facts(self) -> dict[str, Any]:
         """What the steps fixed so far."""
         return self.journal.facts
+
+    def stale(self) -> str | None:
+        """Why resuming this journal now would be wrong (the world moved on since it was written), or None."""
+        if self.journal.done("drain"):
+            return None
+        current = self.runtime.current()
+        if current.version != self.d["from_version"]:
+            return (f"the rollback was planned while {self.d['from_version']} ran, but {current.version or 'nothing'} "
+                    "runs now; set the journal aside with --abandon and plan again")
+        return None
 
     # -- the plan ------------------------------------------------------------------------------
 
@@ -100,10 +109,8 @@ class RollbackRun:
 
     def _drain_step(self) -> Step:
         drain = self.settings.drain_timeout.total_seconds()
-        commands = [Command(c.purpose, tuple(a.replace("<drain_timeout>", f"{drain:g}") for a in c.argv))
-                    for c in self.runtime.describe_stop()]
-        return Step("drain", f"Drain and stop {self.d['from_version']} (up to {drain:g}s, then killed)", commands,
-                    action=self.drain)
+        return Step("drain", f"Drain and stop {self.d['from_version']} (up to {drain:g}s, then killed)",
+                    drain_commands(self.runtime, drain), action=self.drain)
 
     def _restore_step(self) -> Step:
         snap = self.d["snapshot"]
@@ -204,16 +211,32 @@ class RollbackRun:
 
     def drain(self) -> dict[str, Any]:
         """SIGTERM, the drain, SIGKILL at the deadline; say which."""
-        result = self.runtime.stop(self.settings.drain_timeout.total_seconds())
-        how = "clean drain" if result.clean else "FORCED stop"
-        return {"drain": result.to_dict(), "detail": f"{how}: {result.detail} ({result.seconds:.1f}s)"}
+        return drain_facts(self.runtime, self.settings.drain_timeout.total_seconds())
+
+    def _finished_restore(self) -> Path | None:
+        """The quarantine of this rollback's restore, if it completed before a crash."""
+        for marker in (self.target.state_dir / "quarantine").glob("*/quarantine.json"):
+            try:
+                data = json.loads(marker.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if data.get("reason") == self._restore_reason() and data.get("replaced_by_snapshot") == \
+                    self.d["snapshot"]["id"] and not pending_restore(self.target.state_dir, self.target.brain):
+                return marker.parent
+        return None
+
+    def _restore_reason(self) -> str:
+        return f"rollback {self.d['incident_id']}"
 
     def restore(self) -> dict[str, Any]:
         """Quarantine the current brain and put the snapshot in its place (journaled, verified)."""
         snap = self.d["snapshot"]
+        done = self._finished_restore()
+        if done is not None:  # finished just before a crash: never restore (and quarantine) twice
+            return {"quarantine": str(done), "detail": f"restored {snap['id']} (found after a restart)"}
         result = restore_snapshot(RestoreRequest(
             SnapshotStore(self.target.snapshot_dir), snap["id"], self.target.brain, self.target.deployment,
-            self.target.state_dir, reason=f"rollback {self.d['incident_id']}"), self.progress)
+            self.target.state_dir, reason=self._restore_reason()), self.progress)
         return {"quarantine": str(result.quarantine) if result.quarantine else None,
                 "detail": f"restored {snap['id']}; displaced brain in {result.quarantine}"}
 
@@ -226,24 +249,23 @@ class RollbackRun:
         manifest = SnapshotStore(self.target.snapshot_dir).load(self.d["snapshot"]["id"])
         newer = Path(quarantine) / self.target.brain.name
         if not (out / SUMMARY_FILE).exists():
-            salvage(manifest.marks(), manifest.created_at, newer, out, include=self.settings.salvage.include or None,
-                    exclude=self.settings.salvage.exclude, snapshot_id=manifest.id,
-                    schema_diff=self.d["schema"]["diff"])
+            try:
+                salvage(manifest.marks(), manifest.created_at, newer, out,
+                        include=self.settings.salvage.include or None, exclude=self.settings.salvage.exclude,
+                        snapshot_id=manifest.id, schema_diff=self.d["schema"]["diff"])
+            except (SalvageError, OSError, sqlite3.Error) as exc:  # the quarantine keeps every row: go on
+                return {"salvage": {"folder": None, "total": 0, "tables": {}, "error": str(exc)},
+                        "detail": f"salvage FAILED ({exc}); the rows are still in {quarantine}: "
+                                  f"`backout salvage extract --snapshot {manifest.id} --from {newer}`"}
         summary = json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
         tables = {t["table"]: t["added"] + t["changed"] for t in summary.get("tables", []) if t["added"] + t["changed"]}
-        calls = mcp_calls_since(newer, manifest.tables.get("mcp_calls", {}).get("max_rowid"), None)
+        calls = mcp_calls_since(newer, manifest.tables.get("mcp_calls", {}).get("max_rowid") or 0, None)
         return {"salvage": {"folder": str(out), "total": summary.get("total", 0), "tables": tables},
                 "mcp_calls": calls, "detail": f"{summary.get('total', 0)} rows salvaged, {len(calls)} mcp_calls"}
 
     def start(self) -> dict[str, Any]:
         """Start the target (unless a resumed run already did) and wait for health."""
-        version = self.d["to_version"]
-        current = self.runtime.current()
-        if not (current.running and current.version == version):
-            self.runtime.start(version)
-        wait = self.runtime.wait_healthy(time.monotonic() + self.settings.boot_timeout.total_seconds())
-        if not wait.healthy:
-            raise StepFailed("start", f"{version} did not become healthy: {wait.reason}", {"start": wait.to_dict()})
+        wait = start_until_healthy(self.runtime, self.d["to_version"], self.settings.boot_timeout.total_seconds())
         return {"start": wait.to_dict(), "healthy_at": time.time(), "detail": f"healthy after {wait.seconds:.1f}s"}
 
     def verify(self) -> dict[str, Any]:
@@ -283,7 +305,10 @@ class RollbackRun:
             return {"ok": True, "detail": "no evals configured"}
         if baseline is None or baseline.evals is None:
             return {"ok": True, "detail": "no baseline evals to compare with"}
-        run = run_evals(self.settings.evals, base_url(self.target), self.d["to_version"])
+        try:
+            run = run_evals(self.settings.evals, base_url(self.target), self.d["to_version"])
+        except BackoutError as exc:  # the target serves: report, do not stop the rollback here
+            return {"ok": False, "detail": f"evals could not run: {exc}"}
         passed_before = {name for name, ok in baseline.evals.cases.items() if ok}
         failing = sorted(name for name in passed_before if not run.cases.get(name, False))
         return {"ok": not failing, "failing": failing,
@@ -329,9 +354,15 @@ class RollbackRun:
         return {"postmortem": str(path), "regression_case": str(case) if case else None, "ticket": ticket}
 
     def record(self) -> dict[str, Any]:
-        """One history line for the rollback."""
+        """One history line for the rollback; whatever the rolled-back upgrade left open is closed."""
         History(self.target.state_dir).append(self._change("ok" if self.verified() else "failed"))
-        return {}
+        pending = upgrade_journal(self.target)
+        own = pending.exists() and "rolling_back" in Journal.open(pending, {}).facts  # the upgrade that called us
+        aborted = None if own else Journal(pending, {}).set_aside("aborted-by-rollback")
+        watch_state(self.target).unlink(missing_ok=True)  # the watch of the bad version is over
+        for staged in self.target.brain.parent.glob(f".{self.target.brain.name}.restore-*.tmp*"):
+            staged.unlink(missing_ok=True)  # a copy staged for this rollback that an image rollback did not use
+        return {"detail": f"interrupted upgrade set aside: {aborted}" if aborted else ""}
 
     def _change(self, outcome: str) -> Change:
         snap = self.d["snapshot"]
@@ -339,7 +370,7 @@ class RollbackRun:
                       to_version=self.d["to_version"], outcome=outcome, reason=self.d["signals"]["symptom"],
                       snapshot_after=snap["id"] if snap and self.d["layer"] == "brain" else None,
                       drain=self.facts.get("drain"), health=self.facts.get("start"),
-                      detail=f"{self.d['layer']} rollback, incident {self.d['incident_id']}")
+                      detail=f"{self.d['layer']} rollback, incident {self.d['incident_id']}")  # facts: redacted
 
     # -- the incident record -------------------------------------------------------------------
 
@@ -391,8 +422,8 @@ class RollbackRun:
 
         try:
             execute(self.plan(), self.journal, keep)
-        except StepFailed as exc:
-            self._failed(str(exc))
+        except Exception as exc:  # tell people, keep the journal (`--resume`), never loop
+            self._failed(str(exc) or type(exc).__name__)
             raise
         self.journal.finish()
         return self.result("rolled-back" if self.verified() else "rolled-back-unverified")
@@ -426,23 +457,24 @@ def _age(seconds: float) -> str:
 
 def new_journal(target: Target, decision: dict[str, Any]) -> Journal:
     """A journal for a rollback about to run (not yet on disk: `save()` it once confirmed)."""
-    return Journal(journal_path(target), {"operation": {"kind": "rollback", "decision": decision}, "done": [],
+    return Journal(rollback_journal(target), {"operation": {"kind": "rollback", "decision": decision}, "done": [],
                                           "facts": {}})
 
 
 def rollback_now(target: Target, runtime: Runtime, req: RollbackRequest,
                  on_step: Callable[[Step, str], None] | None = None, progress: Progress = NO_PROGRESS) -> dict[str, Any]:
-    """Decide and carry out a rollback at once, without asking (what upgrade and watch call)."""
+    """Decide and carry out a rollback at once, without asking (what upgrade and watch call); a rollback
+    already pending (its journal left by a crash) is finished instead."""
     with operation_lock(deployment_state(target.state_dir, target.deployment), "rollback"):
-        path = journal_path(target)
+        path = rollback_journal(target)
         if path.exists():
-            raise BackoutError("an interrupted rollback is pending: finish it with `backout rollback --resume`",
-                               EXIT_REFUSED)
-        decision = decide_rollback(target, runtime, req)
-        if decision["blocked"]:
-            raise NoRollback(decision["blocked"])
-        journal = new_journal(target, decision)
-        journal.save()
+            journal = Journal.open(path, {})
+        else:
+            decision = decide_rollback(target, runtime, req)
+            if decision["blocked"]:
+                raise NoRollback(decision["blocked"])
+            journal = new_journal(target, decision)
+            journal.save()
         run = RollbackRun(target, runtime, journal, progress)
         try:
             return {"plan": run.plan().to_dict(), "result": run.run(on_step)}

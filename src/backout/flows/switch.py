@@ -15,9 +15,11 @@ from backout.errors import EXIT_REFUSED, BackoutError
 from backout.freeze import refuse_if_frozen
 from backout.history import Change, History, deployment_state
 from backout.lock import operation_lock
+from backout.plan import StepFailed
 from backout.runtime.base import Command, HealthWait, Runtime, RuntimeFailure, StopResult
 
-__all__ = ["SwitchResult", "brain_stamp", "plan_switch", "stop_service", "switch_version"]
+__all__ = ["SwitchResult", "brain_stamp", "drain_commands", "drain_facts", "plan_switch", "start_until_healthy",
+           "stop_service", "switch_version"]
 
 
 @dataclass
@@ -111,3 +113,33 @@ def stop_service(target: Target, runtime: Runtime, reason: str = "") -> StopResu
                 detail=result.detail))
         return result
 
+
+
+def drain_commands(runtime: Runtime, drain_s: float) -> list[Command]:
+    """The stop commands with the drain timeout filled in (for plans)."""
+    return [Command(c.purpose, tuple(a.replace("<drain_timeout>", f"{drain_s:g}") for a in c.argv))
+            for c in runtime.describe_stop()]
+
+
+def drain_facts(runtime: Runtime, drain_s: float) -> dict[str, Any]:
+    """Drain and stop what runs; the step's facts, saying whether the stop was clean or forced."""
+    result = runtime.stop(drain_s)
+    return {"drain": result.to_dict(), "detail": f"{'clean drain' if result.clean else 'FORCED stop'}: "
+                                                 f"{result.detail} ({result.seconds:.1f}s)"}
+
+
+def start_until_healthy(runtime: Runtime, version: str, boot_s: float, migrate: bool = False) -> HealthWait:
+    """Start `version` (unless a resumed run already did), wait for health; StepFailed when it does not come up."""
+    current = runtime.current()
+    try:
+        if not (current.running and current.version == version):
+            if migrate:
+                runtime.migrate(version)
+            runtime.start(version)
+    except RuntimeFailure as exc:
+        raise StepFailed("start", f"{version} did not start: {exc}",
+                         {"start": {"healthy": False, "reason": str(exc), "log_tail": exc.log_tail}}) from None
+    wait = runtime.wait_healthy(time.monotonic() + boot_s)
+    if not wait.healthy:
+        raise StepFailed("start", f"{version} did not become healthy: {wait.reason}", {"start": wait.to_dict()})
+    return wait

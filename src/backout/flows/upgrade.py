@@ -15,14 +15,13 @@ from backout.brain.manifest import SnapshotStore
 from backout.config import Target
 from backout.errors import EXIT_ENVIRONMENT, EXIT_REFUSED, BackoutError
 from backout.flows.check import expected_changes
-from backout.flows.rollback_run import journal_path as rollback_journal
+from backout.flows.paths import rollback_journal, upgrade_journal, watch_state
 from backout.freeze import refuse_if_frozen
 from backout.fsutil import free_bytes
-from backout.history import deployment_state
 from backout.runtime.base import Runtime
 from backout.signals.health import probe
 
-__all__ = ["UpgradeRefused", "preflight", "restore_throughput", "upgrade_journal"]
+__all__ = ["UpgradeRefused", "preflight", "restore_throughput"]
 
 ASSUMED_MB_S = 100.0  # restore throughput when no snapshot has been timed on this machine yet
 
@@ -32,11 +31,6 @@ class UpgradeRefused(BackoutError):
 
     def __init__(self, message: str, exit_code: int = EXIT_REFUSED) -> None:
         super().__init__(f"{message}; nothing was stopped", exit_code)
-
-
-def upgrade_journal(target: Target) -> Any:
-    """Where a running upgrade keeps its journal."""
-    return deployment_state(target.state_dir, target.deployment) / "upgrade.journal.json"
 
 
 def _brain_bytes(target: Target) -> int:
@@ -78,7 +72,11 @@ def preflight(target: Target, runtime: Runtime, version: str, force: bool = Fals
     settings = target.require_settings()
     for path, what in ((rollback_journal(target), "rollback"), (upgrade_journal(target), "upgrade")):
         if path.exists():
-            raise UpgradeRefused(f"an interrupted {what} is pending: finish it with `backout {what} --resume`")
+            raise UpgradeRefused(f"an interrupted {what} is pending: finish it with `backout {what} --resume` "
+                                 f"(or `backout {what} --abandon`)")
+    if watch_state(target).exists():
+        raise UpgradeRefused("the last upgrade is still in its watch window: finish watching (`backout watch`) "
+                             "or roll back first")
     try:
         refuse_if_frozen(target, version)
     except BackoutError as exc:

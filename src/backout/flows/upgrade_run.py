@@ -11,36 +11,34 @@ drain and before the new version is healthy, the rollback runs at once (`rollbac
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from backout.brain.manifest import SnapshotError, SnapshotStore
+from backout.errors import BackoutError
+from backout.evidence import Redactor, secrets_of
 from backout.brain.restore import stage_snapshot
 from backout.brain.snapshot import create_snapshot
 from backout.config import Target
 from backout.flows.check import base_url, capture_baseline
+from backout.flows.paths import watch_state
 from backout.flows.rollback import RollbackRequest
 from backout.flows.rollback_run import rollback_now
-from backout.flows.switch import brain_stamp
+from backout.flows.switch import brain_stamp, drain_commands, drain_facts, start_until_healthy
 from backout.fsutil import atomic_write_json
 from backout.history import Change, History, RestorePoint, config_hash, deployment_state, save_restore_point
 from backout.journal import Journal
-from backout.plan import Plan, Step, StepFailed, execute, timeline
+from backout.plan import Plan, Step, execute, timeline
 from backout.progress import NO_PROGRESS, Progress
-from backout.runtime.base import Command, Runtime, RuntimeFailure
+from backout.runtime.base import Runtime
 from backout.runtime.compose import ComposeRuntime
 from backout.runtime.trial import remember_trial, schema_key, trial_boot, trial_possible
 from backout.signals.evals import run_evals
 
-__all__ = ["UpgradeRun", "watch_state_path"]
+__all__ = ["UpgradeRun"]
 
-# Before this step nothing was stopped; from it on, a failure means the previous version must come back.
-_FIRST_DISRUPTIVE = "drain"
-
-
-def watch_state_path(target: Target) -> Path:
-    """The watch window of the last upgrade: version, previous version, until when, evals."""
-    return deployment_state(target.state_dir, target.deployment) / "watch.json"
+# A failure in these steps leaves the service down or on a version that is not healthy: roll back at once.
+# Before them nothing was stopped; after them the new version serves (the watch window decides).
+_ROLL_BACK_WHEN_FAILING = ("drain", "snapshot-final", "restore-point", "start")
 
 
 class UpgradeRun:
@@ -54,18 +52,30 @@ class UpgradeRun:
         self.d: dict[str, Any] = journal.operation["decision"]
         self.store = SnapshotStore(target.snapshot_dir)
         self.progress = progress
+        self.redactor = Redactor(secrets_of(self.settings))
+        journal.redact = self.redactor.obj  # start failures keep the service's log lines
 
     @property
     def facts(self) -> dict[str, Any]:
         """What the steps fixed so far."""
         return self.journal.facts
 
+    def stale(self) -> str | None:
+        """Why resuming this journal now would be wrong, or None."""
+        if self.journal.done("drain") or self.facts.get("rolling_back"):
+            return None
+        current = self.runtime.current()
+        if current.version != self.d["from_version"] or not current.running:
+            return (f"the upgrade was planned while {self.d['from_version']} ran, but "
+                    f"{current.version if current.running else 'nothing'} runs now; set the journal aside with "
+                    "--abandon and plan again")
+        return None
+
     def plan(self) -> Plan:
         """The steps, each with its commands and files."""
         d, drain = self.d, self.settings.drain_timeout.total_seconds()
         snapshots = str(self.store.folder)
-        stop = [Command(c.purpose, tuple(a.replace("<drain_timeout>", f"{drain:g}") for a in c.argv))
-                for c in self.runtime.describe_stop()]
+        stop = drain_commands(self.runtime, drain)
         start = self.runtime.describe(d["to_version"])[len(stop):]  # migrate (if any) and start
         evals = f" ({self.settings.evals.command})" if self.settings.evals else " (none configured)"
         return Plan("upgrade", d, [
@@ -89,7 +99,7 @@ class UpgradeRun:
                  f"rollback becomes a rename) and trial-boot {d['from_version']} on a copy of the new brain",
                  files=[str(self.target.brain.parent)], action=self.arm),
             Step("record", "Record the upgrade in the history and open the watch window",
-                 files=[str(self.target.state_dir / "history.jsonl"), str(watch_state_path(self.target))],
+                 files=[str(self.target.state_dir / "history.jsonl"), str(watch_state(self.target))],
                  action=self.record),
         ])
 
@@ -114,9 +124,7 @@ class UpgradeRun:
 
     def drain(self) -> dict[str, Any]:
         """SIGTERM, the drain, SIGKILL at the deadline."""
-        result = self.runtime.stop(self.settings.drain_timeout.total_seconds())
-        return {"drain": result.to_dict(), "detail": f"{'clean drain' if result.clean else 'FORCED stop'}: "
-                f"{result.detail} ({result.seconds:.1f}s)"}
+        return drain_facts(self.runtime, self.settings.drain_timeout.total_seconds())
 
     def snapshot_final(self) -> dict[str, Any]:
         """The restore point's snapshot: the brain as the previous version left it."""
@@ -135,18 +143,8 @@ class UpgradeRun:
 
     def start(self) -> dict[str, Any]:
         """Migrate if configured, start the new version, wait for health; record the schema after."""
-        version = self.d["to_version"]
-        current = self.runtime.current()
-        try:
-            if not (current.running and current.version == version):
-                self.runtime.migrate(version)
-                self.runtime.start(version)
-        except RuntimeFailure as exc:
-            raise StepFailed("start", f"{version} did not start: {exc}", {"start": {"reason": str(exc),
-                                                                                    "log_tail": exc.log_tail}})
-        wait = self.runtime.wait_healthy(time.monotonic() + self.settings.boot_timeout.total_seconds())
-        if not wait.healthy:
-            raise StepFailed("start", f"{version} did not become healthy: {wait.reason}", {"start": wait.to_dict()})
+        wait = start_until_healthy(self.runtime, self.d["to_version"], self.settings.boot_timeout.total_seconds(),
+                                   migrate=True)
         return {"start": wait.to_dict(), "switched_at": time.time(), "schema_after": brain_stamp(self.target),
                 "detail": f"healthy after {wait.seconds:.1f}s"}
 
@@ -154,7 +152,10 @@ class UpgradeRun:
         """The regression evals against the new version (the watch window's verdict counts them)."""
         if self.settings.evals is None:
             return {"evals": None, "detail": "no evals configured"}
-        run = run_evals(self.settings.evals, base_url(self.target), self.d["to_version"])
+        try:
+            run = run_evals(self.settings.evals, base_url(self.target), self.d["to_version"])
+        except BackoutError as exc:  # the watch window still judges errors, latency and health
+            return {"evals": None, "detail": f"evals could not run: {exc}"}
         return {"evals": {"cases": run.cases, "ts": run.ts, "version": run.version, "source": run.source},
                 "detail": f"{sum(run.cases.values())}/{len(run.cases)} passed" +
                           (f"; failing: {', '.join(run.failed)}" if run.failed else "")}
@@ -165,7 +166,7 @@ class UpgradeRun:
         notes = []
         try:
             staged = str(stage_snapshot(self.store, snap["id"], self.target.brain, self.progress))
-        except SnapshotError as exc:
+        except (SnapshotError, OSError) as exc:  # pre-arming is an optimisation: never fail the upgrade for it
             staged = None
             notes.append(f"not staged ({exc}); a brain rollback will copy the snapshot instead")
         trial = None
@@ -180,7 +181,7 @@ class UpgradeRun:
     def record(self) -> dict[str, Any]:
         """The history line, and the watch window's state."""
         History(self.target.state_dir).append(self._change("ok"))
-        atomic_write_json(watch_state_path(self.target), {
+        atomic_write_json(watch_state(self.target), {
             "deployment": self.target.deployment, "version": self.d["to_version"],
             "previous": self.d["from_version"], "switched_at": self.facts["switched_at"],
             "until": self.facts["switched_at"] + self.d["watch_s"], "evals": self.facts.get("evals"),
@@ -193,29 +194,42 @@ class UpgradeRun:
                       to_version=self.d["to_version"], outcome=outcome,
                       schema_before={"head": final["schema_stamp"].get("head")} if final else None,
                       schema_after=self.facts.get("schema_after"), snapshot_before=final.get("id"),
-                      drain=self.facts.get("drain"), health=self.facts.get("start"), detail=detail)
+                      drain=self.facts.get("drain"), health=self.facts.get("start"), detail=self.redactor.text(detail))
 
     # -- running it ----------------------------------------------------------------------------
 
     def run(self, on_step: Callable[[Step, str], None] | None = None,
             on_rollback: Callable[[Step, str], None] | None = None) -> dict[str, Any]:
-        """The steps; a failure after the drain rolls back at once. Returns the upgrade's result."""
+        """The steps; a failure that left the service down rolls back at once. Returns the upgrade's result."""
+        if self.facts.get("rolling_back"):  # a crash during that rollback: finish it
+            return self._roll_back(str(self.facts["rolling_back"]), on_rollback)
         try:
             execute(self.plan(), self.journal, on_step)
         except Exception as exc:
-            disrupted = self.journal.done(_FIRST_DISRUPTIVE)
+            failed = self._failed_step()
             History(self.target.state_dir).append(self._change("failed", str(exc)))
-            self.journal.finish()
-            if not disrupted:
+            if failed not in _ROLL_BACK_WHEN_FAILING:
+                if failed in ("baseline", "snapshot-online"):
+                    self.journal.finish()  # nothing was stopped: nothing to resume
                 raise
-            rollback = rollback_now(self.target, self.runtime, RollbackRequest(
-                to_version=self.d["from_version"],
-                snapshot_id=(self.facts.get("snapshot_final") or self.facts.get("snapshot_online") or {}).get("id"),
-                reason=f"the upgrade to {self.d['to_version']} failed: {exc}"), on_rollback, self.progress)
-            return self.result("rolled-back" if rollback["result"]["outcome"] == "rolled-back" else "failed",
-                               str(exc), rollback)
+            self.journal.remember(rolling_back=str(exc) or type(exc).__name__)
+            return self._roll_back(str(exc), on_rollback)
         self.journal.finish()
         return self.result("watching", "")
+
+    def _failed_step(self) -> str | None:
+        entries = timeline(self.journal)
+        return str(entries[-1]["step"]) if entries and entries[-1]["outcome"] != "ok" else None
+
+    def _roll_back(self, why: str, on_rollback: Callable[[Step, str], None] | None) -> dict[str, Any]:
+        """Back to the previous version at once; the upgrade's journal stays until the rollback's exists."""
+        final = self.facts.get("snapshot_final") or self.facts.get("snapshot_online") or {}
+        rollback = rollback_now(self.target, self.runtime, RollbackRequest(
+            to_version=self.d["from_version"], snapshot_id=final.get("id"), from_version=self.d["to_version"],
+            reason=f"the upgrade to {self.d['to_version']} failed: {why}"), on_rollback, self.progress)
+        self.journal.finish()
+        outcome = "rolled-back" if rollback["result"]["outcome"] == "rolled-back" else "failed"
+        return self.result(outcome, why, rollback)
 
     def result(self, outcome: str, why: str, rollback: dict[str, Any] | None = None) -> dict[str, Any]:
         """The upgrade's result as JSON."""

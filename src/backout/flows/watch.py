@@ -19,8 +19,9 @@ from backout.errors import EXIT_USAGE, BackoutError
 from backout.flows.check import check
 from backout.flows.rollback import RollbackRequest
 from backout.flows.rollback_run import rollback_now
-from backout.flows.upgrade_run import watch_state_path
-from backout.history import Change, History
+from backout.flows.paths import watch_state
+from backout.history import Change, History, deployment_state
+from backout.lock import operation_lock
 from backout.runtime.base import Runtime
 from backout.signals.model import EvalRun
 
@@ -47,12 +48,12 @@ class WatchEvent:
 def load_watch(target: Target) -> dict[str, Any]:
     """The watch window of the last upgrade; BackoutError when no upgrade is being watched."""
     try:
-        state: dict[str, Any] = json.loads(watch_state_path(target).read_text(encoding="utf-8"))
+        state: dict[str, Any] = json.loads(watch_state(target).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BackoutError(f"no upgrade of {target.deployment} is being watched (it was promoted or rolled back, "
                            "or none was made with `backout upgrade`)", EXIT_USAGE) from None
     except ValueError:
-        raise BackoutError(f"{watch_state_path(target)} is corrupt; inspect it or remove it", EXIT_USAGE) from None
+        raise BackoutError(f"{watch_state(target)} is corrupt; inspect it or remove it", EXIT_USAGE) from None
     return state
 
 
@@ -71,7 +72,7 @@ def promote(target: Target, state: dict[str, Any]) -> str:
         staged = staged_path(target.brain, point["snapshot_id"])
         for path in (staged, staged.with_name(staged.name + ".verified")):
             path.unlink(missing_ok=True)
-    watch_state_path(target).unlink(missing_ok=True)
+    watch_state(target).unlink(missing_ok=True)
     return f"{state['version']} promoted; the restore point ({state['previous']}) stays pinned"
 
 
@@ -82,16 +83,30 @@ def watch(target: Target, runtime: Runtime, auto_rollback: bool, on_event: Calla
     every = target.require_settings().upgrade.check_every.total_seconds()
     evals = _evals(state)
     while True:
+        if not watch_state(target).exists():  # rolled back (or promoted) from elsewhere meanwhile
+            on_event(WatchEvent("ended", 0.0, None, "the watch window was closed by another command"))
+            return "ended", None
         left = state["until"] - time.time()
         verdict = check(target, runtime, with_evals=False, evals=evals).to_dict()
         on_event(WatchEvent("check", max(0.0, left), verdict, verdict["reason"]))
         if verdict["decision"] == "roll-back":
             return _roll_back(target, runtime, state, verdict, auto_rollback, on_event)
         if left <= 0:
-            detail = promote(target, state)
-            on_event(WatchEvent("promoted", 0.0, verdict, detail))
-            return "promoted", None
+            return _promote_if_current(target, runtime, state, verdict, on_event)
         sleep(min(every, max(0.5, left)))
+
+
+def _promote_if_current(target: Target, runtime: Runtime, state: dict[str, Any], verdict: dict[str, Any],
+                        on_event: Callable[[WatchEvent], None]) -> tuple[str, dict[str, Any] | None]:
+    with operation_lock(deployment_state(target.state_dir, target.deployment), "promote"):
+        current = runtime.current()
+        if not watch_state(target).exists() or current.version != state["version"]:
+            detail = f"{current.version or 'nothing'} runs now, not {state['version']}: nothing to promote"
+            on_event(WatchEvent("ended", 0.0, verdict, detail))
+            return "ended", None
+        detail = promote(target, state)
+    on_event(WatchEvent("promoted", 0.0, verdict, detail))
+    return "promoted", None
 
 
 def _roll_back(target: Target, runtime: Runtime, state: dict[str, Any], verdict: dict[str, Any],
@@ -104,7 +119,7 @@ def _roll_back(target: Target, runtime: Runtime, state: dict[str, Any], verdict:
     on_event(WatchEvent("rollback", left, verdict, f"rolling back to {state['previous']}: {verdict['reason']}"))
     done = rollback_now(target, runtime, RollbackRequest(to_version=state["previous"], reason=verdict["reason"],
                                                          snapshot_id=(state.get("restore_point") or {}).get("snapshot_id")))
-    watch_state_path(target).unlink(missing_ok=True)
+    watch_state(target).unlink(missing_ok=True)
     outcome = done["result"]["outcome"]
     return ("rolled-back" if outcome == "rolled-back" else f"rollback-{outcome}"), done
 

@@ -17,7 +17,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -44,13 +44,13 @@ class TrialResult:
     health: dict[str, Any] | None = None
     smoke: dict[str, Any] | None = None
     log_tail: list[str] = field(default_factory=list)
-
     at: str | None = None  # when it ran, for cached results
+    refused: bool = False  # the version itself refused the brain or died: a verdict on the brain, worth keeping
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         return {"healthy": self.healthy, "reason": self.reason, "seconds": round(self.seconds, 3), "how": self.how,
-                "health": self.health, "smoke": self.smoke, "log_tail": self.log_tail}
+                "health": self.health, "smoke": self.smoke, "log_tail": self.log_tail, "refused": self.refused}
 
 
 SKELETON_ABOVE_BYTES = 64 * 2**20  # smaller brains are copied whole at once
@@ -84,16 +84,18 @@ def cached_trial(target: Target, version: str, fingerprint: str | None) -> Trial
     return TrialResult(**{**entry, "how": entry["how"] + " (run earlier on a brain with this same schema)"})
 
 
-def remember_trial(target: Target, version: str, fingerprint: str | None, result: TrialResult) -> None:
-    """Keep a trial's outcome for this (version, schema fingerprint)."""
-    if not fingerprint:
+def remember_trial(target: Target, version: str, fingerprint: str | None, result: TrialResult,
+                   redact: Callable[[Any], Any] = lambda x: x) -> None:
+    """Keep a trial's outcome for this (version, schema fingerprint): only a pass or a refusal by the version
+    itself (a port in use or a failed pull says nothing about the brain)."""
+    if not fingerprint or not (result.healthy or result.refused):
         return
     path = _cache_path(target)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         data = {}
-    data[f"{version}@{fingerprint}"] = {**result.to_dict(), "at": now_iso()}
+    data[f"{version}@{fingerprint}"] = redact({**result.to_dict(), "at": now_iso()})
     data = dict(list(data.items())[-20:])
     ensure_private_dir(path.parent)
     atomic_write_json(path, data)
@@ -124,9 +126,19 @@ def trial_possible(target: Target) -> str | None:
         if "{brain}" not in command or "{port}" not in command:
             return "the process command does not take {brain} and {port}, so a trial could not be kept off the live brain"
         return None
+    if not _host_network(settings):
+        return "the compose service does not use network_mode: host, so a trial could not get a port of its own"
     if _port_variable(settings) is None:
         return "no variable sets the service's port (set rollback.trial_port_env)"
     return None
+
+
+def _host_network(settings: Deployment) -> bool:
+    from backout.runtime.compose_file import load_compose, service_of
+
+    assert settings.compose is not None
+    _, node = service_of(load_compose(settings.compose.file), settings.compose.file, settings.compose.service)
+    return str(node.get("network_mode", "")) == "host"
 
 
 def _port_variable(settings: Deployment) -> str | None:
@@ -153,10 +165,19 @@ def trial_boot(target: Target, runtime: Runtime, version: str) -> TrialResult:
     if why_not:
         raise ConfigError(f"a trial boot is not possible: {why_not}")
     if target.brain.stat().st_size > SKELETON_ABOVE_BYTES:
-        first = _trial_on(target, runtime, version, skeleton=True)
-        if not first.healthy:
-            return first
-    return _trial_on(target, runtime, version, skeleton=False)
+        first = _guarded(target, runtime, version, skeleton=True)
+        if first.refused:
+            return first  # refused on the schema alone: it refuses the brain too
+    return _guarded(target, runtime, version, skeleton=False)
+
+
+def _guarded(target: Target, runtime: Runtime, version: str, skeleton: bool) -> TrialResult:
+    """A trial that could not run is a failed trial (not cached, not a refusal), never an exception."""
+    try:
+        return _trial_on(target, runtime, version, skeleton)
+    except Exception as exc:  # a copy, a port, Docker: the rollback must still be decidable
+        return TrialResult(False, f"the trial could not run ({type(exc).__name__}: {exc})", 0.0,
+                           "skeleton" if skeleton else "copy")
 
 
 def _trial_on(target: Target, runtime: Runtime, version: str, skeleton: bool) -> TrialResult:
@@ -172,9 +193,9 @@ def _trial_on(target: Target, runtime: Runtime, version: str, skeleton: bool) ->
         port = settings.rollback.trial_port or _free_port()
         url = _with_port(str(target.health_url), port)
         if settings.runtime == "process":
-            result = _trial_process(target, version, copy, port, url, folder)
+            result = _trial_process(target, version, copy, port, url, folder, smoke=not skeleton)
         else:
-            result = _trial_container(target, runtime, version, copy, port, url, folder)
+            result = _trial_container(target, runtime, version, copy, port, url, folder, smoke=not skeleton)
         if skeleton:
             result.how = result.how.replace("a copy of the brain", "the brain's schema and small tables")
         return result
@@ -182,11 +203,12 @@ def _trial_on(target: Target, runtime: Runtime, version: str, skeleton: bool) ->
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _judge(wait: HealthWait, url: str, settings: Deployment, how: str) -> TrialResult:
+def _judge(wait: HealthWait, url: str, settings: Deployment, how: str, smoke_it: bool = True) -> TrialResult:
     health = wait.last.to_dict() if wait.last else None
     if not wait.healthy:
-        return TrialResult(False, wait.reason, wait.seconds, how, health, None, wait.log_tail)
-    smoke = _smoke(url, settings)
+        refused = wait.reason.startswith(("refuses to serve", "exited with code"))
+        return TrialResult(False, wait.reason, wait.seconds, how, health, None, wait.log_tail, refused=refused)
+    smoke = _smoke(url, settings) if smoke_it else None
     if smoke is not None and not smoke["ok"]:
         return TrialResult(False, f"healthy, but the smoke request failed: {smoke['detail']}", wait.seconds, how,
                            health, smoke)
@@ -215,7 +237,8 @@ def _deadline(settings: Deployment) -> float:
     return time.monotonic() + settings.boot_timeout.total_seconds()
 
 
-def _trial_process(target: Target, version: str, copy: Path, port: int, url: str, folder: Path) -> TrialResult:
+def _trial_process(target: Target, version: str, copy: Path, port: int, url: str, folder: Path,
+                   smoke: bool = True) -> TrialResult:
     from backout.runtime.process import ProcessRuntime
 
     settings = target.require_settings()
@@ -224,7 +247,7 @@ def _trial_process(target: Target, version: str, copy: Path, port: int, url: str
     how = f"process on port {port} against a copy of the brain"
     try:
         trial.start(version)
-        return _judge(trial.wait_healthy(_deadline(settings)), url, settings, how)
+        return _judge(trial.wait_healthy(_deadline(settings)), url, settings, how, smoke)
     except RuntimeFailure as exc:
         return TrialResult(False, str(exc), 0.0, how, log_tail=exc.log_tail)
     finally:
@@ -246,7 +269,7 @@ def trial_commands(target: Target, runtime: Runtime, version: str) -> list[Comma
 
 
 def _trial_container(target: Target, runtime: Runtime, version: str, copy: Path, port: int, url: str,
-                     folder: Path) -> TrialResult:
+                     folder: Path, smoke: bool = True) -> TrialResult:
     from backout.runtime.compose import ComposeRuntime
     from backout.runtime.compose_file import brain_in_container, load_compose, service_of
 
@@ -269,7 +292,7 @@ def _trial_container(target: Target, runtime: Runtime, version: str, copy: Path,
     try:
         runtime._pull(version)
         trial.up()
-        return _judge(trial.wait(url, _deadline(settings)), url, settings, how)
+        return _judge(trial.wait(url, _deadline(settings)), url, settings, how, smoke)
     except RuntimeFailure as exc:
         return TrialResult(False, str(exc), 0.0, how, log_tail=exc.log_tail)
     finally:

@@ -1,0 +1,121 @@
+"""`backout drill`: a timed rehearsal of upgrade → failure → detection → rollback → verification."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from backout.cli.common import (ConfigOpt, DryRunOpt, JsonOpt, YesOpt, confirm, emit_json, fail, handle_errors,
+                                target_from)
+from backout.config import find_config
+from backout.errors import EXIT_FAILED, EXIT_USAGE
+from backout.flows.drill_setup import BREAKS, Staging, configured_staging, self_contained_staging
+
+__all__ = ["drill"]
+
+_DEFAULT_BREAK = "errors"  # 2.4.0-errors: caught by the verdict, and its forward-only migration needs the brain back
+
+
+def drill(
+    break_mode: str = typer.Option(_DEFAULT_BREAK, "--break", help="The broken build: errors, latency, health, eval, "
+                                   "crash or drain (default errors: its forward-only migration forces a brain rollback)."),
+    staging_name: Optional[str] = typer.Option(None, "--staging", help="The staging deployment in backout.toml."),
+    production_ok: bool = typer.Option(False, "--i-know-this-is-production",
+                                       help="Drill a deployment not marked `staging = true`."),
+    watch: int = typer.Option(45, "--watch", min=5, max=900, help="Seconds the upgrade watches before giving up."),
+    keep: bool = typer.Option(False, "--keep", help="Keep the self-contained drill's folder afterwards."),
+    history: bool = typer.Option(False, "--history", help="List past drills instead of running one."),
+    dry_run: bool = DryRunOpt,
+    yes: bool = YesOpt,
+    as_json: bool = JsonOpt,
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Rehearse a rollback, timed: staging on the production version under traffic, an upgrade to a
+    broken build, detection, the rollback, and checks that nothing was lost.
+
+    Without a config (or --staging) it builds a self-contained staging deployment of the reference
+    Engine in a temporary folder and removes it afterwards. Reports (JSON and a self-contained HTML
+    page) are kept in .backout/drills/. Exit 0 green, 1 red."""
+    if break_mode not in BREAKS:
+        fail(f"--break must be one of {', '.join(BREAKS)}, not {break_mode!r}", EXIT_USAGE)
+    configured = staging_name is not None or find_config(config) is not None
+    if history:
+        _history(config if configured else None, staging_name, as_json)
+        return
+    if dry_run:
+        _dry_run(configured, config, staging_name, break_mode, as_json)
+        return
+    with handle_errors():
+        staging = configured_staging(config, staging_name, production_ok) if configured else self_contained_staging()
+    if configured:
+        confirm(f"drill on {staging.target.deployment}: upgrade it to {BREAKS[break_mode][0]} and roll back?", yes)
+    result = _run(staging, break_mode, watch, keep, as_json)
+    if not result["passed"]:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _run(staging: Staging, mode: str, watch: int, keep: bool, as_json: bool) -> dict[str, Any]:
+    from backout.flows.drill_run import run_drill
+    from backout.report import render_terminal
+
+    console = Console(stderr=True, highlight=False)
+
+    def show(phase: dict[str, Any]) -> None:
+        if not as_json:
+            console.print(f"  {phase['name']:<9} {phase['seconds']:>6.1f}s  {phase['detail'][:110]}")
+
+    if not as_json:
+        where = "a self-contained staging deployment" if staging.temporary else staging.target.deployment
+        console.print(f"drill: {where}, {staging.target.require_settings().drill.production_version} -> "
+                      f"{BREAKS[mode][0]} (break: {mode})")
+    with handle_errors():
+        result = run_drill(staging, mode, show, watch, keep)
+    if as_json:
+        emit_json(result)
+        return result
+    out = Console(highlight=False)
+    for line in render_terminal(result):
+        style = "bold green" if line.startswith("GREEN") else "bold red" if line.startswith("RED") else None
+        out.print(line, style=style)
+    out.print(f"report: {result['report']['html']}")
+    return result
+
+
+def _dry_run(configured: bool, config: Optional[Path], name: Optional[str], mode: str, as_json: bool) -> None:
+    where = target_from(config, name, None).deployment if configured else "a self-contained staging deployment"
+    phases = ["bring-up", "seed", "baseline", "snapshot", "upgrade", "detect", "decide", "drain", "restore",
+              "start", "verify", "notify"]
+    plan: dict[str, Any] = {"dry_run": True, "staging": where, "break": mode, "broken_version": BREAKS[mode][0],
+                            "phases": phases}
+    if as_json:
+        emit_json(plan)
+        return
+    typer.echo(f"would drill {where}: upgrade to {plan['broken_version']} under traffic, detect, roll back, check; "
+               f"phases: {', '.join(phases)}")
+
+
+def _history(config: Optional[Path], name: Optional[str], as_json: bool) -> None:
+    from backout.flows.drill_run import drills_folder
+    from backout.report import history_rows, load_history
+
+    if config is not None or name is not None:
+        target = target_from(config, name, None)
+        folder = drills_folder(Staging(target, target.config_path or Path("backout.toml"), {}))
+    else:
+        folder = Path(".backout").absolute() / "drills"
+    rows = history_rows(load_history(folder))
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        typer.echo(f"no drills yet in {folder}; run `backout drill`")
+        return
+    typer.echo(f"{'WHEN':<22} {'BREAK':<8} {'RESULT':<6} {'RECOVERY':>9} {'LAYER':<6} REPORT")
+    for r in rows:
+        recovery = f"{r['recovery_s']:.1f}s" if r.get("recovery_s") is not None else "-"
+        typer.echo(f"{str(r['when'])[:22]:<22} {r['break']:<8} {'green' if r['passed'] else 'RED':<6} "
+                   f"{recovery:>9} {str(r.get('layer') or '-'):<6} {r.get('report') or ''}")
+

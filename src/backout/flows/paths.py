@@ -1,0 +1,25 @@
+"""Where each flow keeps its state in the deployment's folder (one place, so flows can see each other's)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from backout.config import Target
+from backout.history import deployment_state
+
+__all__ = ["rollback_journal", "upgrade_journal", "watch_state"]
+
+
+def rollback_journal(target: Target) -> Path:
+    """The journal of a rollback in progress."""
+    return deployment_state(target.state_dir, target.deployment) / "rollback.journal.json"
+
+
+def upgrade_journal(target: Target) -> Path:
+    """The journal of an upgrade in progress."""
+    return deployment_state(target.state_dir, target.deployment) / "upgrade.journal.json"
+
+
+def watch_state(target: Target) -> Path:
+    """The watch window of the last upgrade: version, previous version, until when, evals."""
+    return deployment_state(target.state_dir, target.deployment) / "watch.json"
