@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 
 from backout.cli.common import (ConfigOpt, DryRunOpt, JsonOpt, YesOpt, confirm, emit_json, fail, handle_errors,
                                 target_from)
@@ -25,7 +25,9 @@ def drill(
     staging_name: Optional[str] = typer.Option(None, "--staging", help="The staging deployment in backout.toml."),
     production_ok: bool = typer.Option(False, "--i-know-this-is-production",
                                        help="Drill a deployment not marked `staging = true`."),
-    watch: int = typer.Option(45, "--watch", min=5, max=900, help="Seconds the upgrade watches before giving up."),
+    watch: Optional[int] = typer.Option(None, "--watch", min=5, max=900,
+                                        help="Seconds the upgrade watches (default 45; 10 for --break drain, which "
+                                             "the verdict cannot see: the drill then rolls back by hand)."),
     keep: bool = typer.Option(False, "--keep", help="Keep the self-contained drill's folder afterwards."),
     history: bool = typer.Option(False, "--history", help="List past drills instead of running one."),
     dry_run: bool = DryRunOpt,
@@ -52,7 +54,7 @@ def drill(
         staging = configured_staging(config, staging_name, production_ok) if configured else self_contained_staging()
     if configured:
         confirm(f"drill on {staging.target.deployment}: upgrade it to {BREAKS[break_mode][0]} and roll back?", yes)
-    result = _run(staging, break_mode, watch, keep, as_json)
+    result = _run(staging, break_mode, watch or (10 if break_mode == "drain" else 45), keep, as_json)
     if not result["passed"]:
         raise typer.Exit(EXIT_FAILED)
 
@@ -61,26 +63,25 @@ def _run(staging: Staging, mode: str, watch: int, keep: bool, as_json: bool) -> 
     from backout.flows.drill_run import run_drill
     from backout.report import render_terminal
 
-    console = Console(stderr=True, highlight=False)
-
     def show(phase: dict[str, Any]) -> None:
         if not as_json:
-            console.print(f"  {phase['name']:<9} {phase['seconds']:>6.1f}s  {phase['detail'][:110]}")
+            typer.echo(f"  … {phase['name']:<9} {phase['seconds']:>6.1f}s", err=True)
 
     if not as_json:
         where = "a self-contained staging deployment" if staging.temporary else staging.target.deployment
-        console.print(f"drill: {where}, {staging.target.require_settings().drill.production_version} -> "
-                      f"{BREAKS[mode][0]} (break: {mode})")
+        typer.echo(f"drill: {where}, {staging.target.require_settings().drill.production_version} -> "
+                   f"{BREAKS[mode][0]} (break: {mode}), traffic throughout", err=True)
     with handle_errors():
         result = run_drill(staging, mode, show, watch, keep)
     if as_json:
         emit_json(result)
         return result
-    out = Console(highlight=False)
+    colour = sys.stdout.isatty()
     for line in render_terminal(result):
-        style = "bold green" if line.startswith("GREEN") else "bold red" if line.startswith("RED") else None
-        out.print(line, style=style)
-    out.print(f"report: {result['report']['html']}")
+        verdict = line.startswith(("PASS  GREEN", "GREEN", "FAIL  RED", "RED"))
+        typer.echo(typer.style(line, fg="green" if result["passed"] else "red", bold=True) if verdict and colour
+                   else line)
+    typer.echo(f"report: {result['report']['html']}")
     return result
 
 

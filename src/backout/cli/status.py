@@ -51,13 +51,17 @@ def _restore_point(target: Target, verify: bool) -> dict[str, Any] | None:
             "version_available": version_ok, "ready": bool(snapshot_ok and version_ok is not False)}
 
 
+DRILL_MAX_AGE_S = 90 * 86400  # the runbook asks for a drill every quarter
+
+
 def _last_drill(target: Target) -> dict[str, Any] | None:
     reports = sorted((target.state_dir / "drills").glob("drill-*.json")) if (target.state_dir / "drills").is_dir() else []
     if not reports:
         return None
     import time
 
-    return {"report": str(reports[-1]), "age_seconds": round(time.time() - reports[-1].stat().st_mtime)}
+    age = round(time.time() - reports[-1].stat().st_mtime)
+    return {"report": str(reports[-1]), "age_seconds": age, "stale": age > DRILL_MAX_AGE_S}
 
 
 def collect_status(target: Target, verify: bool = False) -> dict[str, Any]:
@@ -120,4 +124,5 @@ def status(
     if data.get("pending_rollback"):
         typer.echo("rollback     INTERRUPTED: finish it with `backout rollback --resume`")
     d = data["last_drill"]
-    typer.echo(f"last drill   {human_age(d['age_seconds']) + ' ago' if d else 'never'}")
+    warn = "  OLDER THAN 90 DAYS: rehearse with `backout drill`" if d and d["stale"] else ""
+    typer.echo(f"last drill   {human_age(d['age_seconds']) + ' ago' + warn if d else 'never (rehearse with `backout drill`)'}")

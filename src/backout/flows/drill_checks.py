@@ -60,12 +60,13 @@ def _replay(drill: Drill, rollback: dict[str, Any]) -> dict[str, Any]:
         return _check("bad-window rows replayable", True, "nothing to replay (image layer)")
     out = drill.backout("salvage", "replay", rollback["incident_id"], "--yes", "--json")
     try:
-        report = json.loads(out.stdout)
-    except ValueError:
-        report = {}
-    said = (report.get("render") or f"exit {out.returncode}") if isinstance(report, dict) else str(report)
+        totals = json.loads(out.stdout)["totals"]
+    except (ValueError, KeyError, TypeError):
+        lines = (out.stderr or out.stdout).strip().splitlines()
+        return _check("bad-window rows replayable", False, lines[-1] if lines else f"exit {out.returncode}")
     return _check("bad-window rows replayable", out.returncode == 0,
-                  f"salvage replay: exit {out.returncode}; {str(said).splitlines()[0] if said else ''}")
+                  f"replayed into {drill.production}: {totals['replayed']} rows, {totals['already_present']} already "
+                  f"there, {totals['not_replayed']} not replayable, {totals['left_out']} left out (mcp_calls, ledgers)")
 
 
 def drill_checks(drill: Drill, rollback: dict[str, Any], tables: list[dict[str, Any]]) -> list[dict[str, Any]]:

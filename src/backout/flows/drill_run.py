@@ -84,6 +84,7 @@ def _result(drill: Drill, rollback: dict[str, Any] | None, tables: list[dict[str
         "started_at": _stamp(drill.started), "finished_at": _stamp(time.time()),
         "deployment": drill.target.deployment, "runtime": drill.settings.runtime,
         "self_contained": drill.staging.temporary is not None, "break": drill.mode,
+        "staging_folder": str(drill.staging.temporary) if drill.staging.temporary else None,
         "production_version": drill.production, "broken_version": drill.broken, "passed": passed,
         "summary": _summary(drill, passed, rollback, loss), "phases": drill.phases, "marks": drill.marks,
         "trigger": drill.triggers(rollback) if rollback else [], "layer": (rollback or {}).get("layer"),

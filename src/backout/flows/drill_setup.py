@@ -38,7 +38,7 @@ api_key = {{ env = "ENGINE_API_KEY" }}
 runtime = "process"
 staging = true
 drain_timeout = "5s"
-boot_timeout = "30s"
+boot_timeout = "15s"
 
 [deployments.staging.process]
 command = "{python} -m engine.cli serve --release {{version}} --brain {{brain}} --port {{port}}"
