@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup quickstart test docker bench bench-detection bench-rollback clean
+.PHONY: setup drill quickstart test docker bench bench-detection bench-rollback clean
 
 setup: $(STAMP)
 
@@ -14,7 +14,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# The main job: start the reference Engine, send a turn, show /health, drain and stop.
+# The main job: a rollback drill on a self-contained staging deployment; the report in .backout/drills/.
+drill: $(STAMP)
+	$(BIN)/backout drill
+
+# Start the reference Engine, send a turn, show /health, drain and stop.
 quickstart: $(STAMP)
 	$(BIN)/python scripts/quickstart.py
 
