@@ -23,6 +23,7 @@ __all__ = [
     "SecretSource",
     "TrackerSettings",
     "UpgradeSettings",
+    "VolumeSettings",
     "SnapshotSettings",
     "Target",
     "find_config",
@@ -257,6 +258,41 @@ class UpgradeSettings(_Model):
     rto: Duration | None = timedelta(minutes=5)  # recovery-time target: warn when a restore would take longer
 
 
+class VolumeSettings(_Model):
+    """The data volume holding the brain, for volume-level snapshots. Cloud credentials come from each
+    SDK's standard environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS), never from this file."""
+
+    provider: Literal["local", "ebs", "gcp"]
+    use: Literal["also", "instead"] = "also"  # beside brain snapshots, or instead of them for brain rollbacks
+    # local: a directory (or a bind-mounted volume) on this host that holds the brain
+    path: Path | None = None
+    # ebs
+    volume_id: str | None = None
+    region: str | None = None
+    availability_zone: str | None = None
+    instance_id: str | None = None
+    device: str | None = None  # e.g. /dev/xvdf
+    endpoint_url: str | None = None  # another EC2 endpoint (tests: a moto server on 127.0.0.1)
+    # gcp
+    project: str | None = None
+    zone: str | None = None
+    disk: str | None = None
+    instance: str | None = None
+    device_name: str | None = None
+    # all
+    timeout: Duration = timedelta(minutes=30)  # how long a snapshot or a volume may take to be ready
+    initialize: bool = True  # read the brain's blocks once after a cloud restore (volumes load lazily)
+
+    @model_validator(mode="after")
+    def _complete(self) -> "VolumeSettings":
+        needed = {"local": ["path"], "ebs": ["volume_id", "region", "instance_id", "device"],
+                  "gcp": ["project", "zone", "disk", "instance", "device_name"]}[self.provider]
+        missing = [name for name in needed if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"volume provider {self.provider!r} needs {', '.join(missing)}")
+        return self
+
+
 class DrillSettings(_Model):
     """What a drill on this (staging) deployment rehearses, and its targets."""
 
@@ -290,6 +326,7 @@ class Deployment(_Model):
     rollback: RollbackSettings = RollbackSettings()
     upgrade: UpgradeSettings = UpgradeSettings()
     drill: DrillSettings = DrillSettings()
+    volume: VolumeSettings | None = None
     changelog_command: str | None = None  # prints a version's changelog JSON, e.g. "engine releases --changelog {version} --json"
 
     @model_validator(mode="after")
@@ -353,6 +390,8 @@ def _absolute_paths(dep: Deployment, base: Path) -> Deployment:
         "notify": dep.notify.model_copy(
             update={"file": _relative_to(base, dep.notify.file) if dep.notify.file else None}),
     }
+    if dep.volume is not None and dep.volume.path is not None:
+        update["volume"] = dep.volume.model_copy(update={"path": _relative_to(base, dep.volume.path)})
     for name in ("process", "compose"):
         section = getattr(dep, name)
         if section is None:
