@@ -99,6 +99,7 @@ class RestorePoint:
     config_hash: str
     image_digest: str | None = None
     recorded_at: str = field(default_factory=now_iso)
+    volume_snapshot: str | None = None  # a volume-level snapshot of the same moment, when a provider is set
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""

@@ -42,7 +42,7 @@ def root(
 def _register() -> None:
     """Attach the command groups (imported here so `backout --version` stays fast)."""
     from backout.cli import (check, deploy, drill, history, init, rollback, salvage, schema, snapshot,
-                             status, upgrade)
+                             status, upgrade, volume)
 
     app.add_typer(snapshot.app, name="snapshot")
     app.add_typer(schema.app, name="schema", help="Schema stamps and diffs: can an older version read this brain?")
@@ -56,6 +56,7 @@ def _register() -> None:
     app.command("check")(check.check)
     app.add_typer(check.baseline_app, name="baseline")
     app.command("drill")(drill.drill)
+    app.add_typer(volume.app, name="volume")
     app.command("upgrade")(upgrade.upgrade)
     app.command("watch")(upgrade.watch_command)
     app.command("rollback")(rollback.rollback)

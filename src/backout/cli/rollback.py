@@ -143,6 +143,10 @@ def render_plan(plan: Plan) -> list[str]:
     if snap:
         lines.append("  written since " + (", ".join(f"{t} +{n}" for t, n in sorted(rows.items())) or "nothing"))
     lines.append(f"  layer         {'IMAGE only' if d['layer'] == 'image' else 'IMAGE + BRAIN'}: {d['layer_reason']}")
+    volume = d.get("volume")
+    if volume:
+        lines.append(f"  volume        {volume['provider']} snapshot {volume['snapshot']} of {volume['volume'].get('id')} "
+                     "is restored instead of the brain file")
     trial = d.get("trial")
     if trial:
         lines.append(f"  trial boot    {trial['how']}: {trial['reason']} ({trial['seconds']:.1f}s)")

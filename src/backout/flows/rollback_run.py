@@ -35,7 +35,7 @@ from backout.lock import operation_lock
 from backout.notify import Message, Notifier
 from backout.plan import Plan, Step, StepFailed, execute, timeline
 from backout.progress import NO_PROGRESS, Progress
-from backout.runtime.base import Runtime
+from backout.runtime.base import Command, Runtime
 from backout.runtime.compose import ComposeRuntime
 from backout.signals.evals import run_evals
 from backout.signals.health import probe
@@ -115,6 +115,11 @@ class RollbackRun:
     def _restore_step(self) -> Step:
         snap = self.d["snapshot"]
         quarantine = self.target.state_dir / "quarantine"
+        volume = self.d.get("volume")
+        if volume:
+            commands = [Command(c["purpose"], tuple(c["argv"]), tuple(c["env"])) for c in volume["plan"]]
+            return Step("restore", f"Restore the data volume from {volume['provider']} snapshot {volume['snapshot']} "
+                        "(the displaced volume is kept, marked quarantine)", commands, action=self.restore_volume)
         if snap is None:
             return Step("restore", f"Restore the brain: NOT POSSIBLE ({self.d['snapshot_note']})")
         return Step("restore", f"Restore snapshot {snap['id']} (taken {_age(snap['age_seconds'])} before the "
@@ -240,14 +245,36 @@ class RollbackRun:
         return {"quarantine": str(result.quarantine) if result.quarantine else None,
                 "detail": f"restored {snap['id']}; displaced brain in {result.quarantine}"}
 
+    def _brain_in_quarantine(self) -> Path:
+        volume = self.settings.volume
+        if self.facts.get("volume_restore") and volume is not None and volume.path is not None:
+            return self.target.brain.relative_to(volume.path)  # the whole folder was displaced
+        return Path(self.target.brain.name)
+
+    def restore_volume(self) -> dict[str, Any]:
+        """The volume instead of the brain file: the service is already drained, the start step follows."""
+        from backout.volumes import Hooks
+        from backout.volumes.factory import volume_for
+
+        provider = volume_for(self.target)
+        assert provider is not None
+        done = provider.restore(self.d["volume"]["snapshot"], Hooks(lambda: None, lambda: None))
+        local = self.settings.volume is not None and self.settings.volume.provider == "local"
+        return {"volume_restore": done.to_dict(), "quarantine": done.quarantined_volume if local else None,
+                "detail": f"volume {done.new_volume} in place; displaced: {done.quarantined_volume}"
+                          + "".join(f"; {w}" for w in done.warnings)}
+
     def salvage(self) -> dict[str, Any]:
         """Rows written since the snapshot, from the quarantined brain, into the incident folder."""
         quarantine = self.facts.get("quarantine")
+        displaced = (self.facts.get("volume_restore") or {}).get("quarantined_volume")
         if not quarantine:
-            return {"salvage": None, "detail": "there was no brain to displace: nothing to salvage"}
+            why = (f"the displaced volume {displaced} is kept (marked quarantine): attach it and run "
+                   "`backout salvage extract` on its brain" if displaced else "there was no brain to displace")
+            return {"salvage": None, "detail": f"nothing salvaged here: {why}"}
         out = self.folder / "salvage"
         manifest = SnapshotStore(self.target.snapshot_dir).load(self.d["snapshot"]["id"])
-        newer = Path(quarantine) / self.target.brain.name
+        newer = Path(quarantine) / self._brain_in_quarantine()
         if not (out / SUMMARY_FILE).exists():
             try:
                 salvage(manifest.marks(), manifest.created_at, newer, out,

@@ -38,7 +38,7 @@ __all__ = ["UpgradeRun"]
 
 # A failure in these steps leaves the service down or on a version that is not healthy: roll back at once.
 # Before them nothing was stopped; after them the new version serves (the watch window decides).
-_ROLL_BACK_WHEN_FAILING = ("drain", "snapshot-final", "restore-point", "start")
+_ROLL_BACK_WHEN_FAILING = ("drain", "snapshot-final", "volume-snapshot", "restore-point", "start")
 
 
 class UpgradeRun:
@@ -88,6 +88,7 @@ class UpgradeRun:
                  action=self.drain),
             Step("snapshot-final", "Final snapshot of the quiescent brain, verified and pinned: the restore point",
                  files=[str(self.target.brain), snapshots], action=self.snapshot_final),
+            *self._volume_steps(),
             Step("restore-point", f"Record the restore point ({d['from_version']}, final snapshot, schema stamp)",
                  files=[str(deployment_state(self.target.state_dir, self.target.deployment) / "restore-point.json")],
                  action=self.restore_point),
@@ -102,6 +103,13 @@ class UpgradeRun:
                  files=[str(self.target.state_dir / "history.jsonl"), str(watch_state(self.target))],
                  action=self.record),
         ])
+
+    def _volume_steps(self) -> list[Step]:
+        volume = self.settings.volume
+        if volume is None:
+            return []
+        return [Step("volume-snapshot", f"Snapshot the data volume ({volume.provider}) of the quiescent brain, "
+                     "tagged with the deployment, version, restore point and schema head", action=self.volume_snapshot)]
 
     # -- the steps -----------------------------------------------------------------------------
 
@@ -131,12 +139,25 @@ class UpgradeRun:
         snap = self._snapshot(f"restore point before {self.d['to_version']}", pin=True)
         return {"snapshot_final": snap, "detail": f"{snap['id']} in {snap['seconds']:.1f}s (pinned)"}
 
+    def volume_snapshot(self) -> dict[str, Any]:
+        """The volume-level copy of the restore point (the brain is consistent: the service is stopped)."""
+        from backout.volumes.factory import volume_for
+
+        provider = volume_for(self.target)
+        assert provider is not None
+        final = self.facts["snapshot_final"]
+        snap = provider.snapshot({"deployment": self.target.deployment, "version": self.d["from_version"],
+                                  "restore-point": final["id"],
+                                  "schema-head": str(final["schema_stamp"].get("head"))})
+        return {"volume_snapshot": snap.to_dict(), "detail": f"{provider.name} snapshot {snap.id} ({snap.state})"}
+
     def restore_point(self) -> dict[str, Any]:
         """Record the restore point durably (its snapshot is pinned)."""
         snap = self.facts["snapshot_final"]
         digest = self.runtime.image_digest(self.d["from_version"]) if isinstance(self.runtime, ComposeRuntime) else None
+        volume = (self.facts.get("volume_snapshot") or {}).get("id")
         point = RestorePoint(self.target.deployment, self.d["from_version"], snap["id"], snap["schema_stamp"],
-                             config_hash(self.target.config_path), digest)
+                             config_hash(self.target.config_path), digest, volume_snapshot=volume)
         save_restore_point(self.target.state_dir, point)
         return {"restore_point": {"version": point.version, "snapshot_id": point.snapshot_id, "image_digest": digest},
                 "detail": f"{point.version} + {point.snapshot_id}"}
