@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from backout_cli import backout
+from browser import artifacts_dir, chromium_path, run_browser
 from rollback_setup import ENV, init_process
 
 
@@ -32,8 +33,27 @@ def test_the_default_drill_is_green_and_keeps_its_report(tmp_path: Path) -> None
     assert html.parent == tmp_path / ".backout" / "drills" and saved.exists()
     assert "timeline" in html.read_text() and (html.stat().st_mode & 0o077) == 0
     assert not Path(result["staging_folder"]).exists()  # the drill cleans up after itself
+    incident = Path(result["incident"])  # ... keeping the incident beside the report
+    assert incident.parent == html.parent and (incident / "postmortem.md").exists()
     listed = json.loads(backout("drill", "--history", "--json", cwd=tmp_path).stdout)
     assert [r["id"] for r in listed] == [result["id"]] and listed[0]["passed"]
+    status = backout("status", "--brain", str(tmp_path / "none.sqlite"), cwd=tmp_path)
+    assert "last drill" in status.stdout and "ago" in status.stdout
+
+
+@pytest.mark.browser
+def test_a_real_drill_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+    chromium = chromium_path()
+    code, result = _drill(tmp_path, "--break", "eval")
+    assert code == 0, result["checks"]
+    url = Path(result["report"]["html"]).resolve().as_uri()
+    dom = run_browser(chromium, tmp_path / "profile-dom", "--dump-dom", url)
+    for element_id in ("timeline", "errors-chart", "latency-chart", "trend-chart"):
+        assert f'id="{element_id}"' in dom.stdout, element_id
+    assert "switch" in dom.stdout and "detected" in dom.stdout and "recovered" in dom.stdout
+    png = artifacts_dir() / "drill-real.png"
+    shot = run_browser(chromium, tmp_path / "profile-shot", f"--screenshot={png}", url)
+    assert shot.returncode == 0 and png.stat().st_size > 20_000
 
 
 def test_a_drill_whose_rollback_is_killed_ends_red_and_says_where(tmp_path: Path) -> None:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import shutil
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from browser import artifacts_dir, chromium_path, run_browser
 from markupsafe import escape
 
 from backout.report import (
@@ -276,45 +275,21 @@ def test_render_terminal(result: dict[str, Any], history: list[dict[str, Any]]) 
 # -- a real browser ------------------------------------------------------------------------------
 
 
-def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    message = ("no chromium or chromium-browser on PATH (apt-get install --no-install-recommends "
-               "chromium; scripts/install-system-packages.sh)")
-    if os.environ.get("BACKOUT_REQUIRE_BROWSER") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def _artifacts() -> Path:
-    folder = Path(os.environ.get("BACKOUT_ARTIFACTS") or REPO / "test-artifacts")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def _browser(chromium: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-           "--no-first-run", "--no-default-browser-check", f"--user-data-dir={profile}",
-           "--window-size=1280,2400", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-
-
 @pytest.mark.browser
 def test_page_renders_in_headless_chromium(tmp_path: Path, result: dict[str, Any],
                                            history: list[dict[str, Any]]) -> None:
-    chromium = _chromium()
+    chromium = chromium_path()
     _, html_path = write_report(tmp_path / "drills", result, history)
     url = html_path.resolve().as_uri()
-    dom = _browser(chromium, tmp_path / "profile-dom", "--dump-dom", url)
+    dom = run_browser(chromium, tmp_path / "profile-dom", "--dump-dom", url)
     assert dom.returncode == 0, dom.stderr[-2000:]
     for element_id in SVG_IDS:
         assert re.search(rf'<svg[^>]*\bid="{element_id}"', dom.stdout), element_id
     for element_id in ("checks", "rows"):
         assert f'id="{element_id}"' in dom.stdout
-    png = _artifacts() / "drill-report.png"
+    png = artifacts_dir() / "drill-report.png"
     png.unlink(missing_ok=True)
-    shot = _browser(chromium, tmp_path / "profile-shot", f"--screenshot={png}", url)
+    shot = run_browser(chromium, tmp_path / "profile-shot", f"--screenshot={png}", url)
     assert shot.returncode == 0, shot.stderr[-2000:]
     assert png.exists() and png.stat().st_size > 20_000, shot.stderr[-2000:]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

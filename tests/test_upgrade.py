@@ -181,3 +181,25 @@ def test_a_stale_rollback_is_not_resumed_blindly(config: Path) -> None:
     out = backout("rollback", "--abandon", "--yes", *cfg, env=ENV)
     assert out.returncode == 0 and "set aside" in out.stdout
     assert backout_json("status", *cfg, env=ENV)["pending_rollback"] is None
+
+
+def test_ctrl_c_stops_watching_and_backout_watch_resumes(config: Path) -> None:
+    import signal
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKOUT_")} | ENV
+    child = subprocess.Popen([sys.executable, "-m", "backout", "upgrade", "2.4.0", "--yes", "--json", "--watch", "8s",
+                              *_cfg(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    for line in child.stdout:
+        if '"event": "check"' in line:
+            break
+    child.send_signal(signal.SIGINT)
+    assert child.wait(60) == 130
+    assert "backout watch" in (child.stderr.read() if child.stderr else "")
+    status = backout_json("status", *_cfg(config), env=ENV)
+    assert status["running"]["version"] == "2.4.0" and status["health"]["ok"]  # nothing was touched
+    out = backout("watch", "--json", *_cfg(config), env=ENV, timeout=120)
+    assert out.returncode == 0 and json.loads(out.stdout.splitlines()[-1])["outcome"] == "promoted"
+    out = backout("watch", *_cfg(config), env=ENV)
+    assert out.returncode == 2 and "no upgrade" in out.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any, Callable
 from backout.flows.drill import Drill, DrillFailed
 from backout.flows.drill_checks import drill_checks, table_rows
 from backout.flows.drill_setup import Staging
+from backout.fsutil import ensure_private_dir
 from backout.report import load_history, slowest_phases, write_report
 
 __all__ = ["run_drill", "drills_folder"]
@@ -66,6 +68,7 @@ def run_drill(staging: Staging, mode: str, on_phase: Callable[[dict[str, Any]], 
     loss = sum(r["lost"] for r in tables) if tables else None
     result = _result(drill, rollback, tables, checks, passed, loss)
     folder = drills_folder(staging)
+    _keep_incident(result, staging, folder)
     history = load_history(folder)
     result["slowest"] = slowest_phases(result, history)
     json_path, html_path = write_report(folder, result, history)
@@ -97,6 +100,18 @@ def _result(drill: Drill, rollback: dict[str, Any] | None, tables: list[dict[str
         "incident": (rollback or {}).get("incident_folder"), "failure": drill.failure,
         "total_seconds": round(time.time() - drill.started, 3),
     }
+
+
+def _keep_incident(result: dict[str, Any], staging: Staging, folder: Path) -> None:
+    """A self-contained drill's folder goes away: its incident (postmortem, evidence, salvage) is kept beside
+    the report."""
+    incident = result.get("incident")
+    if staging.temporary is None or not incident or not Path(incident).is_dir():
+        return
+    ensure_private_dir(folder)
+    kept = folder / f"drill-{result['id']}-incident"
+    shutil.copytree(incident, kept, dirs_exist_ok=True)
+    result["incident"] = str(kept)
 
 
 def _next_steps(staging: Staging, exc: DrillFailed) -> list[str]:
