@@ -101,10 +101,10 @@ def _choose_target(target: Target, req: RollbackRequest, bad: str | None) -> tup
     if req.to_version:
         same = point is not None and point.version == req.to_version
         return req.to_version, "asked for with --to", req.snapshot_id or (point.snapshot_id if same and point else None)
-    if point is not None and point.version != bad:
-        return point.version, f"the restore point recorded {point.recorded_at}", req.snapshot_id or point.snapshot_id
     previous = _previous_version(target, bad)
-    if previous:
+    if point is not None and point.version != bad and previous in (None, point.version):
+        return point.version, f"the restore point recorded {point.recorded_at}", req.snapshot_id or point.snapshot_id
+    if previous:  # a later switch than the upgrade that recorded the restore point: go back one step
         return previous, "from the history: it ran before the current one", req.snapshot_id
     raise BackoutError(f"no restore point and no earlier version of {target.deployment} in the history: "
                        "pass --to VERSION", EXIT_USAGE)

@@ -1,0 +1,319 @@
+"""GCP persistent disks (backout.volumes.gcp) against a RECORDED EXCHANGE of the Compute Engine REST API.
+
+This is neither the live API nor an emulator: Compute Engine has no local server, so (the one exception
+DESIGN.md Principle 4 allows) each test replays a recording, tests/recordings/gcp/<name>.json, written by
+hand from the Compute Engine REST v1 reference: the requests backout must make, in order (method, path,
+selected query and body fields), and the answers the API gives (status and JSON body: disks with `users`,
+instances with `disks[].deviceName`, operations that end `DONE` or with an `error`, snapshots that go
+CREATING -> UPLOADING -> READY, 403/404/400 error bodies). A replay HTTP server on 127.0.0.1 answers
+each request with the next recorded response, and fails the test with a diff when a request does not
+match, or when the recording was not played to its end. The real google-cloud-compute client (REST
+transport, anonymous credentials) talks to it through `api_endpoint`.
+
+What it proves: backout sends the right calls with the right names, labels, zone and device name, in the
+right order (snapshot then wait then poll; create, stop, detach, label quarantine, attach, start; the old
+disk put back when the attach fails), never deletes anything, and turns the answers, including errors,
+into the right results and messages.
+What it does not prove: that the real API still answers this way today, that the permissions and
+labels are accepted by a real project, how long real operations take, or anything about the data on the
+disks. Those need a run against a real project (`backout volume snapshot` on a staging VM).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+from google.auth.credentials import AnonymousCredentials
+
+from backout.config import VolumeSettings
+from backout.errors import EXIT_USAGE
+from backout.volumes import Hooks, VolumeError
+from backout.volumes.gcp import GcpVolume, label_value, labels_for, resource_name
+
+RECORDINGS = Path(__file__).parent / "recordings" / "gcp"
+NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
+SNAP = "backout-engine-20250301-120000"
+OLD_SNAP = "backout-engine-20250214-093000"
+NEW = "engine-brain-r20250301-120000"
+TAGS = {"version": "2.3.1", "restore-point": "20250301T115955Z-1a2b", "schema-head": "0007_learning_signals"}
+
+
+# -- the replay server ----------------------------------------------------------------------------
+
+
+class Replay(ThreadingHTTPServer):
+    """Answers each request with the next recorded response; records mismatches with a diff."""
+
+    def __init__(self, exchanges: list[dict[str, Any]]) -> None:
+        super().__init__(("127.0.0.1", 0), _ReplayHandler)
+        self.exchanges = exchanges
+        self.position = 0
+        self.used: set[int] = set()
+        self.events: list[str] = []  # "GET /path" for each request, "hook: ..." for each callback
+        self.mismatches: list[str] = []
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        """The endpoint to give the client."""
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def answer(self, actual: dict[str, Any]) -> tuple[int, Any]:
+        """The recorded response for this request, or a 500 and a recorded mismatch."""
+        with self.lock:
+            self.events.append(f"{actual['method']} {actual['path']}")
+            while self.position < len(self.exchanges):
+                entry = self.exchanges[self.position]
+                expected = entry["request"]
+                if _view(expected, actual) == _expected_view(expected):
+                    self.used.add(self.position)
+                    self.position += 0 if entry.get("repeat") else 1
+                    return entry["response"]["status"], entry["response"]["body"]
+                if entry.get("repeat") and self.position in self.used:
+                    self.position += 1  # a repeated answer ends at the first request that is not its own
+                    continue
+                self.mismatches.append(_diff(self.position, expected, actual))
+                return 500, {"error": {"code": 500, "message": "replay: request does not match the recording"}}
+            self.mismatches.append(f"request after the end of the recording: {actual['method']} {actual['path']}")
+            return 500, {"error": {"code": 500, "message": "replay: the recording has ended"}}
+
+    def report(self) -> str:
+        """Every mismatch, with its diff."""
+        return "\n\n".join(self.mismatches)
+
+    def assert_complete(self) -> None:
+        """No mismatch, and every recorded request was made."""
+        if self.mismatches:
+            raise AssertionError(self.report())
+        left = [i for i in range(self.position, len(self.exchanges))
+                if not (self.exchanges[i].get("repeat") and i in self.used)]
+        if left:
+            raise AssertionError("recorded requests never made: " + ", ".join(
+                f"#{i} {self.exchanges[i]['request']['method']} {self.exchanges[i]['request']['path']}"
+                for i in left))
+
+
+def _expected_view(expected: dict[str, Any]) -> dict[str, Any]:
+    return {"method": expected["method"], "path": expected["path"], "query": expected.get("query", {}),
+            "body": expected.get("body", {})}
+
+
+def _view(expected: dict[str, Any], actual: dict[str, Any]) -> dict[str, Any]:
+    """The actual request, cut to the fields the recording checks."""
+    return {"method": actual["method"], "path": actual["path"],
+            "query": {k: actual["query"].get(k) for k in expected.get("query", {})},
+            "body": {k: (actual["body"] or {}).get(k) for k in expected.get("body", {})}}
+
+
+def _diff(position: int, expected: dict[str, Any], actual: dict[str, Any]) -> str:
+    want = json.dumps(_expected_view(expected), indent=2, sort_keys=True).splitlines()
+    got = json.dumps(_view(expected, actual), indent=2, sort_keys=True).splitlines()
+    lines = difflib.unified_diff(want, got, f"recorded request #{position}", "actual request", lineterm="")
+    return "\n".join(lines)
+
+
+class _ReplayHandler(BaseHTTPRequestHandler):
+    server: Replay
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._replay()
+
+    def do_POST(self) -> None:
+        self._replay()
+
+    def do_DELETE(self) -> None:
+        self._replay()  # never recorded: backout deletes nothing, so this is always a mismatch
+
+    def _replay(self) -> None:
+        size = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(size) if size else b""
+        url = urlsplit(self.path)
+        actual = {"method": self.command, "path": url.path, "query": dict(parse_qsl(url.query)),
+                  "body": json.loads(raw) if raw else None}
+        status, body = self.server.answer(actual)
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@contextmanager
+def replaying(name: str) -> Iterator[Replay]:
+    """Serve tests/recordings/gcp/<name>.json on 127.0.0.1; at the end, all of it must have been played."""
+    recording = json.loads((RECORDINGS / f"{name}.json").read_text(encoding="utf-8"))
+    server = Replay(recording["exchanges"])
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    except Exception as exc:
+        if server.mismatches:
+            raise AssertionError(server.report()) from exc
+        raise
+    finally:
+        server.shutdown()
+        server.server_close()
+    server.assert_complete()
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def gcp_volume(server: Replay, state_dir: Path, progress: list[str] | None = None, **settings: Any) -> GcpVolume:
+    """The provider as the factory makes it, pointed at the replay server with anonymous credentials."""
+    fields: dict[str, Any] = {"provider": "gcp", "project": "acme-prod", "zone": "us-central1-a",
+                              "disk": "engine-brain", "instance": "engine-vm-1", "device_name": "brain"}
+    messages = progress if progress is not None else []
+    return GcpVolume(VolumeSettings(**(fields | settings)), "engine", state_dir, endpoint=server.url,
+                     credentials=AnonymousCredentials(), progress=messages.append, now=lambda: NOW,
+                     poll_seconds=0.01)
+
+
+def hooks_for(server: Replay) -> Hooks:
+    """Callbacks that note themselves among the requests, so their order can be checked."""
+    return Hooks(stop_service=lambda: server.events.append("hook: stop_service"),
+                 start_service=lambda: server.events.append("hook: start_service"))
+
+
+# -- the full cycle -------------------------------------------------------------------------------
+
+
+def test_snapshot_then_restore_swaps_disks_and_keeps_the_old_one(tmp_path: Path) -> None:
+    progress: list[str] = []
+    with replaying("cycle") as server:
+        volume = gcp_volume(server, tmp_path, progress)
+        facts = volume.describe()
+        assert facts["id"] == "engine-brain" and facts["zone"] == "us-central1-a"
+        assert (facts["device_name"], facts["attached"], facts["size_gb"]) == ("brain", True, 20)
+        assert facts["users"] == ["engine-vm-1"] and facts["type"] == "pd-balanced"
+
+        snap = volume.snapshot(TAGS)
+        assert (snap.id, snap.state, snap.volume, snap.provider) == (SNAP, "completed", "engine-brain", "gcp")
+        assert snap.tags == {**TAGS, "deployment": "engine"}  # exact, though the labels are sanitised
+        assert snap.created_at == "2025-03-01T12:00:00.518000+00:00" and snap.size_bytes == 20 * 1024**3
+        assert any("uploading" in line for line in progress) and progress[-1].endswith("ready")
+
+        listed = volume.snapshots("engine")
+        assert [s.id for s in listed] == [SNAP, OLD_SNAP]  # newest first
+        assert listed[1].tags["restore-point"] == "20250214T092955Z-9f8e"
+
+        plan = [c.argv for c in volume.plan_restore(SNAP)]
+        assert plan[0] == ("gcloud", "compute", "disks", "create", NEW, f"--source-snapshot={SNAP}",
+                           "--type=pd-balanced", "--size=20GB", "--zone=us-central1-a", "--project=acme-prod")
+        assert plan[4] == ("gcloud", "compute", "instances", "attach-disk", "engine-vm-1", f"--disk={NEW}",
+                           "--device-name=brain", "--zone=us-central1-a", "--project=acme-prod")
+        assert [argv[:4] for argv in plan] == [
+            ("gcloud", "compute", "disks", "create"), ("backout", "stop", "--deployment=engine", "--yes"),
+            ("gcloud", "compute", "instances", "detach-disk"), ("gcloud", "compute", "disks", "add-labels"),
+            ("gcloud", "compute", "instances", "attach-disk"), ("backout", "switch", "<version>", "--deployment=engine")]
+
+        done = volume.restore(SNAP, hooks_for(server))
+        assert (done.snapshot_id, done.new_volume, done.quarantined_volume) == (SNAP, NEW, "engine-brain")
+        assert any("first read" in w for w in done.warnings)
+
+        after = volume.describe()  # the state folder remembers the disk now in place
+        assert (after["id"], after["device_name"]) == (NEW, "brain")
+
+    events = server.events
+    stop, start = events.index("hook: stop_service"), events.index("hook: start_service")
+    create = events.index("POST /compute/v1/projects/acme-prod/zones/us-central1-a/disks")
+    detach = events.index("POST /compute/v1/projects/acme-prod/zones/us-central1-a/instances/engine-vm-1/detachDisk")
+    attach = events.index("POST /compute/v1/projects/acme-prod/zones/us-central1-a/instances/engine-vm-1/attachDisk")
+    assert create < stop < detach < attach < start  # the service is down only for the swap
+    assert not any(e.startswith("DELETE") for e in events)
+    state = tmp_path / "deployments" / "engine" / "volume-gcp.json"
+    assert json.loads(state.read_text())["disk"] == NEW and state.stat().st_mode & 0o777 == 0o600
+
+
+# -- failures -------------------------------------------------------------------------------------
+
+
+def test_snapshot_still_pending_at_the_timeout_is_reported_not_deleted(tmp_path: Path) -> None:
+    with replaying("snapshot_pending") as server:
+        volume = gcp_volume(server, tmp_path, timeout=timedelta(milliseconds=300))
+        with pytest.raises(VolumeError) as caught:
+            volume.snapshot(TAGS)
+    message = str(caught.value)
+    assert f"snapshot {SNAP} is still pending (CREATING)" in message and "not deleted" in message
+    assert f"gcloud compute snapshots describe {SNAP} --project=acme-prod" in message
+
+
+def test_attach_failure_puts_the_old_disk_back_and_starts_the_service(tmp_path: Path) -> None:
+    with replaying("attach_failure") as server:
+        volume = gcp_volume(server, tmp_path)
+        with pytest.raises(VolumeError) as caught:
+            volume.restore(OLD_SNAP, hooks_for(server))
+    message = str(caught.value)
+    assert "is not ready" in message and "old disk engine-brain is attached again" in message
+    assert f"new disk {NEW} is kept" in message and not message.startswith("wrong zone")
+    hooks = [e for e in server.events if e.startswith("hook:")]
+    assert hooks == ["hook: stop_service", "hook: start_service"]
+    assert server.events[-1] == "hook: start_service"  # after the old disk is back
+    assert not (tmp_path / "deployments" / "engine" / "volume-gcp.json").exists()
+
+
+def test_disk_in_another_zone_is_reported_as_wrong_zone(tmp_path: Path) -> None:
+    with replaying("wrong_zone") as server:
+        with pytest.raises(VolumeError) as caught:
+            gcp_volume(server, tmp_path).describe()
+    assert caught.value.exit_code == EXIT_USAGE
+    assert str(caught.value).startswith("wrong zone: disk engine-brain is in zone us-central1-b, not us-central1-a")
+
+
+def test_a_region_given_as_zone_is_reported_as_wrong_zone(tmp_path: Path) -> None:
+    with replaying("bad_zone") as server:
+        with pytest.raises(VolumeError) as caught:
+            gcp_volume(server, tmp_path, zone="us-central1").describe()
+    assert caught.value.exit_code == EXIT_USAGE
+    assert str(caught.value).startswith("wrong zone:") and "Unknown zone" in str(caught.value)
+
+
+def test_missing_permission_is_named_and_a_failed_detach_restarts_the_service(tmp_path: Path) -> None:
+    with replaying("missing_permission") as server:
+        volume = gcp_volume(server, tmp_path)
+        with pytest.raises(VolumeError) as snapshot_denied:
+            volume.snapshot(TAGS)
+        with pytest.raises(VolumeError) as detach_denied:
+            volume.restore(SNAP, hooks_for(server))
+    assert str(snapshot_denied.value).startswith(
+        "missing permission: compute.disks.createSnapshot (the service account backout runs as needs it)")
+    assert str(detach_denied.value).startswith("missing permission: compute.instances.detachDisk")
+    assert [e for e in server.events if e.startswith("hook:")] == ["hook: stop_service", "hook: start_service"]
+    assert "127.0.0.1" not in str(snapshot_denied.value)  # the server's words, not the request line
+
+
+def test_a_request_off_the_recording_fails_with_a_diff(tmp_path: Path) -> None:
+    with pytest.raises(AssertionError) as caught:
+        with replaying("bad_zone") as server:
+            with pytest.raises(VolumeError):
+                gcp_volume(server, tmp_path, zone="us-central1-f").describe()
+    assert "-  \"path\": \"/compute/v1/projects/acme-prod/zones/us-central1/disks/engine-brain\"" in str(caught.value)
+    assert "+  \"path\": \"/compute/v1/projects/acme-prod/zones/us-central1-f/disks/engine-brain\"" in str(caught.value)
+
+
+# -- names and labels (pure functions) ------------------------------------------------------------
+
+
+def test_labels_and_names_follow_gcp_rules() -> None:
+    labels = labels_for("Engine Prod", {"version": "2.4.0-RC1", "restore_point": "X" * 80})
+    assert labels == {"backout-version": "2-4-0-rc1", "backout-restore-point": "x" * 63,
+                      "backout-deployment": "engine-prod"}
+    assert label_value("Ünïcode/é") == "-n-code--"
+    name = resource_name("backout-" + "Very_Long_Deployment_" * 5, "20250301-120000")
+    assert len(name) <= 63 and name.endswith("-20250301-120000") and name[0].isalpha()
+    assert resource_name("9lives", "r1") == "b-9lives-r1"
