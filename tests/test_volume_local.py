@@ -18,9 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
-from backout.config import VolumeSettings
+from backout.config import VolumeSettings, resolve_target
 from backout.errors import EXIT_ENVIRONMENT, EXIT_REFUSED, EXIT_USAGE
 from backout.volumes import Hooks, VolumeError
+from backout.volumes.factory import volume_for
 from backout.volumes.local import LocalVolume
 
 CHILD = Path(__file__).with_name("volume_child.py")
@@ -122,7 +123,8 @@ def test_snapshot_then_restore_with_the_engine_running_on_the_volume(start_engin
     _turns(eng, "bad-window", 2)
     calls: list[str] = []
 
-    def stop() -> None:
+    def stop() -> None:  # the snapshot is staged (verified) before the service stops: downtime is the swap
+        assert len(list(folder.parent.glob(f".vol.restore-{snap.id}.tmp"))) == 1
         calls.append("stop")
         assert eng.stop() == 0
 
@@ -132,7 +134,7 @@ def test_snapshot_then_restore_with_the_engine_running_on_the_volume(start_engin
         eng.wait_healthy()
 
     plan = volume.plan_restore(snap.id)
-    assert [c.argv[0] for c in plan] == ["<runtime>", "cp", "mv", "mv", "<runtime>"]
+    assert [c.argv[0] for c in plan] == ["cp", "<runtime>", "mv", "mv", "<runtime>"]
     assert plan[2].argv[2] == str(folder)
     result = volume.restore(snap.id, Hooks(stop, start))
 
@@ -306,3 +308,15 @@ def test_disk_full_in_the_middle_of_a_copy_removes_the_partial_snapshot(tmp_path
     error = json.loads(out.stdout)["error"]
     assert "no space left" in error and "partial snapshot" in error and "was removed" in error
     assert list((state / "volume-snapshots").iterdir()) == []
+
+
+def test_the_factory_builds_the_configured_provider(tmp_path: Path) -> None:
+    config = tmp_path / "backout.toml"
+    config.write_text('state_dir = "state"\n[deployments.engine]\nbrain = "vol/brain.sqlite"\n')
+    assert volume_for(resolve_target(config)) is None
+    config.write_text('state_dir = "state"\n[deployments.engine]\nbrain = "vol/brain.sqlite"\n'
+                      '[deployments.engine.volume]\nprovider = "local"\npath = "vol"\n')
+    provider = volume_for(resolve_target(config))
+    assert isinstance(provider, LocalVolume)
+    assert provider.path == tmp_path / "vol" and provider.root == tmp_path / "state" / "volume-snapshots"
+    assert provider.describe()["exists"] is False

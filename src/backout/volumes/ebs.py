@@ -5,7 +5,8 @@ detached and tagged `backout:quarantine` (never deleted).
 Restore order, journaled in <state>/journals/ebs-restore-<key>.json (re-running the same restore
 after a crash reuses the volume it created and skips what is done):
   check    snapshot completed, volume and instance found, in one zone (before anything changes)
-  create   a volume from the snapshot in the current volume's zone, same type; wait `available`
+  create   a volume from the snapshot in the current volume's zone, same type, tagged with a token
+           kept in the journal (a crash right after the call finds it again); wait `available`
   stop     hooks.stop_service()
   detach   the old volume; wait `available`
   tag      the old volume backout:quarantine=<time>, backout:replaced-by=<new>
@@ -23,6 +24,7 @@ import hashlib
 import logging
 import os
 import re
+import secrets
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -110,12 +112,13 @@ class EbsVolume(VolumeProvider):
         try:
             return getattr(self.client, operation)(**kwargs)
         except ClientError as exc:
-            raise self._error(exc, subject) from None
+            error = self._error(exc, subject)
         except NoCredentialsError:
-            raise VolumeError("no AWS credentials in backout's environment: set AWS_PROFILE, or AWS_ACCESS_KEY_ID "
-                              "and AWS_SECRET_ACCESS_KEY, or run where an instance role applies") from None
+            error = VolumeError("no AWS credentials in backout's environment: set AWS_PROFILE, or AWS_ACCESS_KEY_ID "
+                                "and AWS_SECRET_ACCESS_KEY, or run where an instance role applies")
         except BotoCoreError as exc:
-            raise VolumeError(f"cannot reach EC2 in {self.settings.region} for {subject}: {_redact(str(exc))}") from None
+            error = VolumeError(f"cannot reach EC2 in {self.settings.region} for {subject}: {_redact(str(exc))}")
+        raise error  # outside the handler: the AWS exception (and what it quotes) is not chained to it
 
     def _error(self, exc: Any, subject: str) -> VolumeError:
         error = exc.response.get("Error", {})
@@ -322,7 +325,7 @@ class EbsVolume(VolumeProvider):
         result = VolumeRestore(snapshot_id, "", facts["old"])
         if not journal.done("create"):
             fault_point("before:ebs-create")
-            journal.mark("create", new=self._create(snapshot_id, facts, hooks))
+            journal.mark("create", new=self._create(snapshot_id, journal, hooks))
             result.steps.append("create")
         new = str(facts["new"])
         result.new_volume = new
@@ -343,17 +346,27 @@ class EbsVolume(VolumeProvider):
         result.warnings += self._warnings(facts["old"], new)
         return result
 
-    def _create(self, snapshot_id: str, facts: dict[str, Any], hooks: Hooks) -> str:
+    def _create(self, snapshot_id: str, journal: Journal, hooks: Hooks) -> str:
+        """A volume from the snapshot in the old one's zone; a crash right after the call finds it by its token."""
+        facts = journal.facts
+        if "token" not in facts:
+            journal.remember(token=secrets.token_hex(16))
+        token = str(facts["token"])
+        made = self._call("describe_volumes", f"volumes from {snapshot_id}",
+                          Filters=[{"Name": f"tag:{PREFIX}restore-token", "Values": [token]}])["Volumes"]
+        if made:
+            return str(made[0]["VolumeId"])
         extra: dict[str, Any] = {}
         if facts.get("volume_type") in ("io1", "io2", "gp3") and facts.get("iops"):
             extra["Iops"] = facts["iops"]
         if facts.get("volume_type") == "gp3" and facts.get("throughput"):
             extra["Throughput"] = facts["throughput"]
+        tags = aws_tags({**self._new_tags(snapshot_id), "restore-token": token})
         created = self._call("create_volume", f"a volume from {snapshot_id} in {facts['zone']}",
-                             SnapshotId=snapshot_id, AvailabilityZone=facts["zone"],
+                             SnapshotId=snapshot_id, AvailabilityZone=facts["zone"], ClientToken=token,
                              VolumeType=facts.get("volume_type") or "gp3", **extra,
-                             TagSpecifications=[{"ResourceType": "volume",
-                                                 "Tags": aws_tags(self._new_tags(snapshot_id))}])
+                             TagSpecifications=[{"ResourceType": "volume", "Tags": tags}])
+        fault_point("inside:ebs-create")
         hooks.progress(f"created {created['VolumeId']} from {snapshot_id} in {facts['zone']}")
         return str(created["VolumeId"])
 
@@ -426,7 +439,8 @@ class EbsVolume(VolumeProvider):
         except VolumeError:
             return  # gone: nothing holds the device
         if volume.get("Attachments"):
-            self._call("detach_volume", f"volume {new}", VolumeId=new, Force=True)
+            self._call("detach_volume", f"volume {new}", VolumeId=new, InstanceId=self.settings.instance_id,
+                       Device=self.settings.device, Force=True)
             self._wait_volume(new, "available", hooks)
 
     def _mark_failed(self, new: str) -> None:

@@ -8,10 +8,13 @@ written last: a folder without it is an interrupted snapshot and is not listed.
 
 Restore order, journaled in <state>/journals/volume-restore-<key>.json (re-running the same restore
 after a crash finishes it):
-  verify  every file of the snapshot against its manifest, before anything is stopped
-  stop    hooks.stop_service()
+  verify  every file of the snapshot against its manifest, and the free space, before anything
+          is stopped
   stage   copy the snapshot beside the directory (<parent>/.<name>.restore-<id>.tmp, the same
-          filesystem), give it the recorded modes and owners, verify it, note its inode
+          filesystem), give it the recorded modes and owners, verify it, note its inode. The
+          service still runs meanwhile: the copy is of the snapshot, not of the live data, so the
+          downtime is only the renames below, however large the volume
+  stop    hooks.stop_service()
   swap    renameat2(RENAME_EXCHANGE) of the staged copy and the directory: one atomic step, so
           the path holds the old or the new directory and never neither; then the displaced one
           (now under the staging name) is renamed to <path>.quarantine-<time>. On a filesystem
@@ -47,8 +50,8 @@ from backout.fsutil import atomic_write_json, describe_os_error, ensure_private_
 from backout.journal import Journal, fault_point
 from backout.runtime.base import Command
 from backout.volumes.base import Hooks, VolumeError, VolumeProvider, VolumeRestore, VolumeSnapshot
-from backout.volumes.tree import (Entry, apply_owners, can_reflink, copy_tree, exchange, file_bytes,
-                                  is_mount_point, scan_tree, verify_tree)
+from backout.volumes.tree import (Entry, SourceChanged, apply_owners, can_reflink, copy_tree, exchange,
+                                  file_bytes, is_mount_point, scan_tree, verify_tree)
 
 __all__ = ["LocalVolume", "STOP_SERVICE", "START_SERVICE"]
 
@@ -150,6 +153,11 @@ class LocalVolume(VolumeProvider):
         self.progress(f"snapshot {snapshot_id}: copying {file_bytes(entries) // 2**20} MiB from {self.path}")
         try:
             copied = copy_tree(self.path, folder / "data", entries)
+        except SourceChanged as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise VolumeError(f"snapshot of {self.path} failed: {exc.strerror}; drain the service (or checkpoint "
+                              f"its WAL with writers stopped) before a volume snapshot; the partial snapshot "
+                              f"{folder} was removed", EXIT_REFUSED) from None
         except OSError as exc:
             shutil.rmtree(folder, ignore_errors=True)  # our partial copy, never a snapshot: no manifest yet
             raise VolumeError(f"snapshot of {self.path} failed: {describe_os_error(exc, folder)}; the partial "
@@ -171,7 +179,7 @@ class LocalVolume(VolumeProvider):
             if what == "snapshot":
                 shutil.rmtree(folder, ignore_errors=True)  # the empty folder just made
             raise VolumeError(f"not enough space for the {what}: {need // 2**20} MiB needed, {free // 2**20} MiB "
-                              f"free in {folder.parent}; free space there first", EXIT_ENVIRONMENT)
+                              f"free in {folder}; free space there first", EXIT_ENVIRONMENT)
 
     def _manifest(self, snapshot_id: str, tags: dict[str, str], entries: list[Entry], skipped: list[str],
                   seconds: float) -> dict[str, Any]:
@@ -205,7 +213,7 @@ class LocalVolume(VolumeProvider):
         return candidate
 
     def plan_restore(self, snapshot_id: str) -> list[Command]:
-        """Stop, stage a copy beside the directory, move the directory to quarantine, the copy in, start."""
+        """Stage a copy beside the directory, stop, move the directory to quarantine and the copy in, start."""
         self.manifest(snapshot_id)
         contents = is_mount_point(self.path)
         data = self.snapshot_dir(snapshot_id) / "data"
@@ -226,17 +234,15 @@ class LocalVolume(VolumeProvider):
                             ("mv", "-T", str(self.path), str(quarantine))),
                     Command("put the staged copy in place (one atomic renameat2 exchange where the filesystem can)",
                             ("mv", "-T", str(staged), str(self.path)))]
-        return [STOP_SERVICE, stage, *swap, START_SERVICE]
+        return [stage, STOP_SERVICE, *swap, START_SERVICE]
 
     def restore(self, snapshot_id: str, hooks: Hooks) -> VolumeRestore:
-        """Verify, stop, stage, swap (the displaced directory to quarantine), start; re-run after a crash."""
+        """Verify, stage, stop, swap (the displaced directory to quarantine), start; re-run after a crash."""
         manifest = self.manifest(snapshot_id)
         journal = self._journal(snapshot_id)
         try:
             if not journal.done("stage"):
                 self._preflight(manifest)
-            hooks.progress(f"stopping the service to restore {self.path} from {snapshot_id}")
-            hooks.stop_service()
             result = self._run(manifest, journal, hooks)
         except OSError as exc:
             _drop_if_untouched(journal)
@@ -284,11 +290,14 @@ class LocalVolume(VolumeProvider):
         snapshot_id = manifest["id"]
         result = VolumeRestore(snapshot_id, str(self.path), None)
         actions: dict[str, Callable[[], dict[str, Any]]] = {
-            "stage": lambda: self._stage(manifest, result, hooks),
+            "stage": lambda: self._stage(manifest, hooks),
             "swap": lambda: self._swap(snapshot_id, journal),
             "record": lambda: self._record(snapshot_id, journal),
         }
         for step in _STEPS:
+            if step == "swap":  # every run: a resumed one finds the service stopped, or stops it again
+                hooks.progress(f"stopping the service to put {snapshot_id} in place of {self.path}")
+                hooks.stop_service()
             if journal.done(step):
                 continue
             fault_point(f"before:volume-{step}")
@@ -300,7 +309,7 @@ class LocalVolume(VolumeProvider):
         result.warnings += journal.facts.get("owner_problems", [])
         return result
 
-    def _stage(self, manifest: dict[str, Any], result: VolumeRestore, hooks: Hooks) -> dict[str, Any]:
+    def _stage(self, manifest: dict[str, Any], hooks: Hooks) -> dict[str, Any]:
         """Copy the snapshot beside the directory, with the recorded modes and owners, and verify the copy."""
         contents = is_mount_point(self.path)
         entries = [Entry.from_dict(e) for e in manifest["entries"]]
@@ -308,10 +317,15 @@ class LocalVolume(VolumeProvider):
         if staged.exists():
             shutil.rmtree(staged)  # an interrupted staging (not marked done): our own partial copy
         hooks.progress(f"staging {manifest['id']} ({manifest['size_bytes'] // 2**20} MiB) at {staged}")
-        copy_tree(self.snapshot_dir(manifest["id"]) / "data", staged, entries)
-        owner_problems = apply_owners(staged, entries, with_root=not contents)
-        problems = verify_tree(staged, [e for e in entries if e.path != "."])
+        try:
+            copy_tree(self.snapshot_dir(manifest["id"]) / "data", staged, entries)
+            owner_problems = apply_owners(staged, entries, with_root=not contents)
+            problems = verify_tree(staged, [e for e in entries if e.path != "."])
+        except OSError:
+            shutil.rmtree(staged, ignore_errors=True)  # our partial copy (disk full...); the volume is untouched
+            raise
         if problems:
+            shutil.rmtree(staged, ignore_errors=True)
             raise VolumeError(f"the staged copy of {manifest['id']} does not match its manifest ({problems[0]}); "
                               "disk trouble? nothing was swapped", EXIT_ENVIRONMENT)
         fsync_dir(staged.parent)

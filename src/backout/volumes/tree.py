@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from backout.fsutil import copy_fd, create_private, fsync_dir, sha256_file
 
-__all__ = ["Entry", "apply_owners", "can_reflink", "copy_tree", "exchange", "file_bytes", "is_mount_point",
+__all__ = ["Entry", "SourceChanged", "apply_owners", "can_reflink", "copy_tree", "exchange", "file_bytes", "is_mount_point",
            "scan_tree", "verify_tree"]
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int): share the source's blocks (btrfs, xfs, bcachefs, ...)
@@ -33,6 +33,10 @@ _RENAMEAT2_SYSCALL = {"x86_64": 316, "aarch64": 276}
 _libc = ctypes.CDLL(None, use_errno=True)
 
 Skip = Callable[[str], bool]  # a top-level name to leave out (backout's own folders inside a mount)
+
+
+class SourceChanged(OSError):
+    """A file's copy does not hash like its source: it changed while it was copied (or the disk failed)."""
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,7 @@ def copy_tree(src: Path, dst: Path, entries: list[Entry], progress: Callable[[in
     """Copy `entries` of `src` into the new folder `dst`, privately and durably; the entries with hashes.
 
     Each file is hashed at the source and in the copy: a difference means the source changed while
-    it was copied (a service still writing) or the disk failed, and raises OSError(EIO)."""
+    it was copied (a service still writing) or the disk failed, and raises SourceChanged."""
     os.mkdir(dst, 0o700)
     done: list[Entry] = []
     for entry in entries:
@@ -174,7 +178,7 @@ def _copy_entry(src: Path, dst: Path, entry: Entry) -> Entry:
     method = _clone_or_copy(src / entry.path, target)
     source_hash, copy_hash = sha256_file(src / entry.path), sha256_file(target)
     if source_hash != copy_hash:
-        raise OSError(errno.EIO, f"{entry.path} changed while it was copied (is the service still writing?)")
+        raise SourceChanged(errno.EIO, f"{entry.path} changed while it was copied")
     return replace(entry, size=target.stat().st_size, sha256=copy_hash, method=method)
 
 
