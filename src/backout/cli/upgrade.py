@@ -18,7 +18,7 @@ from backout.errors import EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE
 from backout.flows.paths import upgrade_journal
 from backout.flows.upgrade import preflight
 from backout.flows.upgrade_run import UpgradeRun
-from backout.flows.watch import WatchEvent, load_watch, watch
+from backout.flows.watch import WatchEvent, load_watch, promote, watch
 from backout.history import deployment_state
 from backout.journal import Journal
 from backout.lock import operation_lock
@@ -72,8 +72,9 @@ def upgrade(
         if result["outcome"] != "watching":
             _finish(result, as_json)
             raise typer.Exit(EXIT_FAILED)  # the upgrade did not stick (rolled back, or worse)
-        if not journal.operation["decision"]["watch_s"]:
-            _finish(result, as_json)
+        if not journal.operation["decision"]["watch_s"]:  # --watch 0: promoted at once
+            detail = promote(target, load_watch(target))
+            _event({"event": "promoted", "detail": detail}) if as_json else typer.echo(detail)
             return
         _watch(target, runtime, auto, as_json)
 

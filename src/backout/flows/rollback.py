@@ -244,15 +244,17 @@ def decide_rollback(target: Target, runtime: Runtime, req: RollbackRequest) -> d
         "decided_at": time.time(), "blocked": None,
     }
     decision["signals"] = bad_window_facts(target, runtime, decision["bad_window"]["from"], req.reason)
-    decision["volume"] = _volume_choice(target, layer, manifest, point)
+    decision["volume"] = _volume_choice(target, layer, manifest, point, version)
     if layer == "brain" and manifest is None and decision["volume"] is None:
         decision["blocked"] = _blocked(target, version, why_snapshot, changes, why)
     redactor = Redactor(secrets_of(target.require_settings()))
     return dict(redactor.obj(decision))  # it goes into the journal: service log lines may quote a secret
 
 
-def _volume_choice(target: Target, layer: str, manifest: Manifest | None, point: Any) -> dict[str, Any] | None:
-    """For a brain rollback on a deployment whose volume snapshots replace brain snapshots: which one."""
+def _volume_choice(target: Target, layer: str, manifest: Manifest | None, point: Any,
+                   version: str) -> dict[str, Any] | None:
+    """For a brain rollback on a deployment whose volume snapshots replace brain snapshots: which one (the
+    restore point's, else the newest completed one taken while `version` ran)."""
     volume = target.require_settings().volume
     if layer != "brain" or volume is None or volume.use != "instead":
         return None
@@ -260,13 +262,12 @@ def _volume_choice(target: Target, layer: str, manifest: Manifest | None, point:
 
     provider = volume_for(target)
     assert provider is not None
-    wanted = manifest.id if manifest else None
-    chosen = point.volume_snapshot if point is not None and manifest and point.snapshot_id == wanted else None
+    chosen = point.volume_snapshot if point is not None and manifest and point.snapshot_id == manifest.id else None
+    done = [s for s in provider.snapshots(target.deployment) if s.state == "completed"]
+    if chosen is None and manifest is not None:
+        chosen = next((s.id for s in done if s.tags.get("restore-point") == manifest.id), None)
     if chosen is None:
-        for snap in provider.snapshots(target.deployment):
-            if snap.state == "completed" and (wanted is None or snap.tags.get("restore-point") == wanted):
-                chosen = snap.id
-                break
+        chosen = next((s.id for s in done if s.tags.get("version") == version), None)
     if chosen is None:
         return None
     return {"provider": provider.name, "snapshot": chosen, "volume": provider.describe(),
