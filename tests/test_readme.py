@@ -35,3 +35,10 @@ def test_readme_drill_example_validates() -> None:
     data = tomllib.loads(next(b for b in blocks if ".drill]" in b))
     data["deployments"]["staging"]["brain"] = "brain.sqlite"
     assert Config.model_validate(data).deployments["staging"].drill.rto.total_seconds() == 120
+
+
+def test_readme_volume_example_validates() -> None:
+    blocks = [b.split("```", 1)[0] for b in README.read_text().split("```toml")[1:]]
+    data = tomllib.loads(next(b for b in blocks if ".volume]" in b))
+    data["deployments"]["engine"]["brain"] = "/srv/engine-data/brain.sqlite"
+    assert Config.model_validate(data).deployments["engine"].volume.provider == "local"

@@ -251,6 +251,16 @@ class RollbackRun:
             return self.target.brain.relative_to(volume.path)  # the whole folder was displaced
         return Path(self.target.brain.name)
 
+    def _initialize_brain(self) -> str:
+        """Volumes restored from cloud snapshots load blocks lazily: read the brain once before it serves."""
+        from backout.volumes.ebs import initialize_file
+
+        if not self.target.brain.exists():
+            return (f"the brain {self.target.brain} is not visible here yet (mount the new volume): read it once "
+                    "before starting, e.g. `cat brain.sqlite > /dev/null`, or its first queries will be slow")
+        read = initialize_file(self.target.brain)
+        return f"read the brain once ({read // 2**20} MiB) so its blocks are loaded before it serves"
+
     def restore_volume(self) -> dict[str, Any]:
         """The volume instead of the brain file: the service is already drained, the start step follows."""
         from backout.volumes import Hooks
@@ -260,6 +270,8 @@ class RollbackRun:
         assert provider is not None
         done = provider.restore(self.d["volume"]["snapshot"], Hooks(lambda: None, lambda: None))
         local = self.settings.volume is not None and self.settings.volume.provider == "local"
+        if not local and self.settings.volume is not None and self.settings.volume.initialize:
+            done.warnings.append(self._initialize_brain())
         return {"volume_restore": done.to_dict(), "quarantine": done.quarantined_volume if local else None,
                 "detail": f"volume {done.new_volume} in place; displaced: {done.quarantined_volume}"
                           + "".join(f"; {w}" for w in done.warnings)}
