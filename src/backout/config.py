@@ -272,13 +272,16 @@ class VolumeSettings(_Model):
     availability_zone: str | None = None
     instance_id: str | None = None
     device: str | None = None  # e.g. /dev/xvdf
-    endpoint_url: str | None = None  # another EC2 endpoint (tests: a moto server on 127.0.0.1)
     # gcp
     project: str | None = None
     zone: str | None = None
     disk: str | None = None
     instance: str | None = None
     device_name: str | None = None
+    # ebs and gcp
+    endpoint_url: str | None = None  # another API endpoint: EC2 (ebs) or Compute Engine (gcp); for gcp a
+    # plain http://127.0.0.1 or http://localhost one gets anonymous credentials, never ADC (tests: a moto
+    # server or a replay server on 127.0.0.1)
     # all
     timeout: Duration = timedelta(minutes=30)  # how long a snapshot or a volume may take to be ready
     initialize: bool = True  # read the brain's blocks once after a cloud restore (volumes load lazily)

@@ -20,7 +20,7 @@ from backout.fsutil import describe_os_error
 
 __all__ = [
     "ConfigOpt", "DeploymentOpt", "BrainOpt", "IntoOpt", "JsonOpt", "YesOpt", "DryRunOpt",
-    "fail", "emit_json", "target_from", "progress_bar", "confirm", "human_bytes", "human_age", "handle_errors",
+    "abandon_journal", "fail", "emit_json", "target_from", "progress_bar", "confirm", "human_bytes", "human_age", "handle_errors",
 ]
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="backout.toml to use (default: ./backout.toml or $BACKOUT_CONFIG).")
@@ -147,3 +147,17 @@ def human_age(seconds: float) -> str:
     if seconds < 86400:
         return f"{seconds // 3600}h {seconds % 3600 // 60}m"
     return f"{seconds // 86400}d {seconds % 86400 // 3600}h"
+
+
+def abandon_journal(target: Target, path: Path, what: str, yes: bool) -> None:
+    """`--abandon`: set an interrupted operation's journal aside (kept, renamed) under the deployment's lock."""
+    from backout.history import deployment_state
+    from backout.journal import Journal
+    from backout.lock import operation_lock
+
+    if not path.exists():
+        fail(f"there is no interrupted {what} to abandon", EXIT_USAGE)
+    confirm(f"set the interrupted {what} aside (the service stays as it is now)?", yes)
+    with handle_errors(), operation_lock(deployment_state(target.state_dir, target.deployment), f"abandon {what}"):
+        kept = Journal(path, {}).set_aside("abandoned")
+    typer.echo(f"set aside: {kept}; check `backout status` before anything else")

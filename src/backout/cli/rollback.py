@@ -7,7 +7,7 @@ from typing import Any, Optional, cast
 
 import typer
 
-from backout.cli.common import (ConfigOpt, DeploymentOpt, DryRunOpt, JsonOpt, YesOpt, confirm, emit_json, fail,
+from backout.cli.common import (abandon_journal, ConfigOpt, DeploymentOpt, DryRunOpt, JsonOpt, YesOpt, confirm, emit_json, fail,
                                 handle_errors, human_age, human_bytes, progress_bar, target_from)
 from backout.errors import EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE
 from backout.flows.rollback import Mode, RollbackRequest, decide_rollback
@@ -48,7 +48,7 @@ def rollback(
         fail(f"--mode must be auto, image or brain, not {mode!r}", EXIT_USAGE)
     target = target_from(config, deployment, None)
     if abandon:
-        _abandon(target, yes)
+        abandon_journal(target, rollback_journal(target), "rollback", yes)
         return
     with handle_errors():
         runtime = runtime_for(target)
@@ -115,16 +115,6 @@ def _run(target: Any, runtime: Any, journal: Journal, as_json: bool) -> None:
         _print_result(result)
     if result["outcome"] != "rolled-back":
         raise typer.Exit(EXIT_FAILED)
-
-
-def _abandon(target: Any, yes: bool) -> None:
-    path = rollback_journal(target)
-    if not path.exists():
-        fail("there is no interrupted rollback to abandon", EXIT_USAGE)
-    confirm("set the interrupted rollback aside (the service stays as it is now)?", yes)
-    with operation_lock(deployment_state(target.state_dir, target.deployment), "abandon rollback"):
-        kept = Journal(path, {}).set_aside("abandoned")
-    typer.echo(f"set aside: {kept}; check `backout status` before anything else")
 
 
 def render_plan(plan: Plan) -> list[str]:

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from backout.cli.common import (ConfigOpt, DeploymentOpt, DryRunOpt, JsonOpt, YesOpt, confirm, fail,
+from backout.cli.common import (abandon_journal, ConfigOpt, DeploymentOpt, DryRunOpt, JsonOpt, YesOpt, confirm, fail,
                                 handle_errors, human_bytes, progress_bar, target_from)
 from backout.config import Target, parse_duration
 from backout.errors import EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE
@@ -58,7 +58,7 @@ def upgrade(
     events stream as JSON lines."""
     target = target_from(config, deployment, None)
     if abandon:
-        _abandon(target, yes)
+        abandon_journal(target, upgrade_journal(target), "upgrade", yes)
         return
     seconds = _seconds(watch_for)
     with handle_errors():
@@ -114,16 +114,6 @@ def _journal(target: Target, runtime: Runtime, version: str, force: bool, second
     confirm(f"upgrade {target.deployment} from {decision['from_version']} to {version}?", yes)
     journal.save()
     return journal
-
-
-def _abandon(target: Target, yes: bool) -> None:
-    path = upgrade_journal(target)
-    if not path.exists():
-        fail("there is no interrupted upgrade to abandon", EXIT_USAGE)
-    confirm("set the interrupted upgrade aside (the service stays as it is now)?", yes)
-    with operation_lock(deployment_state(target.state_dir, target.deployment), "abandon upgrade"):
-        kept = Journal(path, {}).set_aside("abandoned")
-    typer.echo(f"set aside: {kept}; check `backout status` before anything else")
 
 
 def render_plan(plan: Plan) -> list[str]:

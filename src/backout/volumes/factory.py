@@ -23,4 +23,5 @@ def volume_for(target: Target) -> VolumeProvider | None:
         return EbsVolume(settings, target.deployment, target.state_dir, brain=target.brain)
     from backout.volumes.gcp import GcpVolume
 
-    return GcpVolume(settings, target.deployment, target.state_dir)
+    # endpoint_url: another Compute Engine endpoint (ADC as usual; anonymous for a local http one)
+    return GcpVolume(settings, target.deployment, target.state_dir, endpoint=settings.endpoint_url)

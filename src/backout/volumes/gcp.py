@@ -2,7 +2,9 @@
 
 Talks to the Compute Engine REST API through google-cloud-compute with the library's standard
 credentials (Application Default Credentials: GOOGLE_APPLICATION_CREDENTIALS, the metadata server,
-`gcloud auth application-default login`), never with credentials from backout.toml.
+`gcloud auth application-default login`), never with credentials from backout.toml. `[volume]
+endpoint_url` points it at another endpoint; a plain-http one on 127.0.0.1 or localhost (a replay
+server or an emulator, never Google) is spoken to with anonymous credentials.
 
 A restore creates a new disk from the snapshot in the old disk's zone, stops the service, detaches
 the old disk, labels it `backout-quarantine` (it is never deleted) and attaches the new disk under the
@@ -20,11 +22,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn
+from urllib.parse import urlsplit
 
 import requests
 from google.api_core import exceptions as gexc
 from google.auth import exceptions as auth_exc
-from google.auth.credentials import Credentials
+from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import compute_v1
 
 from backout.config import VolumeSettings
@@ -34,7 +37,8 @@ from backout.history import deployment_state
 from backout.runtime.base import Command
 from backout.volumes.base import Hooks, VolumeError, VolumeProvider, VolumeRestore, VolumeSnapshot
 
-__all__ = ["GcpClients", "GcpVolume", "label_key", "label_value", "labels_for", "resource_name"]
+__all__ = ["GcpClients", "GcpVolume", "is_local_endpoint", "label_key", "label_value", "labels_for",
+           "resource_name"]
 
 GIB = 1024**3
 _DONE = compute_v1.Operation.Status.DONE
@@ -46,6 +50,7 @@ _RESOURCE_PATH = re.compile(r"\S*projects/\S+")
 _ZONE_WORD = re.compile(r"\bzones?\b", re.IGNORECASE)
 _RESTORED_SUFFIX = re.compile(r"-r\d{8}-\d{6}$")
 _STATE_FILE = "volume-gcp.json"
+_LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 
 
 # -- names and labels ---------------------------------------------------------------------------
@@ -152,6 +157,17 @@ def operation_error(op: compute_v1.Operation, what: str, permission: str, zone: 
 # -- clients ------------------------------------------------------------------------------------
 
 
+def is_local_endpoint(endpoint: str | None) -> bool:
+    """A plain-http endpoint on this host (a replay server or an emulator): never Google's API."""
+    if not endpoint:
+        return False
+    try:
+        url = urlsplit(endpoint)
+        return url.scheme == "http" and url.hostname in _LOCAL_HOSTS
+    except ValueError:
+        return False
+
+
 @dataclass
 class GcpClients:
     """The Compute Engine clients a GcpVolume uses (injectable to talk to another endpoint)."""
@@ -165,6 +181,10 @@ class GcpClients:
     @classmethod
     def connect(cls, endpoint: str | None = None, credentials: Credentials | None = None) -> "GcpClients":
         """REST clients for the real API with ADC, or for `endpoint` (e.g. a replay server on 127.0.0.1)."""
+        if credentials is None and is_local_endpoint(endpoint):
+            # http://127.0.0.1 or http://localhost is a local replay server or emulator, never Google:
+            # anonymous credentials, so no ADC lookup and no Google token is ever sent to it
+            credentials = AnonymousCredentials()  # type: ignore[no-untyped-call]
         options = {"api_endpoint": endpoint} if endpoint else None
         kwargs: dict[str, Any] = {"transport": "rest", "client_options": options, "credentials": credentials}
         try:
