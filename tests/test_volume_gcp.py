@@ -5,10 +5,10 @@ DESIGN.md Principle 4 allows) each test replays a recording, tests/recordings/gc
 hand from the Compute Engine REST v1 reference: the requests backout must make, in order (method, path,
 selected query and body fields), and the answers the API gives (status and JSON body: disks with `users`,
 instances with `disks[].deviceName`, operations that end `DONE` or with an `error`, snapshots that go
-CREATING -> UPLOADING -> READY, 403/404/400 error bodies). A replay HTTP server on 127.0.0.1 answers
-each request with the next recorded response, and fails the test with a diff when a request does not
-match, or when the recording was not played to its end. The real google-cloud-compute client (REST
-transport, anonymous credentials) talks to it through `api_endpoint`.
+CREATING -> UPLOADING -> READY, 403/404/400 error bodies). A replay HTTP server on 127.0.0.1
+(tests/gcp_replay.py) answers each request with the next recorded response, and fails the test with a
+diff when a request does not match, or when the recording was not played to its end. The real
+google-cloud-compute client (REST transport, anonymous credentials) talks to it through `api_endpoint`.
 
 What it proves: backout sends the right calls with the right names, labels, zone and device name, in the
 right order (snapshot then wait then poll; create, stop, detach, label quarantine, attach, start; the old
@@ -21,16 +21,10 @@ disks. Those need a run against a real project (`backout volume snapshot` on a s
 
 from __future__ import annotations
 
-import difflib
 import json
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from google.auth.credentials import AnonymousCredentials
@@ -38,137 +32,15 @@ from google.auth.credentials import AnonymousCredentials
 from backout.config import VolumeSettings
 from backout.errors import EXIT_USAGE
 from backout.volumes import Hooks, VolumeError
-from backout.volumes.gcp import GcpVolume, label_value, labels_for, resource_name
+from backout.volumes.gcp import (GcpVolume, is_local_endpoint, label_value, labels_for,
+                                 resource_name)
+from gcp_replay import Replay, replaying
 
-RECORDINGS = Path(__file__).parent / "recordings" / "gcp"
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
 SNAP = "backout-engine-20250301-120000"
 OLD_SNAP = "backout-engine-20250214-093000"
 NEW = "engine-brain-r20250301-120000"
 TAGS = {"version": "2.3.1", "restore-point": "20250301T115955Z-1a2b", "schema-head": "0007_learning_signals"}
-
-
-# -- the replay server ----------------------------------------------------------------------------
-
-
-class Replay(ThreadingHTTPServer):
-    """Answers each request with the next recorded response; records mismatches with a diff."""
-
-    def __init__(self, exchanges: list[dict[str, Any]]) -> None:
-        super().__init__(("127.0.0.1", 0), _ReplayHandler)
-        self.exchanges = exchanges
-        self.position = 0
-        self.used: set[int] = set()
-        self.events: list[str] = []  # "GET /path" for each request, "hook: ..." for each callback
-        self.mismatches: list[str] = []
-        self.lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        """The endpoint to give the client."""
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def answer(self, actual: dict[str, Any]) -> tuple[int, Any]:
-        """The recorded response for this request, or a 500 and a recorded mismatch."""
-        with self.lock:
-            self.events.append(f"{actual['method']} {actual['path']}")
-            while self.position < len(self.exchanges):
-                entry = self.exchanges[self.position]
-                expected = entry["request"]
-                if _view(expected, actual) == _expected_view(expected):
-                    self.used.add(self.position)
-                    self.position += 0 if entry.get("repeat") else 1
-                    return entry["response"]["status"], entry["response"]["body"]
-                if entry.get("repeat") and self.position in self.used:
-                    self.position += 1  # a repeated answer ends at the first request that is not its own
-                    continue
-                self.mismatches.append(_diff(self.position, expected, actual))
-                return 500, {"error": {"code": 500, "message": "replay: request does not match the recording"}}
-            self.mismatches.append(f"request after the end of the recording: {actual['method']} {actual['path']}")
-            return 500, {"error": {"code": 500, "message": "replay: the recording has ended"}}
-
-    def report(self) -> str:
-        """Every mismatch, with its diff."""
-        return "\n\n".join(self.mismatches)
-
-    def assert_complete(self) -> None:
-        """No mismatch, and every recorded request was made."""
-        if self.mismatches:
-            raise AssertionError(self.report())
-        left = [i for i in range(self.position, len(self.exchanges))
-                if not (self.exchanges[i].get("repeat") and i in self.used)]
-        if left:
-            raise AssertionError("recorded requests never made: " + ", ".join(
-                f"#{i} {self.exchanges[i]['request']['method']} {self.exchanges[i]['request']['path']}"
-                for i in left))
-
-
-def _expected_view(expected: dict[str, Any]) -> dict[str, Any]:
-    return {"method": expected["method"], "path": expected["path"], "query": expected.get("query", {}),
-            "body": expected.get("body", {})}
-
-
-def _view(expected: dict[str, Any], actual: dict[str, Any]) -> dict[str, Any]:
-    """The actual request, cut to the fields the recording checks."""
-    return {"method": actual["method"], "path": actual["path"],
-            "query": {k: actual["query"].get(k) for k in expected.get("query", {})},
-            "body": {k: (actual["body"] or {}).get(k) for k in expected.get("body", {})}}
-
-
-def _diff(position: int, expected: dict[str, Any], actual: dict[str, Any]) -> str:
-    want = json.dumps(_expected_view(expected), indent=2, sort_keys=True).splitlines()
-    got = json.dumps(_view(expected, actual), indent=2, sort_keys=True).splitlines()
-    lines = difflib.unified_diff(want, got, f"recorded request #{position}", "actual request", lineterm="")
-    return "\n".join(lines)
-
-
-class _ReplayHandler(BaseHTTPRequestHandler):
-    server: Replay
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self._replay()
-
-    def do_POST(self) -> None:
-        self._replay()
-
-    def do_DELETE(self) -> None:
-        self._replay()  # never recorded: backout deletes nothing, so this is always a mismatch
-
-    def _replay(self) -> None:
-        size = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(size) if size else b""
-        url = urlsplit(self.path)
-        actual = {"method": self.command, "path": url.path, "query": dict(parse_qsl(url.query)),
-                  "body": json.loads(raw) if raw else None}
-        status, body = self.server.answer(actual)
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
-@contextmanager
-def replaying(name: str) -> Iterator[Replay]:
-    """Serve tests/recordings/gcp/<name>.json on 127.0.0.1; at the end, all of it must have been played."""
-    recording = json.loads((RECORDINGS / f"{name}.json").read_text(encoding="utf-8"))
-    server = Replay(recording["exchanges"])
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield server
-    except Exception as exc:
-        if server.mismatches:
-            raise AssertionError(server.report()) from exc
-        raise
-    finally:
-        server.shutdown()
-        server.server_close()
-    server.assert_complete()
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -317,3 +189,11 @@ def test_labels_and_names_follow_gcp_rules() -> None:
     name = resource_name("backout-" + "Very_Long_Deployment_" * 5, "20250301-120000")
     assert len(name) <= 63 and name.endswith("-20250301-120000") and name[0].isalpha()
     assert resource_name("9lives", "r1") == "b-9lives-r1"
+
+
+def test_only_a_plain_http_endpoint_on_this_host_counts_as_local() -> None:
+    """Such an endpoint (a replay server, an emulator) gets anonymous credentials instead of ADC."""
+    assert is_local_endpoint("http://127.0.0.1:8085") and is_local_endpoint("http://localhost:9000/")
+    assert not is_local_endpoint("https://compute.googleapis.com") and not is_local_endpoint(None)
+    assert not is_local_endpoint("https://127.0.0.1:8085")  # TLS: not a replay server of ours
+    assert not is_local_endpoint("http://127.0.0.1.example.com") and not is_local_endpoint("http://[::1")
