@@ -128,8 +128,8 @@ class Drill:
         event["seen_at"] = time.time()
         self.events.append(event)
         if event["event"] == "upgraded":
-            self.marks["switch"] = _iso_epoch(next(e["finished_at"] for e in reversed(self.events)
-                                                   if e.get("step") == "start"))
+            self.marks["switch"] = _iso_epoch(next((e["finished_at"] for e in reversed(self.events)
+                                                    if e.get("step") == "start"), None))
         elif event["event"] in ("rollback", "upgrade-failed") and self.marks["detect"] is None:
             self.marks["detect"] = event["seen_at"]
             if self.marks["switch"] is None:  # never healthy: the switch is when the new version started

@@ -61,6 +61,9 @@ def run_drill(staging: Staging, mode: str, on_phase: Callable[[dict[str, Any]], 
         checks = drill_checks(drill, rollback, tables)
     except DrillFailed as exc:
         drill.failure = {"where": exc.where, "why": exc.why, "next": _next_steps(staging, exc)}
+    except Exception as exc:  # a red report and a clean-up beat a traceback that leaves processes behind
+        failed = DrillFailed("the drill itself", f"{type(exc).__name__}: {exc}")
+        drill.failure = {"where": failed.where, "why": failed.why, "next": _next_steps(staging, failed)}
     finally:
         if drill.traffic is not None:
             drill.traffic.stop()
