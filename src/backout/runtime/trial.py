@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -30,7 +31,7 @@ from backout.history import deployment_state, now_iso
 from backout.runtime.compose import ComposeRuntime
 from backout.runtime.base import Command, HealthWait, Runtime, RuntimeFailure, not_retryable
 
-__all__ = ["TrialResult", "cached_trial", "remember_trial", "schema_key", "trial_boot", "trial_possible"]
+__all__ = ["TrialResult", "cached_trial", "clean_stale_trials", "remember_trial", "schema_key", "trial_boot", "trial_possible"]
 
 
 @dataclass
@@ -180,8 +181,36 @@ def _guarded(target: Target, runtime: Runtime, version: str, skeleton: bool) -> 
                            "skeleton" if skeleton else "copy")
 
 
+def clean_stale_trials(target: Target) -> list[str]:
+    """Trials a killed backout left behind: stop their process group or compose project, remove the copy."""
+    cleaned = []
+    for folder in deployment_state(target.state_dir, target.deployment).glob("trial-*"):
+        _stop_stale(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        cleaned.append(folder.name)
+    return cleaned
+
+
+def _stop_stale(folder: Path) -> None:
+    try:
+        record = json.loads((folder / "runtime" / "service.pid.json").read_text(encoding="utf-8"))
+        os.killpg(int(record["pgid"]), signal.SIGKILL)
+    except (OSError, ValueError, KeyError):
+        pass  # no process trial, or it is gone already
+    try:
+        project = json.loads((folder / "trial.json").read_text(encoding="utf-8"))["project"]
+    except (OSError, ValueError, KeyError):
+        return
+    try:
+        subprocess.run(["docker", "compose", "-p", str(project), "down", "-v", "--timeout", "5"],
+                       capture_output=True, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+
+
 def _trial_on(target: Target, runtime: Runtime, version: str, skeleton: bool) -> TrialResult:
     settings = target.require_settings()
+    clean_stale_trials(target)  # a trial of a killed run must not hold the port or the disk
     folder = deployment_state(target.state_dir, target.deployment) / f"trial-{secrets.token_hex(4)}"
     ensure_private_dir(folder)
     try:
@@ -284,6 +313,7 @@ def _trial_container(target: Target, runtime: Runtime, version: str, copy: Path,
     override.write_text(_override(runtime.service, runtime.image(version), str(_port_variable(settings)), port,
                                   data, str(Path(inside).parent)), encoding="utf-8")
     project = re.sub(r"[^a-z0-9_-]", "", f"{runtime.project}-trial-{folder.name[-8:]}")
+    atomic_write_json(folder / "trial.json", {"project": project})  # so a killed run's trial can be taken down
     base: tuple[str, ...] = ("docker", "compose", "-p", project, "-f", str(runtime.file), "-f", str(override))
     if settings.compose.env_file is not None:
         base += ("--env-file", str(runtime.env_file))
