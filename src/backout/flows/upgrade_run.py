@@ -24,7 +24,7 @@ from backout.flows.paths import watch_state
 from backout.flows.rollback import RollbackRequest
 from backout.flows.rollback_run import rollback_now
 from backout.flows.switch import brain_stamp, drain_commands, drain_facts, start_until_healthy
-from backout.fsutil import atomic_write_json
+from backout.fsutil import atomic_write_json, free_bytes
 from backout.history import Change, History, RestorePoint, config_hash, deployment_state, save_restore_point
 from backout.journal import Journal
 from backout.plan import Plan, Step, execute, timeline
@@ -185,11 +185,15 @@ class UpgradeRun:
         """Stage the restore point beside the brain and learn whether the previous version reads the new brain."""
         snap = self.facts["snapshot_final"]
         notes = []
-        try:
-            staged = str(stage_snapshot(self.store, snap["id"], self.target.brain, self.progress))
-        except (SnapshotError, OSError) as exc:  # pre-arming is an optimisation: never fail the upgrade for it
-            staged = None
-            notes.append(f"not staged ({exc}); a brain rollback will copy the snapshot instead")
+        staged = None
+        if free_bytes(self.target.brain.parent) < 2 * int(snap["size"]):  # the new version needs room to write
+            notes.append("not staged (less than twice its size free beside the brain); a brain rollback will copy "
+                         "the snapshot instead")
+        else:
+            try:
+                staged = str(stage_snapshot(self.store, snap["id"], self.target.brain, self.progress))
+            except (SnapshotError, OSError) as exc:  # pre-arming is an optimisation: never fail the upgrade for it
+                notes.append(f"not staged ({exc}); a brain rollback will copy the snapshot instead")
         trial = None
         if trial_possible(self.target) is None:
             key = schema_key(self.target.brain)
