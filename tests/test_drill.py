@@ -26,7 +26,7 @@ def test_the_default_drill_is_green_and_keeps_its_report(tmp_path: Path) -> None
     phases = [p["name"] for p in result["phases"]]
     assert phases == ["bring-up", "seed", "baseline", "snapshot", "upgrade", "detect", "decide", "drain", "restore",
                       "start", "verify", "notify"]
-    assert all(c["passed"] for c in result["checks"]) and len(result["checks"]) == 8
+    assert all(c["passed"] for c in result["checks"]) and len(result["checks"]) == 9
     assert result["targets"]["data_loss_rows"] == 0 and result["targets"]["recovery_s"] < 120
     assert result["traffic"]["total"] > 50 and result["traffic"]["series"]
     html, saved = Path(result["report"]["html"]), Path(result["report"]["json"])

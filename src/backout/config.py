@@ -381,7 +381,23 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"{path}: {where}: {first['msg']} ({len(exc.errors())} problem(s) in all)") from None
     base = path.absolute().parent
     deployments = {name: _absolute_paths(dep, base) for name, dep in config.deployments.items()}
-    return config.model_copy(update={"state_dir": _relative_to(base, config.state_dir), "deployments": deployments})
+    state_dir = _relative_to(base, config.state_dir)
+    for name, dep in deployments.items():
+        _check_volume_paths(path, name, dep, state_dir)
+    return config.model_copy(update={"state_dir": state_dir, "deployments": deployments})
+
+
+def _check_volume_paths(config: Path, name: str, dep: Deployment, state_dir: Path) -> None:
+    """A local volume must hold the brain, and must not hold backout's own state (a restore would move it)."""
+    if dep.volume is None or dep.volume.path is None:
+        return
+    volume = dep.volume.path.absolute()
+    if not dep.brain.absolute().is_relative_to(volume):
+        raise ConfigError(f"{config}: deployments.{name}: the brain {dep.brain} is not inside volume.path {volume}")
+    for what, folder in (("state_dir", state_dir), ("snapshots.dir", dep.snapshots.dir)):
+        if folder is not None and folder.absolute().is_relative_to(volume):
+            raise ConfigError(f"{config}: deployments.{name}: {what} {folder} is inside volume.path {volume}: a "
+                              "volume restore would move backout's own state; put it elsewhere")
 
 
 def _absolute_paths(dep: Deployment, base: Path) -> Deployment:

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime
@@ -116,12 +117,20 @@ class Drill:
                 f"{self.watch_s:g}s", "--config", str(self.staging.config), "--deployment", self.target.deployment]
         child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                  env=self._env(fault=True))
-        assert child.stdout is not None
-        for line in child.stdout:
-            if line.startswith("{"):
-                self._event(json.loads(line))
-        code = child.wait()
-        stderr = child.stderr.read() if child.stderr else ""
+        watchdog = threading.Timer(self.watch_s + 600, child.kill)  # a hung upgrade must not hang the drill
+        watchdog.start()
+        try:
+            assert child.stdout is not None
+            for line in child.stdout:
+                if line.startswith("{"):
+                    self._event(json.loads(line))
+            code = child.wait()
+            stderr = child.stderr.read() if child.stderr else ""
+        finally:
+            watchdog.cancel()
+            if child.poll() is None:
+                child.kill()
+                child.wait()
         return self._upgrade_outcome(code, stderr)
 
     def _event(self, event: dict[str, Any]) -> None:

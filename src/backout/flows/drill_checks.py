@@ -4,11 +4,14 @@ replayable, the service healthy with evals green, the right trigger and layer, w
 from __future__ import annotations
 
 import json
+import sqlite3
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from backout.brain.manifest import SnapshotStore
-from backout.brain.tables import connect_readonly, quote_ident
+from backout.brain.salvage import SUMMARY_FILE
+from backout.brain.tables import connect_readonly, quote_ident, user_tables
 from backout.flows.drill import Drill, rows_kept
 from backout.signals.health import probe
 
@@ -20,39 +23,64 @@ def _check(name: str, passed: bool, detail: str) -> dict[str, Any]:
 
 
 def _bad_window_rows(quarantined: Path, manifest_tables: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Rows of the displaced brain past the restore point's marks (every row of a table it did not have)."""
     conn = connect_readonly(quarantined)
     try:
         out = {}
-        for table, mark in manifest_tables.items():
-            high = mark.get("max_rowid")
-            if high is None:
+        for table in user_tables(conn):
+            mark = manifest_tables.get(table)
+            high = int((mark or {}).get("max_rowid") or 0)
+            try:
+                out[table] = int(conn.execute(f"SELECT count(*) FROM {quote_ident(table)} WHERE rowid > ?",
+                                              (high,)).fetchone()[0])
+            except sqlite3.OperationalError:  # WITHOUT ROWID: not measurable by rowid
                 continue
-            out[table] = int(conn.execute(f"SELECT count(*) FROM {quote_ident(table)} WHERE rowid > ?",
-                                          (high,)).fetchone()[0])
         return out
     finally:
         conn.close()
 
 
+def _salvaged_added(rollback: dict[str, Any]) -> dict[str, int]:
+    """Rows salvage found *added* per table (changed rows cannot stand in for missing new ones)."""
+    folder = (rollback.get("salvage") or {}).get("folder")
+    if not folder:
+        return {}
+    summary = json.loads((Path(folder) / SUMMARY_FILE).read_text(encoding="utf-8"))
+    return {t["table"]: int(t["added"]) for t in summary.get("tables", [])}
+
+
 def table_rows(drill: Drill, rollback: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per table: rows before the upgrade, written in the bad window, salvaged, and lost."""
+    """Per table: rows before the upgrade (and still there), written in the bad window, salvaged, and lost."""
     store = SnapshotStore(drill.target.snapshot_dir)
     snapshot_id = rollback["snapshot"]["id"]
     kept = rows_kept(drill.target.brain, store, snapshot_id)
     tables = store.load(snapshot_id).tables
     bad: dict[str, int] = {}
-    salvaged: dict[str, int] = {}
     if rollback.get("quarantine"):
         bad = _bad_window_rows(Path(rollback["quarantine"]) / drill.target.brain.name, tables)
-    if rollback.get("salvage"):
-        salvaged = dict(rollback["salvage"]["tables"])
+    added = _salvaged_added(rollback)
     rows = []
-    for table in sorted(tables):
+    for table in sorted(set(tables) | set(bad)):
         before, still = kept.get(table, (0, 0))
-        lost = (before - still) + max(0, bad.get(table, 0) - salvaged.get(table, 0))
+        lost = (before - still) + max(0, bad.get(table, 0) - added.get(table, 0))
         rows.append({"table": table, "before": before, "kept": still, "bad_window": bad.get(table, 0),
-                     "salvaged": salvaged.get(table, 0), "lost": lost})
+                     "salvaged": added.get(table, 0), "lost": lost})
     return rows
+
+
+def _accepted_turns(drill: Drill) -> dict[str, Any]:
+    """Every turn the service accepted during the drill is in the brain now (after the replay)."""
+    wanted = Counter(t.task_id for t in (drill.traffic.turns if drill.traffic else []) if t.ok)
+    conn = connect_readonly(drill.target.brain)
+    try:
+        have = dict(conn.execute("SELECT task_id, count(*) FROM episodes GROUP BY task_id").fetchall())
+    except sqlite3.OperationalError:
+        return _check("every accepted turn in the brain", True, "this service keeps no episodes: not measured")
+    finally:
+        conn.close()
+    missing = sum(max(0, n - int(have.get(task, 0))) for task, n in wanted.items())
+    return _check("every accepted turn in the brain", missing == 0,
+                  f"{sum(wanted.values())} turns accepted during the drill, {missing} missing from the brain")
 
 
 def _replay(drill: Drill, rollback: dict[str, Any]) -> dict[str, Any]:
@@ -69,34 +97,51 @@ def _replay(drill: Drill, rollback: dict[str, Any]) -> dict[str, Any]:
                   f"there, {totals['not_replayed']} not replayable, {totals['left_out']} left out (mcp_calls, ledgers)")
 
 
+def _salvage_check(rollback: dict[str, Any], tables: list[dict[str, Any]]) -> dict[str, Any]:
+    short = [r["table"] for r in tables if r["salvaged"] < r["bad_window"]]
+    bad_total = sum(r["bad_window"] for r in tables)
+    if rollback.get("layer") == "brain" and not rollback.get("quarantine"):
+        return _check("bad-window rows in the salvage bundle", False, "not measured: no displaced brain to compare")
+    return _check("bad-window rows in the salvage bundle", not short,
+                  f"{bad_total} rows added in the bad window, {sum(r['salvaged'] for r in tables)} salvaged as added"
+                  + (f"; short in {', '.join(short)}" if short else ""))
+
+
+def _recovered_check(drill: Drill, rollback: dict[str, Any]) -> dict[str, Any]:
+    health = probe(str(drill.target.health_url), timeout=10)
+    verify = rollback.get("verify") or {}
+    ok = health.ok and rollback.get("outcome") == "rolled-back" and bool(verify.get("ok"))
+    return _check("restored service healthy and verified, evals green", ok,
+                  f"rollback {rollback.get('outcome')}; health: {health.reason()}; errors: "
+                  f"{(verify.get('errors') or {}).get('detail', 'not measured')}; evals: "
+                  f"{(verify.get('evals') or {}).get('detail', 'not run')}")
+
+
 def drill_checks(drill: Drill, rollback: dict[str, Any], tables: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every check of the drill, in order."""
     settings = drill.settings
     before, kept = sum(r["before"] for r in tables), sum(r["kept"] for r in tables)
-    salvage_total = (rollback.get("salvage") or {}).get("total", 0)
-    bad_total = sum(r["bad_window"] for r in tables)
     loss = sum(r["lost"] for r in tables)
-    health = probe(str(drill.target.health_url), timeout=10)
-    evals = ((rollback.get("verify") or {}).get("evals") or {})
     triggers = drill.triggers(rollback)
+    verified = rollback.get("outcome") == "rolled-back"
     recovery = (drill.marks["recovered"] - drill.marks["switch"]) \
-        if drill.marks["recovered"] and drill.marks["switch"] else None
+        if verified and drill.marks["recovered"] and drill.marks["switch"] else None
     rto = settings.drill.rto.total_seconds()
+    replay = _replay(drill, rollback)
     return [
         _check("every pre-upgrade row present", kept == before,
                f"{before} rows in the restore point, {kept} of them in the brain now"),
-        _check("bad-window rows in the salvage bundle", salvage_total >= bad_total,
-               f"{bad_total} rows written in the bad window, {salvage_total} salvaged"),
-        _replay(drill, rollback),
-        _check("restored service healthy, evals green", health.ok and evals.get("ok", True),
-               f"health: {health.reason()}; evals: {evals.get('detail', 'not run')}"),
+        _salvage_check(rollback, tables),
+        replay,
+        _accepted_turns(drill),
+        _recovered_check(drill, rollback),
         _check("right trigger", bool(set(triggers) & drill.expected),
                f"{', '.join(triggers)} (expected {' or '.join(sorted(drill.expected))})"),
         _check("right layer", rollback.get("layer") == "brain",
                f"{rollback.get('layer')}: {rollback.get('layer_reason', '')}"),
         _check("within the RTO", recovery is not None and recovery <= rto,
                f"switch to verified recovery {recovery:.1f}s (target {rto:.0f}s)" if recovery is not None
-               else "no recovery measured"),
+               else "no verified recovery"),
         _check("within the RPO", loss <= settings.drill.rpo_rows,
                f"{loss} rows lost (target {settings.drill.rpo_rows})"),
     ]

@@ -52,6 +52,25 @@ def run_drill(staging: Staging, mode: str, on_phase: Callable[[dict[str, Any]], 
               watch_s: float = 45, keep: bool = False) -> dict[str, Any]:
     """Run the drill, write its report, clean up; the result (`passed`, phases, checks, ...)."""
     drill = Drill(staging, mode, on_phase, watch_s)
+    passed = False
+    try:
+        rollback, tables, checks = _rehearse_and_check(drill, staging)
+        passed = drill.failure is None and all(c["passed"] for c in checks)
+        loss = sum(r["lost"] for r in tables) if tables else None
+        result = _result(drill, rollback, tables, checks, passed, loss)
+        folder = drills_folder(staging)
+        _keep_incident(result, staging, folder)
+        history = load_history(folder)
+        result["slowest"] = slowest_phases(result, history)
+        json_path, html_path = write_report(folder, result, history)
+        result["report"] = {"json": str(json_path), "html": str(html_path)}
+        return result
+    finally:  # also on Ctrl-C: no Engine left running, the folder kept unless the drill passed
+        _clean_up(drill, staging, passed, keep)
+
+
+def _rehearse_and_check(drill: Drill, staging: Staging) -> tuple[dict[str, Any] | None, list[dict[str, Any]],
+                                                                 list[dict[str, Any]]]:
     rollback: dict[str, Any] | None = None
     tables: list[dict[str, Any]] = []
     checks: list[dict[str, Any]] = []
@@ -67,17 +86,7 @@ def run_drill(staging: Staging, mode: str, on_phase: Callable[[dict[str, Any]], 
     finally:
         if drill.traffic is not None:
             drill.traffic.stop()
-    passed = drill.failure is None and all(c["passed"] for c in checks)
-    loss = sum(r["lost"] for r in tables) if tables else None
-    result = _result(drill, rollback, tables, checks, passed, loss)
-    folder = drills_folder(staging)
-    _keep_incident(result, staging, folder)
-    history = load_history(folder)
-    result["slowest"] = slowest_phases(result, history)
-    json_path, html_path = write_report(folder, result, history)
-    result["report"] = {"json": str(json_path), "html": str(html_path)}
-    _clean_up(drill, staging, passed, keep)
-    return result
+    return rollback, tables, checks
 
 
 def _result(drill: Drill, rollback: dict[str, Any] | None, tables: list[dict[str, Any]],
@@ -121,6 +130,9 @@ def _next_steps(staging: Staging, exc: DrillFailed) -> list[str]:
     steps = [f"look at the deployment's state in {staging.target.state_dir}"]
     if "rollback" in exc.where:
         steps.insert(0, f"finish the rollback: backout rollback --resume --config {staging.config}")
+    elif "upgrade" in exc.where or "drill itself" in exc.where:
+        steps.insert(0, f"see `backout status --config {staging.config}`; finish an interrupted upgrade or rollback "
+                        "with `--resume` (or set it aside with `--abandon`)")
     if staging.temporary is not None:
         steps.append(f"the drill's folder {staging.temporary} is kept for inspection; remove it when done")
     return steps

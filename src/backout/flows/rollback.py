@@ -266,7 +266,7 @@ def _volume_choice(target: Target, layer: str, manifest: Manifest | None, point:
     done = [s for s in provider.snapshots(target.deployment) if s.state == "completed"]
     if chosen is None and manifest is not None:
         chosen = next((s.id for s in done if s.tags.get("restore-point") == manifest.id), None)
-    if chosen is None:
+    if chosen is None and manifest is None:  # with a brain snapshot, only its own moment will do (salvage marks)
         chosen = next((s.id for s in done if s.tags.get("version") == version), None)
     if chosen is None:
         return None

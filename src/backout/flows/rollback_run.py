@@ -267,19 +267,50 @@ class RollbackRun:
         from backout.volumes.factory import volume_for
 
         provider = volume_for(self.target)
-        assert provider is not None
-        done = provider.restore(self.d["volume"]["snapshot"], Hooks(lambda: None, lambda: None))
-        local = self.settings.volume is not None and self.settings.volume.provider == "local"
-        if not local and self.settings.volume is not None and self.settings.volume.initialize:
-            done.warnings.append(self._initialize_brain())
+        assert provider is not None and self.settings.volume is not None
+        local = self.settings.volume.provider == "local"
+        done = self._finished_volume_restore(provider, local)  # finished just before a crash: not twice
+        if done is None:
+            self.journal.remember(volume_restore_started=True)
+            done = provider.restore(self.d["volume"]["snapshot"], Hooks(lambda: None, lambda: None))
+        if not local:
+            if not self.target.brain.exists():
+                raise StepFailed("restore", f"volume {done.new_volume} is attached but the brain is not visible at "
+                                 f"{self.target.brain}: mount it, then `backout rollback --resume`")
+            if self.settings.volume.initialize:
+                done.warnings.append(self._initialize_brain())
         return {"volume_restore": done.to_dict(), "quarantine": done.quarantined_volume if local else None,
                 "detail": f"volume {done.new_volume} in place; displaced: {done.quarantined_volume}"
                           + "".join(f"; {w}" for w in done.warnings)}
+
+    def _finished_volume_restore(self, provider: Any, local: bool) -> Any:
+        """The restore this rollback already completed (its provider journal finished, ours not yet marked)."""
+        from backout.volumes import VolumeRestore
+
+        if not self.facts.get("volume_restore_started"):
+            return None
+        snap, before = self.d["volume"]["snapshot"], self.d["volume"]["volume"].get("id")
+        if not local:
+            now = provider.describe().get("id")
+            return VolumeRestore(snap, now, before, ["found after a restart"]) if now and now != before else None
+        path = Path(str(before))
+        for marker in path.parent.glob(f"{path.name}.quarantine-*/quarantine.json"):
+            try:
+                data = json.loads(marker.read_text(encoding="utf-8"))
+                at = datetime.fromisoformat(str(data["at"])).timestamp()
+            except (OSError, ValueError, KeyError):
+                continue
+            if data.get("replaced_by_snapshot") == snap and at >= float(self.d["decided_at"]) - 2:
+                return VolumeRestore(snap, str(path), str(marker.parent), ["found after a restart"])
+        return None
 
     def salvage(self) -> dict[str, Any]:
         """Rows written since the snapshot, from the quarantined brain, into the incident folder."""
         quarantine = self.facts.get("quarantine")
         displaced = (self.facts.get("volume_restore") or {}).get("quarantined_volume")
+        if quarantine and self.d["snapshot"] is None:
+            return {"salvage": None, "detail": f"nothing salvaged: without a brain snapshot there are no marks to "
+                                               f"tell the bad window's rows; the displaced data is kept in {quarantine}"}
         if not quarantine:
             why = (f"the displaced volume {displaced} is kept (marked quarantine): attach it and run "
                    "`backout salvage extract` on its brain" if displaced else "there was no brain to displace")
