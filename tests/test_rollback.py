@@ -116,7 +116,7 @@ def test_image_rollback_across_an_additive_migration(config: Path) -> None:
     assert all(after[t] >= n for t, n in before.items())  # working memory is flushed at the drain
 
 
-@pytest.mark.parametrize("point", [f"before:{s}" for s in STEPS] + ["after:restore", "inside:swap"])
+@pytest.mark.parametrize("point", [f"before:{s}" for s in STEPS] + ["inside:drain", "after:restore", "inside:swap"])
 def test_crash_at_every_step_then_resume(config: Path, point: str) -> None:
     snap = prepare_bad_upgrade(config, "2.3.1", "2.4.0-errors")
     written = turns(config, "during", 8, strict=False)

@@ -142,7 +142,8 @@ def test_a_version_that_crashes_at_boot_is_rolled_back_at_once(config: Path) -> 
     assert "2.4.0-crash" in status["frozen"]
 
 
-@pytest.mark.parametrize("point", ["before:snapshot-final", "before:start", "after:start", "before:arm"])
+@pytest.mark.parametrize("point", ["inside:drain", "before:snapshot-final", "before:start", "after:start",
+                                   "before:arm"])
 def test_crash_during_the_upgrade_then_resume(config: Path, point: str) -> None:
     turns(config, "before")
     out = backout("upgrade", "2.4.0", "--yes", "--json", *_cfg(config), env={**ENV, "BACKOUT_FAULT_AT": point},

@@ -73,9 +73,9 @@ class RollbackRun:
         if self.journal.done("drain"):
             return None
         current = self.runtime.current()
-        if current.version != self.d["from_version"]:
-            return (f"the rollback was planned while {self.d['from_version']} ran, but {current.version or 'nothing'} "
-                    "runs now; set the journal aside with --abandon and plan again")
+        if current.running and current.version != self.d["from_version"]:  # not running: a cut-short drain
+            return (f"the rollback was planned while {self.d['from_version']} ran, but {current.version} runs now; "
+                    "set the journal aside with --abandon and plan again")
         return None
 
     # -- the plan ------------------------------------------------------------------------------

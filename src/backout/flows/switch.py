@@ -14,6 +14,7 @@ from backout.config import Target
 from backout.errors import EXIT_REFUSED, BackoutError
 from backout.freeze import refuse_if_frozen
 from backout.history import Change, History, deployment_state
+from backout.journal import fault_point
 from backout.lock import operation_lock
 from backout.plan import StepFailed
 from backout.runtime.base import Command, HealthWait, Runtime, RuntimeFailure, StopResult
@@ -124,6 +125,7 @@ def drain_commands(runtime: Runtime, drain_s: float) -> list[Command]:
 def drain_facts(runtime: Runtime, drain_s: float) -> dict[str, Any]:
     """Drain and stop what runs; the step's facts, saying whether the stop was clean or forced."""
     result = runtime.stop(drain_s)
+    fault_point("inside:drain")  # stopped, not yet recorded: a resumed run must not call this stale
     return {"drain": result.to_dict(), "detail": f"{'clean drain' if result.clean else 'FORCED stop'}: "
                                                  f"{result.detail} ({result.seconds:.1f}s)"}
 

@@ -65,10 +65,9 @@ class UpgradeRun:
         if self.journal.done("drain") or self.facts.get("rolling_back"):
             return None
         current = self.runtime.current()
-        if current.version != self.d["from_version"] or not current.running:
-            return (f"the upgrade was planned while {self.d['from_version']} ran, but "
-                    f"{current.version if current.running else 'nothing'} runs now; set the journal aside with "
-                    "--abandon and plan again")
+        if current.running and current.version != self.d["from_version"]:  # not running: a cut-short drain
+            return (f"the upgrade was planned while {self.d['from_version']} ran, but {current.version} runs now; "
+                    "set the journal aside with --abandon and plan again")
         return None
 
     def plan(self) -> Plan:
