@@ -22,6 +22,9 @@ disks. Those need a run against a real project (`backout volume snapshot` on a s
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -46,13 +49,16 @@ TAGS = {"version": "2.3.1", "restore-point": "20250301T115955Z-1a2b", "schema-he
 # -- helpers --------------------------------------------------------------------------------------
 
 
-def gcp_volume(server: Replay, state_dir: Path, progress: list[str] | None = None, **settings: Any) -> GcpVolume:
+SETTINGS: dict[str, Any] = {"provider": "gcp", "project": "acme-prod", "zone": "us-central1-a",
+                            "disk": "engine-brain", "instance": "engine-vm-1", "device_name": "brain"}
+
+
+def gcp_volume(server: Replay, state_dir: Path, progress: list[str] | None = None, now: datetime = NOW,
+               **settings: Any) -> GcpVolume:
     """The provider as the factory makes it, pointed at the replay server with anonymous credentials."""
-    fields: dict[str, Any] = {"provider": "gcp", "project": "acme-prod", "zone": "us-central1-a",
-                              "disk": "engine-brain", "instance": "engine-vm-1", "device_name": "brain"}
     messages = progress if progress is not None else []
-    return GcpVolume(VolumeSettings(**(fields | settings)), "engine", state_dir, endpoint=server.url,
-                     credentials=AnonymousCredentials(), progress=messages.append, now=lambda: NOW,
+    return GcpVolume(VolumeSettings(**(SETTINGS | settings)), "engine", state_dir, endpoint=server.url,
+                     credentials=AnonymousCredentials(), progress=messages.append, now=lambda: now,
                      poll_seconds=0.01)
 
 
@@ -110,6 +116,59 @@ def test_snapshot_then_restore_swaps_disks_and_keeps_the_old_one(tmp_path: Path)
     assert not any(e.startswith("DELETE") for e in events)
     state = tmp_path / "deployments" / "engine" / "volume-gcp.json"
     assert json.loads(state.read_text())["disk"] == NEW and state.stat().st_mode & 0o777 == 0o600
+
+
+_CHILD = """
+import json, sys
+from datetime import datetime
+from pathlib import Path
+from google.auth.credentials import AnonymousCredentials
+from backout.config import VolumeSettings
+from backout.volumes import Hooks
+from backout.volumes.gcp import GcpVolume
+settings, state, snapshot, endpoint, now = json.loads(sys.argv[1]), Path(sys.argv[2]), *sys.argv[3:]
+volume = GcpVolume(VolumeSettings(**settings), "engine", state, endpoint=endpoint, credentials=AnonymousCredentials(),
+                   now=lambda: datetime.fromisoformat(now), poll_seconds=0.01)
+print(json.dumps(volume.restore(snapshot, Hooks(lambda: None, lambda: None)).to_dict()))
+"""
+
+
+@pytest.mark.parametrize(("point", "recording"), [("inside:gcp-detach", "crash_after_detach"),
+                                                  ("before:gcp-attach", "crash_before_attach"),
+                                                  ("inside:gcp-create", "crash_inside_create")])
+def test_kill_9_during_a_restore_then_rerun_finishes_it_with_one_new_disk(tmp_path: Path, point: str,
+                                                                          recording: str) -> None:
+    """A child process restoring against the replay server is SIGKILLed at a named point (BACKOUT_FAULT_AT,
+    the real code path), then the same restore runs again, seven minutes later by its clock, against the
+    recording of that second run: it reuses the disk the first run made (one disks.insert in all), skips
+    what the first run did (the real state is looked at), labels the old disk once, attaches the new one."""
+    with replaying(recording) as server:
+        argv = [sys.executable, "-c", _CHILD, json.dumps(SETTINGS), str(tmp_path), SNAP, server.url, NOW.isoformat()]
+        crashed = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                                 env={**os.environ, "BACKOUT_FAULT_AT": point})
+        assert crashed.returncode == -9, crashed.stdout + crashed.stderr
+        [journal] = (tmp_path / "journals").glob("gcp-restore-*.json")
+        assert json.loads(journal.read_text())["facts"]["new"] == NEW
+        first_run = len(server.events)
+
+        later = gcp_volume(server, tmp_path, now=NOW + timedelta(minutes=7))  # its clock would name another disk
+        done = later.restore(SNAP, hooks_for(server))
+        assert (done.new_volume, done.quarantined_volume) == (NEW, "engine-brain")
+        after = later.describe()
+        assert (after["id"], after["device_name"], after["attached"]) == (NEW, "brain", True)
+
+    events, base = server.events, "/compute/v1/projects/acme-prod/zones/us-central1-a"
+    assert events.count(f"POST {base}/disks") == 1  # no second disk
+    assert events.count(f"POST {base}/instances/engine-vm-1/detachDisk") == 1
+    assert events.count(f"POST {base}/disks/engine-brain/setLabels") == 1  # quarantine, once (body checked)
+    assert events.count(f"POST {base}/instances/engine-vm-1/attachDisk") == 1
+    second = events[first_run:]
+    assert [e for e in second if e.startswith("hook:")] == ["hook: stop_service", "hook: start_service"]
+    assert second.index(f"POST {base}/instances/engine-vm-1/attachDisk") < second.index("hook: start_service")
+    assert not any(e.startswith("DELETE") for e in events)
+    assert not journal.exists()  # ended with the restore
+    state = tmp_path / "deployments" / "engine" / "volume-gcp.json"
+    assert json.loads(state.read_text())["disk"] == NEW
 
 
 # -- failures -------------------------------------------------------------------------------------

@@ -10,10 +10,17 @@ A restore creates a new disk from the snapshot in the old disk's zone, stops the
 the old disk, labels it `backout-quarantine` (it is never deleted) and attaches the new disk under the
 same device name. If that attach fails, the old disk goes back and the service is started again. The
 disk now in place is remembered in the deployment's state folder, so later snapshots take the new disk.
+
+The restore is journaled in <state>/journals/gcp-restore-<key>.json: the new disk's name (fixed once,
+not from the clock on each run), the old disk and its device, and the steps done (create, detach,
+label, attach). Re-running the same restore after a crash reuses the disk it made, skips the detach
+when the old disk is no longer attached, labels the old disk once, and skips the attach when the new
+disk is already at the device; the journal goes away when the restore ends.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -34,6 +41,7 @@ from backout.config import VolumeSettings
 from backout.errors import EXIT_REFUSED, EXIT_USAGE
 from backout.fsutil import atomic_write_json, ensure_private_dir
 from backout.history import deployment_state
+from backout.journal import Journal, fault_point
 from backout.runtime.base import Command
 from backout.volumes.base import Hooks, VolumeError, VolumeProvider, VolumeRestore, VolumeSnapshot
 
@@ -440,21 +448,54 @@ class GcpVolume(VolumeProvider):
         finally:
             self.progress = report
 
+    def _journal(self, snapshot_id: str) -> Journal:
+        """The restore's journal in the state folder: one per disk slot (project, zone, instance, disk)."""
+        where = f"{self.project}:{self.zone}:{self.instance}:{self.settings.disk}"
+        path = self.state_dir / "journals" / f"gcp-restore-{hashlib.sha256(where.encode()).hexdigest()[:12]}.json"
+        operation = {"kind": "gcp-restore", "snapshot": snapshot_id, "project": self.project, "zone": self.zone,
+                     "instance": self.instance, "disk": self.settings.disk}
+        journal = Journal.open(path, operation)
+        if journal.operation.get("snapshot") == snapshot_id:
+            return journal
+        if journal.data["done"]:
+            raise VolumeError(f"an interrupted restore of {journal.operation.get('snapshot')} on instance "
+                              f"{self.instance} is pending; run it again to finish it first, journal: {path}",
+                              EXIT_REFUSED)
+        journal.finish()
+        return Journal.open(path, operation)
+
     def _restore(self, snapshot_id: str, hooks: Hooks) -> VolumeRestore:
+        journal = self._journal(snapshot_id)
+        resumed = "new" in journal.facts  # an earlier run fixed the names and may have changed things
+        try:
+            if not journal.done("create"):
+                snap, old = self._check(snapshot_id, journal)
+                fault_point("before:gcp-create")
+                link = self._create_disk(str(journal.facts["new"]), snap, old, look_first=resumed)
+                journal.mark("create", new_link=link)
+                hooks.progress(f"created disk {journal.facts['new']} from {snapshot_id}")
+            done = self._swap(snapshot_id, journal, hooks, resumed)
+        except BaseException:
+            if not journal.data["done"]:
+                journal.finish()  # refused or failed before anything changed
+            raise
+        self._remember(done.new_volume, done.quarantined_volume, snapshot_id)
+        journal.finish()
+        hooks.start_service()
+        done.steps.append("service started")
+        return done
+
+    def _check(self, snapshot_id: str, journal: Journal) -> tuple[compute_v1.Snapshot, compute_v1.Disk]:
+        """Refusals before anything changes; fixes the new disk's name once (a re-run keeps it)."""
         snap = self._get_snapshot(snapshot_id)
         if snap.status != "READY":
             raise VolumeError(f"snapshot {snapshot_id} is {snap.status}, not READY: nothing was changed", EXIT_REFUSED)
         old, _, attached = self._facts()
         attached = self._usable_attachment(old, attached)
-        done = VolumeRestore(snapshot_id, self._new_disk_name(), old.name, warnings=self._warnings(attached))
-        new_link = self._create_disk(done.new_volume, snap, old)
-        hooks.progress(f"created disk {done.new_volume} from {snapshot_id}")
-        done.steps.append(f"created disk {done.new_volume} from snapshot {snapshot_id} in {self.zone}")
-        self._swap(old, attached, new_link, done, hooks)
-        self._remember(done.new_volume, old.name, snapshot_id)
-        hooks.start_service()
-        done.steps.append("service started")
-        return done
+        fixed = {} if "new" in journal.facts else {"new": self._new_disk_name(), "stamp": self._stamp()}
+        journal.remember(old=old.name, old_link=old.self_link, device=attached.device_name,
+                         mode=attached.mode or "READ_WRITE", **fixed)
+        return snap, old
 
     def _usable_attachment(self, disk: compute_v1.Disk, attached: compute_v1.AttachedDisk | None) -> compute_v1.AttachedDisk:
         """Refuse before anything changes when the disk is not attached to the instance, or is its boot disk."""
@@ -467,18 +508,22 @@ class GcpVolume(VolumeProvider):
                               "disk to restore it by volume", EXIT_REFUSED)
         return attached
 
-    def _warnings(self, attached: compute_v1.AttachedDisk) -> list[str]:
+    def _warnings(self, device: str) -> list[str]:
         warm = ("volume initialize = true: read the brain once after the restore, before traffic returns"
                 if self.settings.initialize else "volume initialize = false: nothing warms it, expect slow first requests")
         warnings = ["a persistent disk restored from a snapshot fetches its blocks from the snapshot on first "
                     f"read, so the first reads of the brain are slow until every block was read once; {warm}"]
-        if self.settings.device_name and attached.device_name != self.settings.device_name:
-            warnings.append(f"the disk is attached as device {attached.device_name!r}, not {self.settings.device_name!r} "
+        if self.settings.device_name and device != self.settings.device_name:
+            warnings.append(f"the disk is attached as device {device!r}, not {self.settings.device_name!r} "
                             "as backout.toml says: the new disk gets the device name actually in use")
         return warnings
 
-    def _create_disk(self, name: str, snap: compute_v1.Snapshot, old: compute_v1.Disk) -> str:
-        """Create the new disk from the snapshot (same zone, type, size); return its link."""
+    def _create_disk(self, name: str, snap: compute_v1.Snapshot, old: compute_v1.Disk, look_first: bool) -> str:
+        """Create the new disk from the snapshot (same zone, type, size); return its link. After a crash
+        (`look_first`) a disk of that name made by the earlier run is reused once READY."""
+        if look_first and (made := self._find_disk(name)) is not None:
+            self.progress(f"disk {name} was made by an interrupted run of this restore: reusing it")
+            return self._until_disk_ready(made).self_link or f"projects/{self.project}/zones/{self.zone}/disks/{name}"
         body = compute_v1.Disk(name=name, source_snapshot=snap.self_link or f"global/snapshots/{snap.name}",
                                type_=old.type_, size_gb=max(old.size_gb, snap.disk_size_gb),
                                labels={label_key("deployment"): label_value(self.deployment),
@@ -486,32 +531,80 @@ class GcpVolume(VolumeProvider):
         what = f"create disk {name} from snapshot {snap.name} in zone {self.zone}"
         with self._api(what, "compute.disks.create"):
             op = self.clients.disks.insert_unary(project=self.project, zone=self.zone, disk_resource=body)
+        fault_point("inside:gcp-create")
         op = self._wait(op, what, "compute.disks.create", self._deadline())
         return op.target_link or f"projects/{self.project}/zones/{self.zone}/disks/{name}"
 
-    def _swap(self, old: compute_v1.Disk, attached: compute_v1.AttachedDisk, new_link: str,
-              done: VolumeRestore, hooks: Hooks) -> None:
-        """Stop, detach the old disk, label it quarantine, attach the new one; put the old one back on failure."""
+    def _find_disk(self, name: str) -> compute_v1.Disk | None:
+        """The disk of that name in the zone, or None."""
+        with self._api(f"get disk {name} in zone {self.zone}", "compute.disks.get"):
+            try:
+                return self.clients.disks.get(project=self.project, zone=self.zone, disk=name)
+            except gexc.NotFound:
+                return None
+
+    def _until_disk_ready(self, disk: compute_v1.Disk) -> compute_v1.Disk:
+        """Poll a disk until READY (one an interrupted run made may still be restoring)."""
+        deadline = self._deadline()
+        while disk.status != "READY":
+            if disk.status in ("FAILED", "DELETING"):
+                raise VolumeError(f"disk {disk.name}, made by an interrupted run of this restore, is {disk.status}: "
+                                  "look at it in the console; once it is gone, run the restore again")
+            if time.monotonic() >= deadline:
+                raise VolumeError(f"disk {disk.name} is still {disk.status} after {self._timeout_text()}; nothing "
+                                  "was deleted: run the restore again to go on")
+            self.progress(f"disk {disk.name}: {disk.status.lower()}")
+            time.sleep(max(0.0, min(self.poll_seconds, deadline - time.monotonic())))
+            disk = self._get_disk(disk.name)
+        return disk
+
+    def _attached_at(self, link: str, device: str) -> bool:
+        """Is the disk attached to the instance under that device name right now?"""
+        return any(_relative(d.source) == _relative(link) and d.device_name == device
+                   for d in self._get_instance().disks)
+
+    def _swap(self, snapshot_id: str, journal: Journal, hooks: Hooks, resumed: bool) -> VolumeRestore:
+        """Stop, detach the old disk, label it quarantine, attach the new one; put the old one back on failure.
+        Each step is journaled; a re-run (`resumed`) checks the real state before a step not marked done."""
+        facts = journal.facts
+        new, old, old_link, device = str(facts["new"]), str(facts["old"]), str(facts["old_link"]), str(facts["device"])
+        like = compute_v1.AttachedDisk(device_name=device, mode=str(facts["mode"]))
+        done = VolumeRestore(snapshot_id, new, old, warnings=self._warnings(device))
+        done.steps.append(f"created disk {new} from snapshot {snapshot_id} in {self.zone}")
         hooks.stop_service()
         done.steps.append("service stopped")
+        if not journal.done("detach"):
+            fault_point("before:gcp-detach")
+            try:
+                if not resumed or self._attached_at(old_link, device):
+                    self._detach(old, device)
+            except VolumeError:
+                hooks.start_service()  # the old disk is still attached
+                raise
+            fault_point("inside:gcp-detach")
+            journal.mark("detach")
+        done.steps.append(f"detached {old} (device {device})")
         try:
-            self._detach(old.name, attached.device_name)
-        except VolumeError:
-            hooks.start_service()  # the old disk is still attached
-            raise
-        done.steps.append(f"detached {old.name} (device {attached.device_name})")
-        labelled = False
-        try:
-            self._set_labels(old.name, self._quarantine_labels(done.new_volume))
-            labelled = True
-            done.steps.append(f"labelled {old.name} backout-quarantine (kept, not deleted)")
-            self._attach(new_link, attached)
+            if not journal.done("label"):
+                fault_point("before:gcp-label")
+                self._set_labels(old, self._quarantine_labels(new, str(facts["stamp"])))
+                journal.mark("label")
+            done.steps.append(f"labelled {old} backout-quarantine (kept, not deleted)")
+            if not journal.done("attach"):
+                fault_point("before:gcp-attach")
+                if not (resumed and self._attached_at(str(facts["new_link"]), device)):
+                    self._attach(str(facts["new_link"]), like)
+                fault_point("inside:gcp-attach")
+                journal.mark("attach")
         except VolumeError as exc:
-            self._put_back(old, attached, labelled, done, hooks, exc)
-        done.steps.append(f"attached {done.new_volume} as device {attached.device_name}")
+            labelled = journal.done("label")
+            journal.finish()  # settled below, one way or the other: nothing to resume
+            self._put_back(old, old_link, like, labelled, done, hooks, exc)
+        done.steps.append(f"attached {new} as device {device}")
+        return done
 
-    def _quarantine_labels(self, new_disk: str) -> dict[str, str]:
-        return {label_key("quarantine"): label_value(self._stamp()), label_key("replaced-by"): label_value(new_disk)}
+    def _quarantine_labels(self, new_disk: str, stamp: str) -> dict[str, str]:
+        return {label_key("quarantine"): label_value(stamp), label_key("replaced-by"): label_value(new_disk)}
 
     def _detach(self, disk: str, device: str) -> None:
         what = f"detach disk {disk} (device {device}) from instance {self.instance}"
@@ -540,20 +633,20 @@ class GcpVolume(VolumeProvider):
                                                      zone_set_labels_request_resource=body)
         self._wait(op, what, "compute.disks.setLabels", self._deadline())
 
-    def _put_back(self, old: compute_v1.Disk, attached: compute_v1.AttachedDisk, labelled: bool,
+    def _put_back(self, old: str, old_link: str, like: compute_v1.AttachedDisk, labelled: bool,
                   done: VolumeRestore, hooks: Hooks, cause: VolumeError) -> NoReturn:
         """Re-attach the old disk and start the service again, then raise; the new disk is kept."""
         try:
-            self._attach(old.self_link, attached)
+            self._attach(old_link, like)
         except VolumeError as again:
-            raise VolumeError(f"{cause}; putting the old disk {old.name} back failed too ({again}): the service "
+            raise VolumeError(f"{cause}; putting the old disk {old} back failed too ({again}): the service "
                               f"is stopped; attach it by hand: `gcloud compute instances attach-disk {self.instance} "
-                              f"--disk={old.name} --device-name={attached.device_name} --zone={self.zone} "
+                              f"--disk={old} --device-name={like.device_name} --zone={self.zone} "
                               f"--project={self.project}`, then start the service") from None
         if labelled:
-            self._unlabel(old.name)
+            self._unlabel(old)
         hooks.start_service()
-        raise VolumeError(f"{cause}; the old disk {old.name} is attached again and the service started; the new "
+        raise VolumeError(f"{cause}; the old disk {old} is attached again and the service started; the new "
                           f"disk {done.new_volume} is kept (delete it when you no longer need it)") from None
 
     def _unlabel(self, disk: str) -> None:
