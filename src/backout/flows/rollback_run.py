@@ -23,7 +23,7 @@ from backout.evidence import (DiagnosticsInput, Redactor, collect_diagnostics, f
                               secrets_of, write_postmortem, write_regression_case)
 from backout.flows.badwindow import epoch, mcp_calls_since
 from backout.flows.paths import rollback_journal, upgrade_journal, watch_state
-from backout.flows.switch import drain_commands, drain_facts, start_until_healthy
+from backout.flows.switch import moved_on, drain_commands, drain_facts, start_until_healthy
 from backout.flows.check import base_url, policy_of, request_samples, state_files
 from backout.freeze import freeze_version
 from backout.fsutil import atomic_write_json, ensure_private_dir
@@ -69,14 +69,10 @@ class RollbackRun:
         return self.journal.facts
 
     def stale(self) -> str | None:
-        """Why resuming this journal now would be wrong (the world moved on since it was written), or None."""
+        """Why resuming this journal now would be wrong (another version runs since it was written), or None."""
         if self.journal.done("drain"):
             return None
-        current = self.runtime.current()
-        if current.running and current.version != self.d["from_version"]:  # not running: a cut-short drain
-            return (f"the rollback was planned while {self.d['from_version']} ran, but {current.version} runs now; "
-                    "set the journal aside with --abandon and plan again")
-        return None
+        return moved_on(self.runtime, self.d["from_version"], "rollback")
 
     # -- the plan ------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from backout.lock import operation_lock
 from backout.plan import StepFailed
 from backout.runtime.base import Command, HealthWait, Runtime, RuntimeFailure, StopResult
 
-__all__ = ["SwitchResult", "brain_stamp", "drain_commands", "drain_facts", "plan_switch", "start_until_healthy",
+__all__ = ["SwitchResult", "brain_stamp", "drain_commands", "drain_facts", "moved_on", "plan_switch", "start_until_healthy",
            "stop_service", "switch_version"]
 
 
@@ -145,3 +145,14 @@ def start_until_healthy(runtime: Runtime, version: str, boot_s: float, migrate: 
     if not wait.healthy:
         raise StepFailed("start", f"{version} did not become healthy: {wait.reason}", {"start": wait.to_dict()})
     return wait
+
+
+def moved_on(runtime: Runtime, planned_for: str | None, what: str) -> str | None:
+    """Why a journal planned while `planned_for` ran is stale now (another version runs), or None.
+
+    Nothing running is not stale: a drain cut short by a crash leaves exactly that."""
+    current = runtime.current()
+    if current.running and current.version != planned_for:
+        return (f"the {what} was planned while {planned_for} ran, but {current.version} runs now; set the journal "
+                "aside with --abandon and plan again")
+    return None

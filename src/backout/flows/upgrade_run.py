@@ -23,7 +23,7 @@ from backout.flows.check import base_url, capture_baseline
 from backout.flows.paths import watch_state
 from backout.flows.rollback import RollbackRequest
 from backout.flows.rollback_run import rollback_now
-from backout.flows.switch import brain_stamp, drain_commands, drain_facts, start_until_healthy
+from backout.flows.switch import moved_on, brain_stamp, drain_commands, drain_facts, start_until_healthy
 from backout.fsutil import atomic_write_json, free_bytes
 from backout.history import Change, History, RestorePoint, config_hash, deployment_state, save_restore_point
 from backout.journal import Journal
@@ -61,14 +61,10 @@ class UpgradeRun:
         return self.journal.facts
 
     def stale(self) -> str | None:
-        """Why resuming this journal now would be wrong, or None."""
+        """Why resuming this journal now would be wrong (another version runs since it was written), or None."""
         if self.journal.done("drain") or self.facts.get("rolling_back"):
             return None
-        current = self.runtime.current()
-        if current.running and current.version != self.d["from_version"]:  # not running: a cut-short drain
-            return (f"the upgrade was planned while {self.d['from_version']} ran, but {current.version} runs now; "
-                    "set the journal aside with --abandon and plan again")
-        return None
+        return moved_on(self.runtime, self.d["from_version"], "upgrade")
 
     def plan(self) -> Plan:
         """The steps, each with its commands and files."""
