@@ -25,8 +25,9 @@ quickstart: $(STAMP)
 # The whole test suite, on both cores. As root it first sets up Docker, Compose v2, a local
 # registry and the engine:<version> images (scripts/docker/); elsewhere the compose tests skip.
 test: $(STAMP) docker
-	$(BIN)/python -m pytest -n 2 -m "not live"
+	$(BIN)/python -m pytest -n 2 -m "not live and not rehearsal"
 	$(BIN)/python -m pytest -n 2 -m live
+	$(BIN)/python -m pytest -n 2 -m rehearsal
 
 # Docker engine on a private socket, Compose v2, registry on 127.0.0.1:5000, engine images.
 docker: $(STAMP)

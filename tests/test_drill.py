@@ -75,7 +75,7 @@ def test_a_deployment_not_marked_staging_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.live
+@pytest.mark.rehearsal
 @pytest.mark.parametrize("mode, trigger", [("latency", "latency"), ("health", "not healthy at start"),
                                            ("eval", "evals"), ("crash", "not healthy at start"),
                                            ("drain", "forced stop at the drain")])

@@ -17,7 +17,7 @@ from engine.traffic import TrafficPlan, run_traffic
 from engine_proc import DEFAULT_KEY
 from rollback_setup import ENV, init_process, rows_of, url_of
 
-pytestmark = [pytest.mark.slow, pytest.mark.live]
+pytestmark = [pytest.mark.slow, pytest.mark.rehearsal]
 
 SETTINGS = f"""
 [deployments.{{name}}.verdict]
