@@ -35,7 +35,7 @@ from backout.journal import Journal, fault_point
 from backout.progress import NO_PROGRESS, Progress
 
 __all__ = ["RestoreRequest", "RestoreResult", "restore_snapshot", "stage_snapshot", "staged_path", "newest_passing",
-           "pending_restore"]
+           "pending_restore", "checkpoint_wal"]
 
 STEPS = ("stage", "checkpoint", "quarantine", "swap")
 
@@ -209,18 +209,20 @@ def _stage_for_restore(req: RestoreRequest, progress: Progress) -> None:
         raise _refuse(req, str(exc)) from None
 
 
-def _checkpoint(brain: Path) -> None:
-    """Fold the WAL into the brain so the file alone holds everything (best effort)."""
+def checkpoint_wal(brain: Path) -> bool | None:
+    """Fold the WAL into the brain so the file alone holds everything (best effort): True when complete,
+    False when writers kept part of it back, None when there is no readable brain."""
     if not brain.exists():
-        return
+        return None
     try:
         conn = sqlite3.connect(brain, isolation_level=None, timeout=5)
         try:
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
         finally:
             conn.close()
     except sqlite3.DatabaseError:
-        pass  # not readable as SQLite: quarantine keeps every file as it is
+        return None  # not readable as SQLite: quarantine keeps every file as it is
+    return not busy
 
 
 def _quarantine_dir(req: RestoreRequest, journal: Journal) -> Path:
@@ -343,9 +345,9 @@ def _run(req: RestoreRequest, journal: Journal, resumed: bool, progress: Progres
     result = RestoreResult(req.snapshot_id, req.brain, None, resumed)
     staged = staged_path(req.brain, req.snapshot_id)
     qdir = _quarantine_dir(req, journal)
-    actions = {
+    actions: dict[str, Callable[[], object]] = {
         "stage": lambda: _stage_for_restore(req, progress),
-        "checkpoint": lambda: _checkpoint(req.brain),
+        "checkpoint": lambda: checkpoint_wal(req.brain),
         "quarantine": lambda: _quarantine(req, qdir, manifest),
         "swap": lambda: _swap(req, staged, manifest),
     }

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from backout.brain.restore import checkpoint_wal
 from backout.cli.common import (ConfigOpt, DeploymentOpt, DryRunOpt, JsonOpt, YesOpt, confirm, emit_json, fail,
                                 handle_errors, target_from)
 from backout.config import Target
@@ -32,14 +32,10 @@ def _provider(target: Target) -> VolumeProvider:
 
 def _checkpoint(brain: Path) -> str:
     """Fold the WAL into the brain so the volume holds a usable brain (best effort while it serves)."""
-    if not brain.exists():
-        return "no brain yet"
-    conn = sqlite3.connect(brain, timeout=10, isolation_level=None)
-    try:
-        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-    finally:
-        conn.close()
-    return "WAL checkpointed" if not busy else "WAL checkpoint partial (writers active): drain first for certainty"
+    done = checkpoint_wal(brain)
+    if done is None:
+        return "no readable brain to checkpoint"
+    return "WAL checkpointed" if done else "WAL checkpoint partial (writers active): drain first for certainty"
 
 
 @app.command("snapshot")
