@@ -469,13 +469,14 @@ class SchemaChange:
     table: str
     name: str
     detail: str
+    loses_data: bool = False  # the change took rows or values with it (a dropped table or column)
 
     @property
     def where(self) -> str:
         """`table.name`, or just the name for tables and views."""
         return self.name if self.object in ("table", "view") else f"{self.table}.{self.name}"
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         return {
             "kind": self.kind,
@@ -483,12 +484,14 @@ class SchemaChange:
             "table": self.table,
             "name": self.name,
             "detail": self.detail,
+            "loses_data": self.loses_data,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SchemaChange:
         """Inverse of to_dict."""
-        return cls(data["kind"], data["object"], data["table"], data["name"], data["detail"])
+        return cls(data["kind"], data["object"], data["table"], data["name"], data["detail"],
+                   bool(data.get("loses_data", False)))
 
 
 @dataclass(frozen=True)
@@ -528,8 +531,8 @@ def _additive(obj: ObjectKind, table: str, name: str, detail: str) -> SchemaChan
     return SchemaChange("additive", obj, table, name, detail)
 
 
-def _breaking(obj: ObjectKind, table: str, name: str, detail: str) -> SchemaChange:
-    return SchemaChange("breaking", obj, table, name, detail)
+def _breaking(obj: ObjectKind, table: str, name: str, detail: str, loses_data: bool = False) -> SchemaChange:
+    return SchemaChange("breaking", obj, table, name, detail, loses_data)
 
 
 def diff(old: SchemaStamp, new: SchemaStamp) -> SchemaDiff:
@@ -575,7 +578,8 @@ def _diff_tables(old: SchemaStamp, new: SchemaStamp, out: list[SchemaChange]) ->
         else:
             out.append(
                 _breaking(
-                    "table", name, name, "table dropped: the old version's queries on it fail"
+                    "table", name, name, "table dropped: the old version's queries on it fail",
+                    loses_data=True,
                 )
             )
     for name in added:
@@ -619,7 +623,8 @@ def _diff_columns(
         col = old_by[key][1]
         out.append(
             _breaking(
-                "column", table, col["name"], "column dropped: the old version's queries on it fail"
+                "column", table, col["name"], "column dropped: the old version's queries on it fail",
+                loses_data=True,
             )
         )
     for key in added:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -11,13 +12,13 @@ import typer
 from backout.cli.common import (ConfigOpt, DeploymentOpt, DryRunOpt, JsonOpt, YesOpt, confirm, emit_json, fail,
                                 handle_errors, target_from)
 from backout.config import ConfigError
-from backout.errors import EXIT_USAGE, BackoutError
+from backout.errors import EXIT_ENVIRONMENT, EXIT_INCONCLUSIVE, EXIT_OK, EXIT_ROLL_BACK, EXIT_USAGE, BackoutError
 from backout.flows.check import capture_baseline, check as compute, state_files
 from backout.runtime.factory import runtime_for
 
 __all__ = ["check", "baseline_app", "EXIT_HOLD", "EXIT_ROLL_BACK", "EXIT_INCONCLUSIVE"]
 
-EXIT_HOLD, EXIT_ROLL_BACK, EXIT_INCONCLUSIVE = 0, 3, 4
+EXIT_HOLD = EXIT_OK
 _EXIT = {"hold": EXIT_HOLD, "roll-back": EXIT_ROLL_BACK, "inconclusive": EXIT_INCONCLUSIVE}
 
 
@@ -31,13 +32,17 @@ def check(
 ) -> None:
     """Compute the rollback verdict now against the stored baseline, with the evidence.
 
-    Exit codes: 0 hold, 3 roll-back, 4 inconclusive (not enough data yet), 2 usage or config error."""
+    Exit codes: 0 hold, 5 roll-back, 6 inconclusive (not enough data yet); 2 usage or config error,
+    4 the service or its logs could not be read."""
     target = target_from(config, deployment, None)
     try:
         verdict = compute(target, runtime_for(target), not no_evals, customer_report)
-    except (BackoutError, ConfigError, OSError, sqlite3.Error) as exc:
-        # Every failure is exit 2 here: 3 and 4 mean roll-back and inconclusive to scripts.
+    except BackoutError as exc:
+        fail(str(exc), exc.exit_code)
+    except (ConfigError, sqlite3.Error) as exc:
         fail(str(exc), EXIT_USAGE)
+    except OSError as exc:
+        fail(str(exc), EXIT_ENVIRONMENT)
     if as_json:
         emit_json(verdict.to_dict())
     else:
@@ -91,4 +96,13 @@ def show(as_json: bool = JsonOpt, config: Optional[Path] = ConfigOpt,
     baseline = state_files(target).load_baseline()
     if baseline is None:
         fail("no baseline recorded: run `backout baseline capture` while the good version serves", EXIT_USAGE)
-    emit_json(baseline.summary()) if as_json else typer.echo(str(baseline.summary()))
+    summary = baseline.summary()
+    if as_json:
+        emit_json(summary)
+        return
+    typer.echo(f"baseline of {summary['version']}: {summary['requests']} requests, error rate "
+               f"{summary['error_rate']}, p95 {summary['p95_ms']} ms")
+    for w in summary["windows"]:
+        end = datetime.fromtimestamp(w["to"], timezone.utc).isoformat(timespec="seconds") if w["to"] else "capture"
+        typer.echo(f"  served by {w['version']} from "
+                   f"{datetime.fromtimestamp(w['from'], timezone.utc).isoformat(timespec='seconds')} to {end}")

@@ -15,12 +15,12 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
 
 from backout.config import ConfigError, Target, resolve_target
-from backout.errors import EXIT_ENVIRONMENT, EXIT_USAGE, BackoutError
-from backout.fsutil import describe_os_error
+from backout.errors import EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_USAGE, BackoutError
+from backout.fsutil import check_version, describe_os_error
 
 __all__ = [
     "ConfigOpt", "DeploymentOpt", "BrainOpt", "IntoOpt", "JsonOpt", "YesOpt", "DryRunOpt",
-    "abandon_journal", "fail", "emit_json", "target_from", "progress_bar", "confirm", "human_bytes", "human_age", "handle_errors",
+    "abandon_journal", "fail", "version_arg", "emit_json", "target_from", "progress_bar", "confirm", "human_bytes", "human_age", "handle_errors",
 ]
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="backout.toml to use (default: ./backout.toml or $BACKOUT_CONFIG).")
@@ -54,8 +54,18 @@ def handle_errors() -> Iterator[None]:
     except sqlite3.Error as exc:
         fail(f"SQLite: {exc}; check that the file is the right SQLite database", EXIT_USAGE)
     except KeyboardInterrupt:
-        fail("interrupted: a restore is journaled (re-run it to finish); a half-made snapshot is left "
-             "only as a temporary file", 130)
+        fail("interrupted; `backout status` lists anything left unfinished with the command that finishes it",
+             EXIT_INTERRUPTED)
+
+
+def version_arg(value: Optional[str]) -> Optional[str]:
+    """Typer callback: a version names files and goes into argv, so `../x`, `-x` or `a/b` end with exit 2."""
+    if value is not None:
+        try:
+            check_version(value)
+        except BackoutError as exc:
+            fail(str(exc), exc.exit_code)
+    return value
 
 
 def emit_json(data: Any) -> None:

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from backout.cli.common import ConfigOpt, DeploymentOpt, DryRunOpt, JsonOpt, YesOpt, confirm, emit_json, handle_errors, target_from
+from backout.cli.common import version_arg
 from backout.errors import EXIT_FAILED
 from backout.flows.switch import plan_switch, stop_service, switch_version
 from backout.runtime.factory import runtime_for
@@ -16,8 +17,10 @@ __all__ = ["switch", "stop"]
 
 
 def switch(
-    version: str = typer.Argument(..., help="Version to run (image tag, or the value for the command template)."),
+    version: str = typer.Argument(..., callback=version_arg, help="Version to run (image tag, or the value for the command template)."),
     reason: str = typer.Option("", "--reason", help="Why; kept in the history."),
+    force: bool = typer.Option(False, "--force", help="Switch even to a version judged bad, or one that could not "
+                               "be proven to start (recorded in the history)."),
     dry_run: bool = DryRunOpt,
     yes: bool = YesOpt,
     as_json: bool = JsonOpt,
@@ -26,25 +29,29 @@ def switch(
 ) -> None:
     """Drain and stop what runs, run `migrate` if configured, start VERSION, wait until healthy.
 
-    No snapshot and no watch window: take one first (`backout snapshot create`) when VERSION migrates the brain."""
+    Before anything stops, VERSION is proven to start (the runtime's availability check, or a trial
+    boot on a copy of the brain); a version judged bad is refused. No snapshot and no watch window:
+    take one first (`backout snapshot create`) when VERSION migrates the brain."""
     target = target_from(config, deployment, None)
     with handle_errors():
         runtime = runtime_for(target)
-        commands = plan_switch(target, runtime, version)
         current = runtime.current()
+        plan = plan_switch(target, runtime, version, force)
+    commands = plan.commands
     if dry_run:
         if as_json:
             emit_json({"dry_run": True, "from": current.version if current.running else None, "to": version,
-                       "commands": [c.to_dict() for c in commands]})
+                       "proof": plan.proof.to_dict(), "commands": [c.to_dict() for c in commands]})
             return
         typer.echo(f"switch {target.deployment}: {current.version if current.running else 'nothing running'} -> {version}")
+        typer.echo(f"proof: {plan.proof.how}" + "".join(f"\nFORCED: {f}" for f in plan.proof.forced))
         for i, c in enumerate(commands, 1):
             typer.echo(f"{i}. {c.purpose}\n   $ {c.shell()}" + (f"\n   env: {', '.join(c.env_names)}" if c.env_names else ""))
         typer.echo("note: no snapshot is taken; take one first with `backout snapshot create`")
         return
     confirm(f"switch {target.deployment} to {version} (no snapshot, no watch)?", yes)
     with handle_errors():
-        result = switch_version(target, runtime, version, kind="manual", reason=reason)
+        result = switch_version(target, runtime, version, kind="manual", reason=reason, force=force)
     if as_json:
         emit_json(result.to_dict())
     else:
@@ -58,6 +65,11 @@ def switch(
             typer.echo(f"{version} is NOT healthy: {health.reason if health else 'unknown'}")
             for line in (health.log_tail if health else [])[-10:]:
                 typer.echo(f"  | {line}")
+            now = runtime.current()
+            state = f"{now.version} runs but is not healthy" if now.running else "nothing is running"
+            back = f": `backout switch {result.from_version}` starts the previous version again" \
+                if result.from_version else ""
+            typer.echo(f"{state} on {target.deployment} now{back}")
     if not result.healthy:
         raise typer.Exit(EXIT_FAILED)
 

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from backout.cli.common import BrainOpt, ConfigOpt, DeploymentOpt, JsonOpt, emit_json, target_from
-from backout.history import History
+from backout.ledger import Ledger
 
 __all__ = ["history"]
 
@@ -20,20 +20,21 @@ def history(
     deployment: Optional[str] = DeploymentOpt,
     brain: Optional[Path] = BrainOpt,
 ) -> None:
-    """List what ran when: time, kind (upgrade, rollback, drill, manual, stop), from, to, outcome."""
+    """List what ran when: time, kind (upgrade, promote, rollback, drill, manual, stop, verdict, unfreeze),
+    from, to, outcome (an upgrade undone by a later rollback shows as rolled-back)."""
     target = target_from(config, deployment, brain)
-    entries = History(target.state_dir).entries(target.deployment)[-limit:]
+    entries = Ledger(target).annotated()[-limit:]
     if as_json:
         emit_json(entries)
         return
     if not entries:
         typer.echo("no history yet")
         return
-    typer.echo(f"{'AT':<24} {'KIND':<9} {'FROM':<14} {'TO':<14} {'OUTCOME':<8} DETAIL")
+    typer.echo(f"{'AT':<24} {'KIND':<9} {'FROM':<14} {'TO':<14} {'OUTCOME':<11} DETAIL")
     for e in entries:
         drain = e.get("drain") or {}
         extra = "" if not drain.get("stopped") else f" drain {'clean' if drain.get('clean') else 'FORCED'} {drain.get('seconds')}s;"
         head = lambda s: (s or {}).get("head")  # noqa: E731
         schema = f" schema {head(e.get('schema_before'))}->{head(e.get('schema_after'))}" if e.get("schema_after") else ""
         typer.echo(f"{e['at'][:23]:<24} {e['kind']:<9} {str(e.get('from_version') or '-'):<14} "
-                   f"{str(e.get('to_version') or '-'):<14} {e['outcome']:<8}{extra}{schema} {e.get('detail', '')}")
+                   f"{str(e.get('to_version') or '-'):<14} {e['outcome']:<11}{extra}{schema} {e.get('detail', '')}")

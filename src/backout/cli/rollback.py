@@ -9,8 +9,10 @@ import typer
 
 from backout.cli.common import (abandon_journal, ConfigOpt, DeploymentOpt, DryRunOpt, JsonOpt, YesOpt, confirm, emit_json, fail,
                                 handle_errors, human_age, human_bytes, progress_bar, target_from)
+from backout.cli.common import version_arg
 from backout.errors import EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE
 from backout.flows.rollback import Mode, RollbackRequest, decide_rollback
+from backout.flows.journals import resume_journal
 from backout.flows.paths import rollback_journal
 from backout.flows.rollback_run import RollbackRun, new_journal
 from backout.freeze import freeze_version, unfreeze_version
@@ -24,7 +26,7 @@ __all__ = ["rollback", "freeze", "unfreeze"]
 
 
 def rollback(
-    to: Optional[str] = typer.Option(None, "--to", help="Version to return to (default: the restore point)."),
+    to: Optional[str] = typer.Option(None, "--to", callback=version_arg, help="Version to return to (default: the restore point)."),
     snapshot: Optional[str] = typer.Option(None, "--snapshot", help="Snapshot to restore if the brain is rolled back."),
     reason: str = typer.Option("", "--reason", help="The symptom, for the announcement and the postmortem "
                                "(default: the latest verdict's reason)."),
@@ -63,19 +65,12 @@ def rollback(
 def _journal(target: Any, runtime: Any, req: RollbackRequest, resume: bool, dry_run: bool, yes: bool,
              as_json: bool) -> Journal | None:
     """The journal to run: the interrupted one (--resume) or a new one after the plan is shown and confirmed."""
-    path = rollback_journal(target)
     if resume:
-        if not path.exists():
-            fail("there is no interrupted rollback to resume", EXIT_USAGE)
-        journal = Journal.open(path, {})
+        journal = resume_journal(rollback_journal(target), "rollback")
         stale = RollbackRun(target, runtime, journal).stale()
         if stale:
             fail(stale, EXIT_REFUSED)
         return journal
-    if path.exists():
-        pending = Journal.open(path, {}).operation.get("decision", {}).get("incident_id", "?")
-        fail(f"an interrupted rollback (incident {pending}) is pending: finish it with `backout rollback --resume`",
-             EXIT_REFUSED)
     decision = decide_rollback(target, runtime, req)
     journal = new_journal(target, decision)
     plan = RollbackRun(target, runtime, journal).plan()
@@ -192,7 +187,7 @@ def _print_failure(run: RollbackRun, why: str) -> None:
 
 
 def freeze(
-    version: str = typer.Argument(..., help="Version to refuse in upgrades."),
+    version: str = typer.Argument(..., callback=version_arg, help="Version to refuse in upgrades."),
     reason: str = typer.Option(..., "--reason", help="Why (kept with the freeze and in the history)."),
     dry_run: bool = DryRunOpt,
     yes: bool = YesOpt,
@@ -212,7 +207,7 @@ def freeze(
 
 
 def unfreeze(
-    version: str = typer.Argument(..., help="A version frozen by a rollback."),
+    version: str = typer.Argument(..., callback=version_arg, help="A version frozen by a rollback."),
     reason: str = typer.Option(..., "--reason", help="Why it is safe again (kept in the history)."),
     dry_run: bool = DryRunOpt,
     yes: bool = YesOpt,
@@ -228,7 +223,7 @@ def unfreeze(
     confirm(f"unfreeze {version} for {target.deployment}?", yes)
     with handle_errors():
         was = unfreeze_version(target, version)
-        History(target.state_dir).append(Change(deployment=target.deployment, kind="manual", from_version=None,
+        History(target.state_dir).append(Change(deployment=target.deployment, kind="unfreeze", from_version=version,
                                                 to_version=None, outcome="ok", reason=reason,
                                                 detail=f"unfrozen {version} (was: {was.get('reason')})"))
     emit_json({"unfrozen": version, "was": was, "reason": reason}) if as_json else \

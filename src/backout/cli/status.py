@@ -12,9 +12,9 @@ from backout.brain.snapshot import verify_snapshot
 from backout.cli.common import (BrainOpt, ConfigOpt, DeploymentOpt, IntoOpt, JsonOpt, emit_json, handle_errors,
                                 human_age, human_bytes, target_from)
 from backout.config import Target
-from backout.flows.paths import rollback_journal
 from backout.freeze import frozen_versions
-from backout.history import History, load_restore_point
+from backout.history import History
+from backout.ledger import Ledger, NoRollback, Running, pending_operations, running_version
 from backout.runtime.factory import runtime_for
 from backout.signals.health import probe
 
@@ -36,8 +36,8 @@ def _snapshots(target: Target) -> dict[str, Any]:
             "max_age_seconds": target.max_age.total_seconds()}
 
 
-def _restore_point(target: Target, verify: bool) -> dict[str, Any] | None:
-    point = load_restore_point(target.state_dir, target.deployment)
+def _restore_point(target: Target, ledger: Ledger, verify: bool) -> dict[str, Any] | None:
+    point = ledger.point
     if point is None:
         return None
     store = SnapshotStore(target.snapshot_dir)
@@ -47,8 +47,19 @@ def _restore_point(target: Target, verify: bool) -> dict[str, Any] | None:
     version_ok = None
     if target.settings is not None and target.settings.runtime is not None:
         version_ok = runtime_for(target).is_available(point.version).ok
+    judged = ledger.standing(point.version)
     return {**point.to_dict(), "snapshot_present": snapshot_ok, "snapshot_verified": verify and snapshot_ok,
-            "version_available": version_ok, "ready": bool(snapshot_ok and version_ok is not False)}
+            "version_available": version_ok, "standing": judged.to_dict(),
+            "ready": bool(snapshot_ok and version_ok is not False and judged.standing != "bad")}
+
+
+def _rollback_target(target: Target, ledger: Ledger, running: Running) -> dict[str, Any]:
+    """What `backout rollback` would return to now (the same function it calls), or why there is none."""
+    try:
+        chosen = ledger.rollback_target(running)
+    except NoRollback as exc:
+        return {"version": None, "source": None, "why_not": str(exc)}
+    return {"version": chosen.version, "source": chosen.source, "snapshot_id": chosen.snapshot_id, "why_not": None}
 
 
 DRILL_MAX_AGE_S = 90 * 86400  # the runbook asks for a drill every quarter
@@ -67,19 +78,34 @@ def _last_drill(target: Target) -> dict[str, Any] | None:
 def collect_status(target: Target, verify: bool = False) -> dict[str, Any]:
     """Everything `backout status` shows, as data."""
     out: dict[str, Any] = {"deployment": target.deployment, "brain": _brain(target), "snapshots": _snapshots(target)}
+    ledger = Ledger(target)
     if target.settings is not None and target.settings.runtime is not None:
         out["runtime"] = target.settings.runtime
-        out["running"] = runtime_for(target).current().to_dict()
+        running = running_version(target, runtime_for(target))
+        out["running"] = running.to_dict()
         out["frozen"] = sorted(frozen_versions(target))
-        pending = rollback_journal(target)
-        out["pending_rollback"] = str(pending) if pending.exists() else None
+        out["rollback_target"] = _rollback_target(target, ledger, running)
+    out["pending"] = [p.to_dict() for p in pending_operations(target)]
     if target.health_url:
         out["health"] = probe(target.health_url, timeout=5).to_dict()
-    out["restore_point"] = _restore_point(target, verify)
+    out["restore_point"] = _restore_point(target, ledger, verify)
+    out["versions"] = [j.to_dict() for j in ledger.judgements()]
     changes = History(target.state_dir).entries(target.deployment)
     out["last_change"] = changes[-1] if changes else None
     out["last_drill"] = _last_drill(target)
     return out
+
+
+def _running_line(data: dict[str, Any]) -> str:
+    """What runs, said so that it cannot contradict the health line."""
+    run = data["running"]
+    if run["running"]:
+        return f"{run['version']} (pid/id {run['id']})"
+    answers = data.get("health", {}).get("ok")
+    last = f"; {run['version']} ran last" if run["version"] else ""
+    if answers:
+        return f"nothing started by backout{last}, BUT something answers on the health URL (not under backout's control)"
+    return f"nothing{last}"
 
 
 def status(
@@ -100,8 +126,7 @@ def status(
         return
     typer.echo(f"deployment   {data['deployment']}" + (f" ({data['runtime']})" if "runtime" in data else ""))
     if "running" in data:
-        run = data["running"]
-        typer.echo(f"running      {run['version'] + ' (pid/id ' + str(run['id']) + ')' if run['running'] else 'nothing'}")
+        typer.echo(f"running      {_running_line(data)}")
     if "health" in data:
         typer.echo(f"health       {data['health']['reason']}")
     b = data["brain"]
@@ -114,15 +139,22 @@ def status(
         typer.echo("snapshots    none  STALE (no snapshot to roll back to)")
     rp = data["restore_point"]
     if rp:
+        standing = rp["standing"]["standing"]
         typer.echo(f"restore pt   {rp['version']} + snapshot {rp['snapshot_id']}: {'ready' if rp['ready'] else 'NOT READY'}"
                    f" (snapshot {'verified' if rp['snapshot_verified'] else 'present' if rp['snapshot_present'] else 'MISSING'},"
-                   f" version {'available' if rp['version_available'] else 'unknown' if rp['version_available'] is None else 'NOT AVAILABLE'})")
+                   f" version {'available' if rp['version_available'] else 'unknown' if rp['version_available'] is None else 'NOT AVAILABLE'}"
+                   + (f", JUDGED BAD: {rp['standing']['why']}" if standing == "bad" else "") + ")")
     else:
         typer.echo("restore pt   none recorded")
+    target_ = data.get("rollback_target")
+    if target_:
+        typer.echo(f"rollback to  {target_['version']} ({target_['source']})" if target_["version"]
+                   else f"rollback to  nothing: {target_['why_not']}")
     if data.get("frozen"):
         typer.echo(f"frozen       {', '.join(data['frozen'])}")
-    if data.get("pending_rollback"):
-        typer.echo("rollback     INTERRUPTED: finish it with `backout rollback --resume`")
+    for pending in data["pending"]:
+        typer.echo(f"PENDING      {pending['detail']}: finish with `{pending['finish']}`"
+                   + (f" or abandon with `{pending['abandon']}`" if pending["abandon"] else ""))
     d = data["last_drill"]
     warn = "  OLDER THAN 90 DAYS: rehearse with `backout drill`" if d and d["stale"] else ""
     typer.echo(f"last drill   {human_age(d['age_seconds']) + ' ago' + warn if d else 'never (rehearse with `backout drill`)'}")

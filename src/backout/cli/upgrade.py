@@ -13,8 +13,10 @@ from rich.table import Table
 
 from backout.cli.common import (abandon_journal, ConfigOpt, DeploymentOpt, DryRunOpt, JsonOpt, YesOpt, confirm, fail,
                                 handle_errors, human_bytes, progress_bar, target_from)
+from backout.cli.common import version_arg
 from backout.config import Target, parse_duration
-from backout.errors import EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE
+from backout.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_REFUSED, EXIT_ROLL_BACK, EXIT_USAGE
+from backout.flows.journals import resume_journal
 from backout.flows.paths import upgrade_journal
 from backout.flows.upgrade import preflight
 from backout.flows.upgrade_run import UpgradeRun
@@ -34,11 +36,13 @@ AutoOpt = typer.Option(None, "--auto-rollback/--no-auto-rollback",
 
 
 def upgrade(
-    version: str = typer.Argument(..., help="The version to upgrade to (image tag, or the command template's value)."),
+    version: Optional[str] = typer.Argument(None, callback=version_arg, help="The version to upgrade to (image tag, or the command "
+                                            "template's value); not needed with --resume or --abandon."),
     watch_for: Optional[str] = typer.Option(None, "--watch", help="Watch window, e.g. 15m (default: upgrade.watch; "
                                                                   "0 to skip)."),
     auto_rollback: Optional[bool] = AutoOpt,
-    force: bool = typer.Option(False, "--force", help="Upgrade even though the running version is not healthy."),
+    force: bool = typer.Option(False, "--force", help="Upgrade even though the running version is not healthy, the "
+                               "target is judged bad, or it could not be proven to start (recorded in the history)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an upgrade that was interrupted."),
     abandon: bool = typer.Option(False, "--abandon", help="Set an interrupted upgrade's journal aside (kept, renamed)."),
     dry_run: bool = DryRunOpt,
@@ -60,11 +64,13 @@ def upgrade(
     if abandon:
         abandon_journal(target, upgrade_journal(target), "upgrade", yes)
         return
+    if version is None and not resume:
+        fail("which version? `backout upgrade VERSION` (or `--resume` to finish an interrupted upgrade)", EXIT_USAGE)
     seconds = _seconds(watch_for)
     with handle_errors():
         runtime = runtime_for(target)
         auto = target.require_settings().upgrade.auto_rollback if auto_rollback is None else auto_rollback
-        with operation_lock(deployment_state(target.state_dir, target.deployment), f"upgrade to {version}"):
+        with operation_lock(deployment_state(target.state_dir, target.deployment), f"upgrade to {version or '…'}"):
             journal = _journal(target, runtime, version, force, seconds, resume, dry_run, yes, as_json)
             if journal is None:
                 return
@@ -82,26 +88,27 @@ def upgrade(
 def _seconds(text: Optional[str]) -> Optional[float]:
     if text is None:
         return None
+    if text.strip() == "0":
+        return 0.0  # "0 to skip", as the help says
     try:
         return parse_duration(text).total_seconds()
     except ValueError as exc:
         fail(f"--watch: {exc}", EXIT_USAGE)
 
 
-def _journal(target: Target, runtime: Runtime, version: str, force: bool, seconds: Optional[float], resume: bool,
+def _journal(target: Target, runtime: Runtime, version: Optional[str], force: bool, seconds: Optional[float], resume: bool,
              dry_run: bool, yes: bool, as_json: bool) -> Journal | None:
     path = upgrade_journal(target)
     if resume:
-        if not path.exists():
-            fail("there is no interrupted upgrade to resume", EXIT_USAGE)
-        journal = Journal.open(path, {})
-        if journal.operation["decision"]["to_version"] != version:
+        journal = resume_journal(path, "upgrade")
+        if version is not None and journal.operation["decision"]["to_version"] != version:
             fail(f"the interrupted upgrade is to {journal.operation['decision']['to_version']}, not {version}",
                  EXIT_USAGE)
         stale = UpgradeRun(target, runtime, journal).stale()
         if stale:
             fail(stale, EXIT_REFUSED)
         return journal
+    assert version is not None
     decision = preflight(target, runtime, version, force, seconds)
     journal = Journal(path, {"operation": {"kind": "upgrade", "decision": decision}, "done": [], "facts": {}})
     plan = UpgradeRun(target, runtime, journal).plan()
@@ -119,9 +126,10 @@ def _journal(target: Target, runtime: Runtime, version: str, force: bool, second
 def render_plan(plan: Plan) -> list[str]:
     """The pre-flight result and the steps, as text."""
     d = plan.facts
+    proof = (d.get("proof") or {}).get("how", "?")
     lines = [f"upgrade plan for {d['deployment']}: {d['from_version']} -> {d['to_version']}",
-             "  pre-flight    target not frozen and available; the running version healthy and startable afterwards; "
-             "room for two snapshots",
+             f"  pre-flight    target proven to start ({proof}); the running version healthy and startable "
+             "afterwards; room for two snapshots",
              f"  brain         {human_bytes(d['brain_bytes'])}; a brain rollback would take about "
              f"{d['predicted_restore_s']:.0f}s ({d['throughput']['mb_s']:.0f} MB/s, {d['throughput']['source']})",
              f"  announced     {_announced(d['expected_changes'])}",
@@ -196,13 +204,13 @@ def _watch(target: Target, runtime: Runtime, auto: bool, as_json: bool) -> None:
             outcome, rollback = watch(target, runtime, auto, view.show)
     except KeyboardInterrupt:
         typer.echo("stopped watching; nothing was changed. Resume the watch with `backout watch`", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     if as_json:
         _event({"event": "result", "outcome": outcome, "rollback": rollback["result"] if rollback else None})
     else:
         view.summary(outcome, rollback)
-    if outcome not in ("promoted", "ended"):  # 3: a roll-back verdict to act on; 1: rolled back (or worse)
-        raise typer.Exit(EXIT_REFUSED if outcome == "roll-back-advised" else EXIT_FAILED)
+    if outcome not in ("promoted", "ended"):  # 5: a roll-back verdict to act on; 1: rolled back (or worse)
+        raise typer.Exit(EXIT_ROLL_BACK if outcome == "roll-back-advised" else EXIT_FAILED)
 
 
 class _WatchView:

@@ -8,17 +8,20 @@ import shlex
 import subprocess
 import time
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backout.config import Deployment, Target
-from backout.errors import EXIT_USAGE, BackoutError
-from backout.history import History, deployment_state
+from backout.errors import EXIT_REFUSED, EXIT_USAGE, BackoutError
+from backout.history import STARTS, Change, History, deployment_state
 from backout.runtime.base import Runtime
 from backout.signals.baseline import Baseline, StateFiles
 from backout.signals.decide import decide
 from backout.signals.evals import run_evals
 from backout.signals.health import probe
 from backout.signals.model import EvalRun, ExpectedChanges, HealthSample, Observations, Policy, RequestSample, Verdict
+
+if TYPE_CHECKING:
+    from backout.ledger import ServedWindow
 
 __all__ = ["base_url", "capture_baseline", "check", "expected_changes", "observe", "policy_of", "request_samples"]
 
@@ -90,18 +93,58 @@ def _probe(target: Target) -> HealthSample | None:
 
 
 def capture_baseline(target: Target, runtime: Runtime, with_evals: bool = True) -> Baseline:
-    """Record the running version's requests, health and evals as the baseline to compare against."""
+    """Record the running version's requests, health and evals as the baseline to compare against.
+
+    Only a version not judged bad and not in an open watch window gives a baseline, and only the
+    stretches of the baseline window during which that very version served count: requests served
+    by an earlier (perhaps broken) build in the same log never enter it."""
     settings = target.require_settings()
     now = time.time()
     since = now - settings.verdict.baseline_window.total_seconds()
     current = runtime.current()
-    if not current.running:
+    if not current.running or current.version is None:
         raise BackoutError("nothing is running: a baseline is taken from the good version while it serves",
                            EXIT_USAGE)
+    _refuse_unjudged(target, current.version)
+    windows = _baseline_windows(target, current.version, current.since, since, now)
     evals = run_evals(settings.evals, base_url(target), current.version) if with_evals and settings.evals else None
-    baseline = Baseline(current.version, now, request_samples(target, runtime, since, now), _probe(target), evals)
+    requests = [r for w in windows for r in request_samples(target, runtime, w.start, w.end or now)]
+    baseline = Baseline(current.version, now, requests, _probe(target), evals,
+                        windows=[w.to_dict() for w in windows])
     state_files(target).save_baseline(baseline)
     return baseline
+
+
+def _refuse_unjudged(target: Target, version: str) -> None:
+    """A baseline never comes from a version judged bad or still in its watch window."""
+    from backout.flows.paths import watch_state
+    from backout.ledger import Ledger
+
+    judged = Ledger(target).standing(version)
+    if judged.standing == "bad":
+        raise BackoutError(f"{version} is judged bad ({judged.why}): a baseline comes only from a good version",
+                           EXIT_REFUSED)
+    if watch_state(target).exists():
+        raise BackoutError(f"{version} is in its watch window and not yet promoted: a baseline comes only from a "
+                           "good version (wait for the promotion, or roll back)", EXIT_REFUSED)
+
+
+def _baseline_windows(target: Target, version: str, started: str | None, since: float,
+                      now: float) -> list["ServedWindow"]:
+    """The stretches of [since, now] during which `version` served (from the history, else since its start)."""
+    from backout.ledger import Ledger, ServedWindow
+
+    served = [w for w in Ledger(target).served_windows(now) if w.version == version and (w.end or now) > since]
+    clipped = [ServedWindow(version, max(w.start, since), w.end) for w in served]
+    if clipped:
+        return clipped[-5:]
+    start = since
+    if started:
+        try:
+            start = max(since, datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp())
+        except ValueError:
+            pass
+    return [ServedWindow(version, start, None)]
 
 
 def _switched_at(target: Target, runtime: Runtime) -> float | None:
@@ -112,7 +155,7 @@ def _switched_at(target: Target, runtime: Runtime) -> float | None:
         except ValueError:
             pass
     for entry in reversed(History(target.state_dir).entries(target.deployment)):
-        if entry.get("to_version"):
+        if entry.get("to_version") and entry.get("kind") in STARTS:
             return datetime.fromisoformat(entry["at"]).timestamp()
     return None
 
@@ -151,4 +194,18 @@ def check(target: Target, runtime: Runtime, with_evals: bool = True, report: str
     verdict = decide(obs, policy_of(target.require_settings()))
     failed = obs.evals.failed if obs.evals else []
     state_files(target).save_verdict({**verdict.to_dict(), "failed_eval_cases": failed}, obs.version)
+    _judge_hold(target, verdict, obs.version)
     return verdict
+
+
+def _judge_hold(target: Target, verdict: Verdict, version: str | None) -> None:
+    """A hold verdict outside a watch window makes the running version good in the ledger (once)."""
+    from backout.flows.paths import watch_state
+    from backout.ledger import Ledger
+
+    if verdict.decision != "hold" or version is None or watch_state(target).exists():
+        return
+    if Ledger(target).standing(version).standing != "unknown":
+        return  # good already, or bad: a later hold does not clear a rollback or a freeze
+    History(target.state_dir).append(Change(deployment=target.deployment, kind="verdict", from_version=None,
+                                            to_version=version, outcome="hold", detail=verdict.reason))

@@ -21,27 +21,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 from backout.brain.manifest import Manifest, SnapshotError, SnapshotStore, utcnow
-from backout.brain.restore import pending_restore
 from backout.brain.schema import SchemaError, SchemaStamp, diff, stamp
 from backout.brain.tables import connect_readonly, quote_ident, user_tables
 from backout.config import Target
-from backout.errors import EXIT_REFUSED, EXIT_USAGE, BackoutError
 from backout.evidence import Redactor, secrets_of
 from backout.flows.badwindow import bad_window_facts
-from backout.history import History, load_restore_point
+from backout.flows.journals import refuse_if_pending
+from backout.history import STARTS, History, load_restore_point
+from backout.ledger import Ledger, NoRollback, Running, running_version
 from backout.runtime.base import Runtime
 from backout.runtime.trial import cached_trial, remember_trial, schema_key, trial_boot, trial_possible
 
 __all__ = ["Mode", "NoRollback", "RollbackRequest", "decide_rollback", "incident_id_for"]
 
 Mode = Literal["auto", "image", "brain"]
-
-
-class NoRollback(BackoutError):
-    """No rollback is possible (or none is needed); the message says why and what to do instead."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, EXIT_REFUSED)
 
 
 @dataclass(frozen=True)
@@ -78,36 +71,9 @@ def _snapshot_of_version(store: SnapshotStore, deployment: str, version: str) ->
 def _switched_at(target: Target, version: str | None) -> str | None:
     """When the version now running was switched to (the start of the bad window)."""
     for entry in reversed(History(target.state_dir).entries(target.deployment)):
-        if entry.get("to_version") == version and entry.get("kind") != "stop":
+        if entry.get("to_version") == version and entry.get("kind") in STARTS:
             return str(entry["at"])
     return None
-
-
-def _previous_version(target: Target, version: str | None) -> str | None:
-    """The last version that ran well before the switch to `version` (stops in between do not count)."""
-    previous, answer = None, None
-    for entry in History(target.state_dir).entries(target.deployment):
-        to = entry.get("to_version")
-        if to == version and entry.get("kind") != "rollback":
-            answer = previous
-        if to and to != version and entry.get("outcome") == "ok":
-            previous = str(to)
-    return answer
-
-
-def _choose_target(target: Target, req: RollbackRequest, bad: str | None) -> tuple[str, str, str | None]:
-    """(version, where it came from, snapshot id it names)."""
-    point = load_restore_point(target.state_dir, target.deployment)
-    if req.to_version:
-        same = point is not None and point.version == req.to_version
-        return req.to_version, "asked for with --to", req.snapshot_id or (point.snapshot_id if same and point else None)
-    previous = _previous_version(target, bad)
-    if point is not None and point.version != bad and previous in (None, point.version):
-        return point.version, f"the restore point recorded {point.recorded_at}", req.snapshot_id or point.snapshot_id
-    if previous:  # a later switch than the upgrade that recorded the restore point: go back one step
-        return previous, "from the history: it ran before the current one", req.snapshot_id
-    raise BackoutError(f"no restore point and no earlier version of {target.deployment} in the history: "
-                       "pass --to VERSION", EXIT_USAGE)
 
 
 def _choose_snapshot(store: SnapshotStore, target: Target, version: str, named: str | None) -> tuple[Manifest | None, str]:
@@ -199,8 +165,7 @@ def _summary(changes: dict[str, Any] | None) -> str:
 
 
 def _blocked(target: Target, version: str, why_snapshot: str, changes: dict[str, Any] | None, layer_why: str) -> str:
-    dropped = [c["detail"] for c in (changes or {}).get("changes", []) if "dropped" in c["detail"]
-               or "removed" in c["detail"]]
+    dropped = [f"{c['name']}: {c['detail']}" for c in (changes or {}).get("changes", []) if c.get("loses_data")]
     data = f"a migration dropped data {version} expects ({'; '.join(dropped[:3])}) and " if dropped else ""
     return (f"no rollback is possible: {data}{version} cannot serve the current brain ({layer_why}), and there is "
             f"{why_snapshot}. Data recovery instead: the brain {target.brain} is untouched; keep a copy "
@@ -210,17 +175,18 @@ def _blocked(target: Target, version: str, why_snapshot: str, changes: dict[str,
 
 def decide_rollback(target: Target, runtime: Runtime, req: RollbackRequest) -> dict[str, Any]:
     """Everything the rollback will do, decided up front (the brain and the service are only read)."""
-    current = runtime.current()
-    bad = req.from_version or current.version or History(target.state_dir).last_version(target.deployment)
-    version, source, named = _choose_target(target, req, bad)
+    current = running_version(target, runtime)
+    if req.from_version:
+        current = Running(req.from_version, current.running, current.ident, current.since)
+    bad = current.version
+    chosen = Ledger(target).rollback_target(current, req.to_version, req.snapshot_id)
+    version, source, named = chosen.version, chosen.source, chosen.snapshot_id
     if version == bad and current.running:
         raise NoRollback(f"{target.deployment} already runs {version}; nothing to roll back")
     available = runtime.is_available(version)
     if not available.ok:
         raise NoRollback(f"cannot roll back to {version}: {available.detail}; nothing was stopped")
-    if pending_restore(target.state_dir, target.brain):
-        raise NoRollback(f"an interrupted `backout snapshot restore` over {target.brain} is pending: finish it first "
-                         "(run the same restore again); nothing was stopped")
+    refuse_if_pending(target, "rollback", allow=("upgrade", "watch"))  # a rollback closes those
     store = SnapshotStore(target.snapshot_dir)
     manifest, why_snapshot = _choose_snapshot(store, target, version, named)
     point = load_restore_point(target.state_dir, target.deployment)

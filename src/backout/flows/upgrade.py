@@ -15,8 +15,8 @@ from backout.brain.manifest import SnapshotStore
 from backout.config import Target
 from backout.errors import EXIT_ENVIRONMENT, EXIT_REFUSED, BackoutError
 from backout.flows.check import expected_changes
-from backout.flows.paths import rollback_journal, upgrade_journal, watch_state
-from backout.freeze import refuse_if_frozen
+from backout.flows.journals import refuse_if_pending
+from backout.flows.prove import prove_target
 from backout.fsutil import free_bytes
 from backout.runtime.base import Runtime
 from backout.signals.health import probe
@@ -70,24 +70,15 @@ def preflight(target: Target, runtime: Runtime, version: str, force: bool = Fals
               watch_seconds: float | None = None) -> dict[str, Any]:
     """Every check made before anything stops; the upgrade's decision, or UpgradeRefused."""
     settings = target.require_settings()
-    for path, what in ((rollback_journal(target), "rollback"), (upgrade_journal(target), "upgrade")):
-        if path.exists():
-            raise UpgradeRefused(f"an interrupted {what} is pending: finish it with `backout {what} --resume` "
-                                 f"(or `backout {what} --abandon`)")
-    if watch_state(target).exists():
-        raise UpgradeRefused("the last upgrade is still in its watch window: finish watching (`backout watch`) "
-                             "or roll back first")
-    try:
-        refuse_if_frozen(target, version)
-    except BackoutError as exc:
-        raise UpgradeRefused(str(exc)) from None
+    refuse_if_pending(target, "upgrade")
     previous, health = _current(target, runtime, force)
     if previous == version:
         raise UpgradeRefused(f"{target.deployment} already runs {version}")
-    for v, role in ((version, "the target"), (previous, "the version running now (the restore point)")):
-        available = runtime.is_available(v)
-        if not available.ok:
-            raise UpgradeRefused(f"{role} {v} is not available: {available.detail}")
+    available = runtime.is_available(previous)
+    if not available.ok:
+        raise UpgradeRefused(f"the version running now (the restore point) {previous} is not available: "
+                             f"{available.detail}")
+    proof = prove_target(target, runtime, version, force)
     size = _brain_bytes(target)
     _check_room(target, size)
     mb_s, source = restore_throughput(target)
@@ -98,6 +89,7 @@ def preflight(target: Target, runtime: Runtime, version: str, force: bool = Fals
                 f"{source}), over the recovery-time target of {rto:.0f}s"] if rto and predicted > rto else []
     if health and not health["ok"]:
         warnings.append(f"{previous} is not healthy ({health['reason']}); going ahead because of --force")
+    warnings += [f"FORCED: {what}" for what in proof.forced]
     return {
         "deployment": target.deployment, "from_version": previous, "to_version": version,
         "health_before": health, "brain_bytes": size,
@@ -105,5 +97,6 @@ def preflight(target: Target, runtime: Runtime, version: str, force: bool = Fals
         "rto_s": rto, "warnings": warnings,
         "expected_changes": {"metrics": sorted(expected.metrics), "eval_cases": sorted(expected.eval_cases)},
         "watch_s": watch_seconds if watch_seconds is not None else settings.upgrade.watch.total_seconds(),
-        "decided_at": time.time(),
+        "decided_at": time.time(), "forced": bool(force and (proof.forced or (health and not health["ok"]))),
+        "proof": proof.to_dict(),
     }

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from backout.errors import EXIT_USAGE, BackoutError
-from backout.fsutil import atomic_write_json, ensure_private_dir
+from backout.fsutil import atomic_write_json, ensure_private_dir, open_private
 from backout.signals.model import EvalRun, HealthSample, RequestSample
 
 __all__ = ["Baseline", "StateFiles", "rows_to_requests", "requests_to_rows"]
@@ -41,6 +41,7 @@ class Baseline:
     requests: list[RequestSample] = field(default_factory=list)
     health: HealthSample | None = None
     evals: EvalRun | None = None
+    windows: list[dict[str, Any]] = field(default_factory=list)  # the stretches of time its requests come from
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -48,7 +49,8 @@ class Baseline:
                 "requests": requests_to_rows(self.requests),
                 "health": self.health.__dict__ if self.health else None,
                 "evals": {"cases": self.evals.cases, "ts": self.evals.ts, "version": self.evals.version,
-                          "source": self.evals.source} if self.evals else None}
+                          "source": self.evals.source} if self.evals else None,
+                "windows": self.windows}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Baseline":
@@ -57,7 +59,7 @@ class Baseline:
         evals = data.get("evals")
         return cls(data.get("version"), float(data["captured_at"]), rows_to_requests(data.get("requests", [])),
                    HealthSample(**{**health, "failing": tuple(health.get("failing", ()))}) if health else None,
-                   EvalRun(**evals) if evals else None)
+                   EvalRun(**evals) if evals else None, list(data.get("windows") or []))
 
     def summary(self) -> dict[str, Any]:
         """Counts for people: requests, error rate, p95, eval cases."""
@@ -69,7 +71,7 @@ class Baseline:
                 "error_rate": round(errors / n, 4) if n else None, "p95_ms": p95,
                 "healthy": self.health.ok if self.health else None,
                 "eval_cases": len(self.evals.cases) if self.evals else None,
-                "eval_failing": self.evals.failed if self.evals else None}
+                "eval_failing": self.evals.failed if self.evals else None, "windows": self.windows}
 
 
 class StateFiles:
@@ -98,7 +100,7 @@ class StateFiles:
 
     def _append(self, name: str, record: dict[str, Any]) -> None:
         ensure_private_dir(self.folder)
-        fd = os.open(self.folder / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = open_private(self.folder / name)
         try:
             os.write(fd, (json.dumps(record) + "\n").encode())
         finally:

@@ -1,0 +1,90 @@
+"""Before anything stops: prove that the target version exists, may be run, and starts.
+
+`switch` and `upgrade` both call `prove_target` while the running version still serves. A version
+judged bad (rolled back from, failed, frozen) is refused; then the runtime's availability check
+proves the version exists when it is a real check (an image on the host or in the registry, a
+process deployment's `check` command); otherwise a trial boot of the target on a throwaway copy
+of the brain (migrations included) on a spare port proves it starts. Failing either: refused,
+nothing was stopped, the target's own log lines quoted. `--force` is the only way past, and it is
+recorded in the history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from backout.config import Target
+from backout.errors import EXIT_REFUSED, BackoutError
+from backout.evidence import Redactor, secrets_of
+from backout.ledger import Ledger
+from backout.runtime.base import Runtime
+from backout.runtime.trial import cached_trial, remember_trial, schema_key, trial_boot, trial_possible
+
+__all__ = ["Proof", "TargetRefused", "prove_target"]
+
+
+class TargetRefused(BackoutError):
+    """The target could not be shown to serve: nothing was stopped."""
+
+    def __init__(self, message: str, log_tail: list[str] | None = None) -> None:
+        quoted = "".join(f"\n  | {line}" for line in (log_tail or [])[-8:])
+        super().__init__(f"{message}; nothing was stopped{quoted}", EXIT_REFUSED)
+        self.log_tail = log_tail or []
+
+
+@dataclass
+class Proof:
+    """How the target was shown to be startable (or that --force skipped a check)."""
+
+    how: str
+    forced: list[str] = field(default_factory=list)  # what --force let through
+    trial: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"how": self.how, "forced": self.forced, "trial": self.trial}
+
+
+def prove_target(target: Target, runtime: Runtime, version: str, force: bool = False,
+                 something_runs: bool = True) -> Proof:
+    """Proof that `version` may run and starts, or TargetRefused (with --force: what was let through)."""
+    forced: list[str] = []
+    judged = Ledger(target).standing(version)
+    if judged.standing == "bad":
+        if not force:
+            raise TargetRefused(f"version {version} is judged bad for {target.deployment} ({judged.why}); "
+                                f"`backout unfreeze {version} --reason …` once it is fixed, or pass --force")
+        forced.append(f"{version} is judged bad ({judged.why})")
+    available = runtime.is_available(version)
+    if not available.ok:
+        if not force:
+            raise TargetRefused(f"version {version} is not available: {available.detail}")
+        forced.append(f"not available: {available.detail}")
+        return Proof("NOT proven (--force)", forced)
+    if available.proven or not something_runs:
+        return Proof(available.detail, forced)
+    return _trial(target, runtime, version, force, forced)
+
+
+def _trial(target: Target, runtime: Runtime, version: str, force: bool, forced: list[str]) -> Proof:
+    """The proof by a trial boot on a throwaway copy of the brain."""
+    why_not = trial_possible(target)
+    if why_not:
+        if not force:
+            raise TargetRefused(f"cannot prove that {version} starts before stopping what runs: the runtime has no "
+                                f"availability check (set `check` in backout.toml) and no trial boot is possible "
+                                f"({why_not}); pass --force to switch without proof")
+        forced.append(f"not proven: {why_not}")
+        return Proof("NOT proven (--force)", forced)
+    key = schema_key(target.brain)
+    trial = cached_trial(target, version, key)
+    if trial is None:
+        trial = trial_boot(target, runtime, version)
+        remember_trial(target, version, key, trial, Redactor(secrets_of(target.require_settings())).obj)
+    if not trial.healthy:
+        if not force:
+            raise TargetRefused(f"{version} does not start: a trial boot on a copy of the brain {trial.reason}",
+                                trial.log_tail)
+        forced.append(f"the trial boot failed: {trial.reason}")
+    return Proof(f"a trial boot on a copy of the brain: {trial.reason} ({trial.how})", forced, trial.to_dict())
