@@ -10,7 +10,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from backout.errors import BackoutError
+from backout.fsutil import check_component
 
 __all__ = [
     "Config",
@@ -346,6 +349,17 @@ class Config(_Model):
 
     state_dir: Path = Path(".backout")
     deployments: dict[str, Deployment] = Field(min_length=1)
+
+    @field_validator("deployments")
+    @classmethod
+    def _names_stay_in_their_folder(cls, deployments: dict[str, Deployment]) -> dict[str, Deployment]:
+        # A deployment's name becomes a folder name (snapshots/<name>): it must not leave its folder.
+        for name in deployments:
+            try:
+                check_component(name, "deployment name")
+            except BackoutError as exc:
+                raise ValueError(str(exc)) from None
+        return deployments
 
 
 def find_config(explicit: Path | None) -> Path | None:

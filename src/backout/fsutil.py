@@ -7,18 +7,28 @@ import errno
 import functools
 import hashlib
 import json
+import logging
 import os
+import re
+import stat
 import threading
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from backout.errors import EXIT_REFUSED, EXIT_USAGE, BackoutError
+
 __all__ = [
+    "HostilePath",
     "Progress",
     "atomic_write_json",
+    "check_component",
+    "check_version",
+    "is_component",
     "replace_text",
     "copy_fd",
     "create_private",
     "ensure_private_dir",
+    "open_private",
     "free_bytes",
     "fsync_dir",
     "fsync_path",
@@ -35,12 +45,110 @@ Progress = Callable[[int], None]  # called with the number of bytes just done
 _CHUNK = 4 * 1024 * 1024
 
 
+_log = logging.getLogger("backout.fsutil")
+_WARNED: set[Path] = set()
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
+
+
+class HostilePath(BackoutError):
+    """A path backout would write through could have been planted by someone else (a link, a hard link)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_REFUSED)
+
+
+def is_component(value: str) -> bool:
+    """True when `value` is safe as one path component: no `/`, `..`, NUL or leading `.` or `-`."""
+    return bool(_NAME.fullmatch(value))
+
+
+def check_component(value: str, what: str) -> str:
+    """`value` if it is safe as one path component (see is_component); else exit 2 saying why."""
+    if not is_component(value):
+        raise BackoutError(f"{what} {value!r} is refused because backout uses it in file names: use at most 128 "
+                           "letters, digits, '.', '_', '+' and '-', starting with a letter, digit or '_'", EXIT_USAGE)
+    return value
+
+
+def check_version(value: str) -> str:
+    """`value` if it is usable as a version (it ends up in file names and argv); else exit 2."""
+    return check_component(value, "version")
+
+
 def ensure_private_dir(path: Path) -> Path:
-    """Create `path` (and parents) if needed and make it 0700."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if path.stat().st_mode & 0o777 != 0o700:
-        os.chmod(path, 0o700)
+    """Create `path` and its missing parents 0700 whatever the umask; an existing folder keeps its mode.
+
+    A link on the way is followed only where no one else could have planted it."""
+    parts = path.absolute().parts
+    current = Path(parts[0])
+    for i, part in enumerate(parts[1:], start=2):
+        parent, current = current, current / part
+        if not _make_private_dir(current):
+            _check_existing(current, parent, last=i == len(parts))
     return path
+
+
+def _make_private_dir(folder: Path) -> bool:
+    """mkdir 0700, then fchmod (the umask may take bits away); False when something is there already."""
+    if os.path.lexists(folder):
+        return False
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        return False
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+    return True
+
+
+def _check_existing(folder: Path, parent: Path, last: bool) -> None:
+    """Refuse a link someone else could have planted; warn once when others may write where backout writes."""
+    st = os.lstat(folder)
+    if stat.S_ISLNK(st.st_mode):
+        _check_link(folder, parent, st)
+        st = os.stat(folder)
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory; remove it or choose another folder", str(folder))
+    if last and st.st_mode & 0o002 and not st.st_mode & stat.S_ISVTX and folder not in _WARNED:
+        _WARNED.add(folder)
+        _log.warning("backout: warning: any user can write in %s (mode %o) and replace backout's files there: "
+                     "remove that permission or choose another folder", folder, stat.S_IMODE(st.st_mode))
+
+
+def _check_link(link: Path, parent: Path, st: os.stat_result) -> None:
+    """A link is followed in a folder only its owner can write, or a sticky one when made by us or that owner."""
+    folder = os.stat(parent)
+    if not folder.st_mode & 0o022:
+        return
+    if folder.st_mode & stat.S_ISVTX and st.st_uid in (os.getuid(), folder.st_uid):
+        return
+    raise HostilePath(f"{link} is a symbolic link in {parent}, which others can write to, so it may not be the "
+                      f"operator's: use the real folder ({os.path.realpath(link)}) instead")
+
+
+def open_private(path: Path, flags: int = os.O_WRONLY | os.O_APPEND) -> int:
+    """Open or create a file 0600 without following a link at `path`; HostilePath for a link or a hard link."""
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise HostilePath(f"{path} is a symbolic link and backout never writes through a link it did not "
+                              "make: remove it, or name the real file") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+            raise HostilePath(f"{path} is not a plain file of its own (a device, pipe or hard link); backout "
+                              "will not write into it: remove it, or name another file")
+        if stat.S_IMODE(st.st_mode) != 0o600:  # made by hand, or under an odd umask
+            os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def create_private(path: Path) -> int:
@@ -48,7 +156,7 @@ def create_private(path: Path) -> int:
 
     SQLite creates files 0644 whatever the umask, so snapshot files are created here first.
     """
-    return os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    return os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
 
 def fsync_dir(path: Path) -> None:
@@ -141,13 +249,15 @@ def replace_text(path: Path, text: str, mode: int | None = None) -> None:
 
     The temporary file is created with the final mode (default: the existing file's, else 0600),
     so a file holding secrets is never briefly readable by others."""
-    if mode is None:
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
+    if mode is None:  # a link's target is not ours: its mode says nothing about this file
+        mode = stat.S_IMODE(path.lstat().st_mode) if path.is_file() and not path.is_symlink() else 0o600
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, mode)
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
+            if stat.S_IMODE(os.fstat(f.fileno()).st_mode) != mode:
+                os.fchmod(f.fileno(), mode)  # the umask took bits away
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

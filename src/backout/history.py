@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from backout.fsutil import atomic_write_json, ensure_private_dir
+from backout.fsutil import atomic_write_json, check_component, ensure_private_dir, is_component, open_private
 
 __all__ = ["Change", "History", "RestorePoint", "config_hash", "deployment_state", "load_restore_point",
            "now_iso", "save_restore_point"]
@@ -57,7 +57,7 @@ class History:
     def append(self, change: Change) -> None:
         """Add one line, durably."""
         ensure_private_dir(self.path.parent)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = open_private(self.path)  # never through a link planted at history.jsonl
         try:
             os.write(fd, (json.dumps(change.to_dict(), default=str) + "\n").encode())
             os.fsync(fd)
@@ -111,13 +111,18 @@ def _restore_point_path(state_dir: Path, deployment: str) -> Path:
 
 
 def _slug(deployment: str) -> str:
-    # Deployments without a config are named by their brain's path.
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in deployment).strip("._") or "deployment"
-    return safe if safe == deployment else f"{safe[-40:]}-{hashlib.sha256(deployment.encode()).hexdigest()[:8]}"
+    # Deployments without a config are named by their brain's path: mapped to one safe component
+    # (no `/`, no leading `.`), with a hash of the full name when anything had to change.
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in deployment).strip("._")
+    safe = safe or "deployment"
+    if safe == deployment and is_component(safe):
+        return safe
+    digest = hashlib.sha256(deployment.encode(errors="surrogateescape")).hexdigest()[:8]
+    return check_component(f"{safe[-40:].lstrip('._-')}-{digest}".lstrip("-"), "deployment")
 
 
 def deployment_state(state_dir: Path, deployment: str) -> Path:
-    """The deployment's own folder in the state folder."""
+    """The deployment's own folder in the state folder (its name can never leave it)."""
     return state_dir / "deployments" / _slug(deployment)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from backout.errors import EXIT_REFUSED, BackoutError
-from backout.fsutil import ensure_private_dir
+from backout.fsutil import ensure_private_dir, open_private
 
 __all__ = ["operation_lock", "LockBusy"]
 
@@ -35,7 +35,7 @@ def operation_lock(folder: Path, what: str) -> Iterator[None]:
         return
     ensure_private_dir(folder)
     path = folder / "operation.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = open_private(path, os.O_RDWR)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

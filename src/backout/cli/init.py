@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -12,10 +15,18 @@ import typer
 from backout.cli.common import DryRunOpt, emit_json, fail
 from backout.config import CONFIG_NAME, ConfigError, load_config
 from backout.errors import EXIT_REFUSED, EXIT_USAGE
+from backout.fsutil import replace_text
 
-__all__ = ["init", "render_config"]
+__all__ = ["init", "looks_secret", "render_config"]
 
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Names of settings that hold secrets: ENGINE_API_KEY, AD_ENCRYPTION_KEY, DB_PASSWORD, GITHUB_TOKEN, ...
+_SECRET_NAME = re.compile(r"(?:^|_)(?:(?:API|ACCESS|SECRET|PRIVATE|MASTER|SIGNING|ENCRYPTION)?_?KEY|[A-Z]*TOKEN|SECRET|"
+                          r"PASS|PASSWD|PASSWORD|PWD|CREDENTIAL|AUTH|AUTHORIZATION|DSN|SALT|COOKIE)S?(?:_|$)",
+                          re.IGNORECASE)
+# Values shaped like secrets: credentials in a URL, PEM keys, well-known token prefixes, JWTs.
+_SECRET_VALUE = re.compile(r"://[^/\s:@]*:[^/\s@]+@|-----BEGIN|^(?:sk|rk)[-_]|^(?:ghp|gho|ghs|ghu|github_pat|"
+                           r"glpat|xox[abposr])[-_]|^AKIA[0-9A-Z]{16}$|^eyJ[\w-]+\.[\w-]+\.")
 
 
 def _q(value: object) -> str:
@@ -23,12 +34,29 @@ def _q(value: object) -> str:
     return json.dumps(str(value)) if not isinstance(value, (int, float, bool)) else json.dumps(value)
 
 
-def _env_pairs(pairs: list[str]) -> dict[str, str]:
+def looks_secret(name: str, value: str) -> bool:
+    """True when a setting is named like a secret or its value is shaped like one (a token, a key)."""
+    if _SECRET_NAME.search(name) or _SECRET_VALUE.search(value):
+        return True
+    if len(value) < 20 or not re.fullmatch(r"[A-Za-z0-9+/=_-]+", value):
+        return False
+    mixed = all(re.search(chars, value) for chars in (r"[a-z]", r"[A-Z]", r"\d"))
+    if not (mixed or (len(value) >= 32 and re.fullmatch(r"[0-9a-fA-F]+", value))):
+        return False
+    entropy = -sum(n / len(value) * math.log2(n / len(value)) for n in Counter(value).values())
+    return entropy >= 3.5  # random-looking: base64, base62 or hex tokens
+
+
+def _env_pairs(pairs: list[str], check_secrets: bool = False) -> dict[str, str]:
     out = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not _ENV.match(name):
             fail(f"--env wants NAME=VALUE, got {pair!r} (secrets go by name: --pass-env NAME)", EXIT_USAGE)
+        if check_secrets and looks_secret(name, value):
+            fail(f"--env {name}=… looks like a secret and backout.toml must not hold one: pass it by name with "
+                 f"--pass-env {name} (exported where backout runs) or --env-file {name}=PATH; if it is not a "
+                 "secret, add it to the env table by hand", EXIT_USAGE)
         out[name] = value
     return out
 
@@ -117,15 +145,16 @@ def init(
                    "version_variable": found.version_variable, "migrate": migrate}
     else:
         fail(f"--runtime must be process or compose, not {runtime!r}", EXIT_USAGE)
-    text = render_config(name, str(brain), health_url, runtime, section, _env_pairs(env), pass_env, files, staging)
+    text = render_config(name, str(brain), health_url, runtime, section, _env_pairs(env, check_secrets=True),
+                         pass_env, files, staging)
     if as_json or dry_run:
         emit_json({"path": str(output), "dry_run": dry_run, "runtime": runtime, "brain": brain,
                    "health_url": health_url, runtime: section}) if as_json else typer.echo(text)
         if dry_run:
             return
-    if output.exists() and not force:
+    if os.path.lexists(output) and not force:
         fail(f"{output} exists; pass --force to overwrite it", EXIT_REFUSED)
-    output.write_text(text, encoding="utf-8")
+    replace_text(output, text, mode=0o600)  # 0600 whatever it holds: a config is where secrets get pasted later
     try:
         load_config(output)  # what we wrote must load
     except ConfigError as exc:

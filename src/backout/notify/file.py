@@ -8,7 +8,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from backout.fsutil import describe_os_error, fsync_dir
+from backout.fsutil import HostilePath, describe_os_error, ensure_private_dir, fsync_dir, open_private
 from backout.notify.message import Delivery, Message
 
 __all__ = ["append_message", "file_label"]
@@ -27,6 +27,8 @@ def append_message(path: Path, message: Message) -> Delivery:
               "source": "backout", **message.to_dict()}
     try:
         _append_line(path, json.dumps(record, ensure_ascii=False) + "\n")
+    except HostilePath as exc:  # a planted link or hard link: never written through
+        return Delivery(label, False, f"{label}: {exc}", 1, time.monotonic() - started)
     except OSError as exc:
         return Delivery(label, False, f"{label}: {describe_os_error(exc, path)}", 1,
                         time.monotonic() - started)
@@ -34,12 +36,10 @@ def append_message(path: Path, message: Message) -> Delivery:
 
 
 def _append_line(path: Path, line: str) -> None:
-    created = not path.exists()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    created = not os.path.lexists(path)
+    ensure_private_dir(path.parent)
+    fd = open_private(path)  # 0600 even when made by hand: messages name incidents
     try:
-        if os.fstat(fd).st_mode & 0o777 != 0o600:  # a file made by hand: messages name incidents
-            os.fchmod(fd, 0o600)
         data = memoryview(line.encode("utf-8"))
         while data:
             data = data[os.write(fd, data):]

@@ -46,7 +46,8 @@ def _default_signals() -> None:
 
 def _record(path: str, code: int, error: str) -> None:
     tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600),
+                   "w", encoding="utf-8") as f:  # 0600 whatever the service's umask
         json.dump({"code": code, "error": error, "at": datetime.now(timezone.utc).isoformat()}, f)
         f.flush()
         os.fsync(f.fileno())
