@@ -166,7 +166,19 @@ def test_snapshot_into_an_existing_folder_keeps_its_mode(tmp_path: Path) -> None
     into.chmod(0o1777)
     out = backout("snapshot", "create", "--brain", str(brain), "--into", str(into), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert stat.S_IMODE(into.stat().st_mode) == 0o1777
+    # sticky: others cannot replace backout's files there, so no warning either
+    assert stat.S_IMODE(into.stat().st_mode) == 0o1777 and "warning" not in out.stderr
+
+
+def test_a_folder_anyone_can_write_is_used_as_it_is_with_one_warning(tmp_path: Path) -> None:
+    brain = _brain(tmp_path / "brain.sqlite")
+    into = tmp_path / "open-snapshots"
+    into.mkdir()
+    into.chmod(0o777)
+    out = backout("snapshot", "create", "--brain", str(brain), "--into", str(into), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count(f"warning: any user can write in {into}") == 1, out.stderr
+    assert stat.S_IMODE(into.stat().st_mode) == 0o777
 
 
 def test_ensure_private_dir_creates_every_missing_folder_0700_whatever_the_umask(tmp_path: Path) -> None:
