@@ -59,14 +59,14 @@ def test_brain_rollback_after_forward_only_migration(config: Path) -> None:
     snap = prepare_bad_upgrade(config, "2.3.1", "2.4.0-errors")
     written = turns(config, "during", 10, strict=False)  # the bad window's writes
     assert written > 0
-    plan = backout_json("rollback", "--dry-run", *_cfg(config), env=ENV)["plan"]
+    plan = backout_json("rollback", "--dry-run", "--to", "2.3.1", *_cfg(config), env=ENV)["plan"]
     assert plan["to_version"] == "2.3.1" and plan["layer"] == "brain" and plan["snapshot"]["id"] == snap["id"]
     assert "MIGRATION_REQUIRED" in plan["trial"]["reason"] and not plan["trial"]["healthy"]
     assert plan["rows_since_snapshot"]["knowledge_store"] >= written
     assert [s["name"] for s in plan["steps"]] == STEPS
     assert backout_json("status", *_cfg(config), env=ENV)["running"]["version"] == "2.4.0-errors"  # dry run
 
-    out = _rollback(config, "--reason", "error rate 30% after the upgrade")
+    out = _rollback(config, "--to", "2.3.1", "--reason", "error rate 30% after the upgrade")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)["result"]
     assert result["layer"] == "brain" and result["outcome"] == "rolled-back"
@@ -89,7 +89,7 @@ def test_image_rollback_when_the_schema_is_unchanged(config: Path) -> None:
     assert backout_json("switch", "2.3.1", "--yes", *cfg, env=ENV)["healthy"]
     turns(config, "during")
     before = counts(config.parent / "brain.sqlite")
-    out = _rollback(config)
+    out = _rollback(config, "--to", "2.3.0")  # 2.3.0 was only switched to by hand: never judged good
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)["result"]
     assert result["to_version"] == "2.3.0" and result["layer"] == "image"
@@ -107,7 +107,7 @@ def test_image_rollback_across_an_additive_migration(config: Path) -> None:
     assert backout_json("switch", "2.4.1", "--yes", *cfg, env=ENV)["healthy"]  # migration 0005, additive
     turns(config, "during")
     before = counts(config.parent / "brain.sqlite")
-    out = _rollback(config)
+    out = _rollback(config, "--to", "2.4.0")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)["result"]
     assert result["to_version"] == "2.4.0" and result["layer"] == "image", result["layer_reason"]
@@ -120,9 +120,9 @@ def test_image_rollback_across_an_additive_migration(config: Path) -> None:
 def test_crash_at_every_step_then_resume(config: Path, point: str) -> None:
     snap = prepare_bad_upgrade(config, "2.3.1", "2.4.0-errors")
     written = turns(config, "during", 8, strict=False)
-    out = _rollback(config, env={"BACKOUT_FAULT_AT": point})
+    out = _rollback(config, "--to", "2.3.1", env={"BACKOUT_FAULT_AT": point})
     assert out.returncode == -9, (out.returncode, out.stderr)
-    again = _rollback(config)
+    again = _rollback(config, "--to", "2.3.1")
     assert again.returncode == 3 and "--resume" in again.stderr  # no second rollback over a pending one
     resumed = _rollback(config, "--resume")
     assert resumed.returncode == 0, resumed.stderr
@@ -134,13 +134,14 @@ def test_crash_at_every_step_then_resume(config: Path, point: str) -> None:
 def test_a_second_rollback_while_one_runs_is_refused(config: Path) -> None:
     prepare_bad_upgrade(config, "2.3.1", "2.4.0-errors")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACKOUT_")} | ENV
-    first = subprocess.Popen([sys.executable, "-m", "backout", "rollback", "--yes", "--json", *_cfg(config)],
+    first = subprocess.Popen([sys.executable, "-m", "backout", "rollback", "--yes", "--json", "--to", "2.3.1",
+                              *_cfg(config)],
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock = config.parent / ".backout" / "deployments" / "engine" / "operation.lock"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and "rollback" not in (lock.read_text() if lock.exists() else ""):
         time.sleep(0.05)
-    second = _rollback(config)
+    second = _rollback(config, "--to", "2.3.1")
     assert second.returncode == 3 and "another backout operation" in second.stderr
     assert first.wait(240) == 0, first.stderr.read() if first.stderr else ""
 
@@ -166,7 +167,7 @@ def test_no_verified_snapshot_means_no_brain_rollback(config: Path) -> None:
     assert backout_json("switch", "2.4.0", "--yes", *cfg, env=ENV)["healthy"]
     brain = config.parent / "brain.sqlite"
     before = counts(brain)
-    out = backout("rollback", "--yes", *cfg, env=ENV)
+    out = backout("rollback", "--yes", "--to", "2.3.1", *cfg, env=ENV)
     assert out.returncode == 3 and "no rollback is possible" in out.stderr and ".recover" in out.stderr
     assert backout_json("status", *cfg, env=ENV)["running"]["version"] == "2.4.0"  # nothing was stopped
     assert counts(brain) == before
@@ -176,7 +177,7 @@ def test_nothing_to_roll_back_and_bad_input(config: Path) -> None:
     cfg = _cfg(config)
     assert backout_json("switch", "2.3.1", "--yes", *cfg, env=ENV)["healthy"]
     out = backout("rollback", "--yes", *cfg, env=ENV)
-    assert out.returncode == 2 and "--to" in out.stderr  # no restore point, no earlier version
+    assert out.returncode == 3 and "--to" in out.stderr  # no restore point, no earlier version: refused
     out = backout("rollback", "--yes", "--to", "9.9.9", *cfg, env=ENV)
     assert out.returncode == 3 and "cannot roll back to 9.9.9" in out.stderr and "nothing was stopped" in out.stderr
     out = backout("rollback", "--yes", "--mode", "sideways", *cfg, env=ENV)
@@ -219,7 +220,7 @@ def test_rollback_tells_people_and_files_the_postmortem(tmp_path: Path) -> None:
         try:
             prepare_bad_upgrade(config, "2.3.1", "2.4.0-errors")
             turns(config, "during", 12, strict=False)  # about 30% fail: customers notice
-            out = _rollback(config, env=env)
+            out = _rollback(config, "--to", "2.3.1", env=env)
             assert out.returncode == 0, out.stderr
         finally:
             backout("stop", "--yes", "--config", str(config), env=ENV)

@@ -37,8 +37,8 @@ def _brain(config: Path) -> Path:
     return Path(config.read_text().split('brain = "', 1)[1].split('"', 1)[0])
 
 
-def _rollback(config: Path, env: dict[str, str]) -> dict:
-    out = backout("rollback", "--yes", "--json", "--config", str(config), env=env, timeout=300)
+def _rollback(config: Path, env: dict[str, str], to: str) -> dict:
+    out = backout("rollback", "--yes", "--json", "--to", to, "--config", str(config), env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)["result"]
 
@@ -48,7 +48,7 @@ def test_compose_brain_rollback_from_a_broken_build(project, docker_env) -> None
     config = _config(folder, docker_env)
     snap = prepare_bad_upgrade(config, "2.3.1", "2.4.0-errors", env=docker_env)
     written = turns(config, "during", 10, strict=False)
-    result = _rollback(config, docker_env)
+    result = _rollback(config, docker_env, "2.3.1")
     assert result["layer"] == "brain" and result["outcome"] == "rolled-back", result
     trial = json.loads((Path(result["incident_folder"]) / "incident.json").read_text())["trial"]
     assert "container in compose project" in trial["how"] and "MIGRATION_REQUIRED" in trial["reason"], trial
@@ -69,14 +69,14 @@ def test_compose_image_rollbacks(project, docker_env) -> None:  # type: ignore[n
     for version in ("2.3.0", "2.3.1"):
         assert backout_json("switch", version, "--yes", *cfg, env=docker_env)["healthy"]
         turns(config, f"on-{version}")
-    result = _rollback(config, docker_env)
+    result = _rollback(config, docker_env, "2.3.0")  # switched to by hand: never judged good, so named
     assert (result["to_version"], result["layer"]) == ("2.3.0", "image") and result["salvage"] is None
 
     for version in ("2.4.0", "2.4.1"):
         assert backout_json("switch", version, "--yes", *cfg, env=docker_env)["healthy"]
         turns(config, f"on-{version}")
     before = counts(_brain(config))
-    result = _rollback(config, docker_env)
+    result = _rollback(config, docker_env, "2.4.0")
     assert (result["to_version"], result["layer"]) == ("2.4.0", "image"), result["layer_reason"]
     assert "trial boot" in result["layer_reason"] and "healthy" in result["layer_reason"]
     after = counts(_brain(config))

@@ -91,7 +91,7 @@ def test_rollback_dry_run_shows_the_ebs_steps_with_their_ids(
         snap = backout_json("volume", "snapshot", "--version-running", "2.3.1", "--yes", *cfg, env=env)
         assert snap["state"] == "completed" and snap["tags"]["deployment"] == "engine"
         assert backout_json("switch", "2.4.0", "--yes", *cfg, env=env)["healthy"]  # forward-only migration
-        plan = backout_json("rollback", "--dry-run", *cfg, env=env)["plan"]
+        plan = backout_json("rollback", "--dry-run", "--to", "2.3.1", *cfg, env=env)["plan"]
         assert plan["layer"] == "brain" and plan["volume"]["snapshot"] == snap["id"]
         argv = [c["argv"] for s in plan["steps"] if s["name"] == "restore" for c in s["commands"]]
         flat = json.dumps(argv)
@@ -135,7 +135,7 @@ def test_rollback_dry_run_shows_the_gcp_steps_with_their_names(tmp_path: Path) -
             assert snap["state"] == "completed" and snap["provider"] == "gcp" and snap["volume"] == "engine-brain"
             assert snap["tags"]["deployment"] == "engine" and snap["tags"]["version"] == "2.3.1"
             assert backout_json("switch", "2.4.0", "--yes", *cfg, env=env)["healthy"]  # forward-only migration
-            plan = backout_json("rollback", "--dry-run", *cfg, env=env)["plan"]
+            plan = backout_json("rollback", "--dry-run", "--to", "2.3.1", *cfg, env=env)["plan"]
         finally:
             backout("stop", "--yes", *cfg, env=env)
     assert plan["layer"] == "brain" and plan["volume"]["provider"] == "gcp"

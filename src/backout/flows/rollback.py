@@ -175,6 +175,7 @@ def _blocked(target: Target, version: str, why_snapshot: str, changes: dict[str,
 
 def decide_rollback(target: Target, runtime: Runtime, req: RollbackRequest) -> dict[str, Any]:
     """Everything the rollback will do, decided up front (the brain and the service are only read)."""
+    refuse_if_pending(target, "rollback", allow=("upgrade", "watch"))  # a rollback closes those
     current = running_version(target, runtime)
     if req.from_version:
         current = Running(req.from_version, current.running, current.ident, current.since)
@@ -186,7 +187,6 @@ def decide_rollback(target: Target, runtime: Runtime, req: RollbackRequest) -> d
     available = runtime.is_available(version)
     if not available.ok:
         raise NoRollback(f"cannot roll back to {version}: {available.detail}; nothing was stopped")
-    refuse_if_pending(target, "rollback", allow=("upgrade", "watch"))  # a rollback closes those
     store = SnapshotStore(target.snapshot_dir)
     manifest, why_snapshot = _choose_snapshot(store, target, version, named)
     point = load_restore_point(target.state_dir, target.deployment)
