@@ -173,3 +173,21 @@ def test_a_dropped_index_is_not_reported_as_lost_data(tmp_path: Path) -> None:
     changes = {c.name: c.loses_data for c in diff(before, stamp(db)).changes}
     assert changes == {"ix": False, "gone": True, "b": True}
 
+
+
+def test_status_never_says_nothing_runs_next_to_a_healthy_service(tmp_path: Path) -> None:
+    from engine_proc import EngineProcess
+
+    config = init_process(tmp_path)
+    port = int(config.read_text().split("127.0.0.1:", 1)[1].split("/", 1)[0])
+    outsider = EngineProcess("2.3.1", tmp_path / "other.sqlite", port=port)  # started by hand, not by backout
+    outsider.start()
+    try:
+        outsider.wait_healthy()
+        status = backout_json("status", *_cfg(config), env=ENV)
+        text = backout("status", *_cfg(config), env=ENV).stdout
+    finally:
+        outsider.stop()
+    assert status["health"]["ok"] and not status["running"]["running"]
+    running = next(line for line in text.splitlines() if line.startswith("running"))
+    assert "something answers on the health URL" in running and running.split(None, 1)[1] != "nothing"

@@ -13,9 +13,10 @@ from typing import Any, Literal
 from backout.fsutil import atomic_write_json, check_component, ensure_private_dir, is_component, open_private
 
 __all__ = ["Change", "History", "RestorePoint", "config_hash", "deployment_state", "load_restore_point",
-           "now_iso", "save_restore_point"]
+           "now_iso", "save_restore_point", "STARTS"]
 
-Kind = Literal["upgrade", "promote", "rollback", "drill", "manual", "stop"]
+Kind = Literal["upgrade", "promote", "rollback", "drill", "manual", "stop", "verdict", "unfreeze"]
+STARTS = ("upgrade", "rollback", "manual", "drill")  # the kinds of line that record a version being started
 
 
 def now_iso() -> str:
@@ -42,6 +43,7 @@ class Change:
     health: dict[str, Any] | None = None
     duration_s: float | None = None
     detail: str = ""
+    forced: bool = False  # --force took it past a safety check (recorded so the ledger does not trust it)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (the history line)."""
