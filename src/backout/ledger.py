@@ -87,7 +87,7 @@ def _judgement(entry: dict[str, Any]) -> list[Judgement]:
         if frm and not entry.get("forced"):
             out.append(Judgement(frm, "good", "healthy at the pre-flight of the upgrade that made it the restore point",
                                  at))
-        if to and outcome == "failed":
+        if to and outcome == "failed" and entry.get("health"):  # it was started: not a refusal before the stop
             out.append(Judgement(to, "bad", f"the upgrade to it failed: {entry.get('detail') or 'see the history'}", at))
     elif kind == "promote" and to and outcome == "ok":
         out.append(Judgement(to, "good", "promoted at the end of its watch window", at))
