@@ -443,7 +443,7 @@ class Target:
     """The deployment a command works on, with every path resolved."""
 
     deployment: str  # its name in the config, or the brain's absolute path when there is none
-    brain: Path
+    brain: Path  # symlinks resolved: the file SQLite opens, with its -wal/-shm beside it
     snapshot_dir: Path
     state_dir: Path
     keep_last: int = 10
@@ -474,7 +474,8 @@ def resolve_target(
         if brain is None:
             raise ConfigError(f"no {CONFIG_NAME} here: pass --brain PATH (and --into DIR) or --config FILE")
         state = Path(".backout").absolute()
-        return Target(deployment=str(brain.absolute()), brain=brain.absolute(),
+        # The brain is resolved once, here: SQLite keeps -wal/-shm beside a symlink's target, not the link.
+        return Target(deployment=str(brain.absolute()), brain=brain.resolve(),
                       snapshot_dir=(into or state / "snapshots").absolute(), state_dir=state)
     config = load_config(found)
     name = deployment or _only_deployment(config, found)
@@ -483,7 +484,7 @@ def resolve_target(
         raise ConfigError(f"deployment {name!r} is not in {found}; known: {known}")
     dep = config.deployments[name]
     snapshot_dir = into or dep.snapshots.dir or config.state_dir / "snapshots" / name
-    return Target(deployment=name, brain=(brain or dep.brain).absolute(), snapshot_dir=snapshot_dir.absolute(),
+    return Target(deployment=name, brain=(brain or dep.brain).resolve(), snapshot_dir=snapshot_dir.absolute(),
                   state_dir=config.state_dir.absolute(), keep_last=dep.snapshots.keep_last,
                   max_age=dep.snapshots.max_age, salvage=dep.salvage, health_url=dep.health_url,
                   staging=dep.staging, config_path=found.absolute(), settings=dep)

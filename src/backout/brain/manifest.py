@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import os
 import re
 import secrets
 from datetime import datetime, timezone
@@ -15,10 +18,17 @@ from backout.brain.tables import TableMark
 from backout.errors import BackoutError
 from backout.fsutil import atomic_write_json, ensure_private_dir, fsync_dir
 
-__all__ = ["FORMAT", "Manifest", "SnapshotError", "SnapshotStore", "new_snapshot_id", "utcnow"]
+__all__ = ["FORMAT", "ID_PATTERN", "Manifest", "SnapshotError", "SnapshotStore", "hold_run", "new_snapshot_id",
+           "same_brain", "utcnow"]
 
 FORMAT = "backout-snapshot/1"
-_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$")
+ID_PATTERN = r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}"
+_ID = re.compile(rf"^{ID_PATTERN}$")
+# What a snapshot run leaves while it works: its copy (and SQLite's sidecars of it), the copy renamed into place
+# before its manifest exists, and the manifest's own temporary file (named after the writer's pid).
+_RUN_FILE = re.compile(rf"^(?:\.(?P<tmp>{ID_PATTERN})\.tmp(?:-wal|-shm|-journal)?"
+                       rf"|(?P<db>{ID_PATTERN})\.sqlite(?:-wal|-shm|-journal)?"
+                       rf"|\.(?P<json>{ID_PATTERN})\.json\.(?P<pid>[0-9]+)\.tmp)$")
 
 
 class SnapshotError(BackoutError):
@@ -56,6 +66,7 @@ class Manifest(BaseModel):
     method: str
     duration_s: float = 0.0
     backout_version: str = ""
+    journal_mode: str | None = None  # the brain's, when the snapshot was taken (None: an older manifest)
 
     @property
     def created(self) -> datetime:
@@ -69,6 +80,41 @@ class Manifest(BaseModel):
     def age_seconds(self, now: datetime | None = None) -> float:
         """Seconds since the snapshot was taken."""
         return ((now or utcnow()) - self.created).total_seconds()
+
+
+def same_brain(source: str | Path, brain: Path) -> bool:
+    """True when a manifest's `source` is `brain` (both resolved: a link and its target are one brain)."""
+    return Path(source) == brain or Path(source).resolve() == brain.resolve()
+
+
+def hold_run(fd: int) -> int:
+    """Mark the file open as `fd` as a running snapshot's: an exclusive flock, held until `fd` is closed (the
+    kernel drops it when the process dies, so a killed run's files show as free). Returns `fd`."""
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _held(path: Path) -> bool:
+    """True when a running snapshot holds `path` (see hold_run); False for a file nobody holds or a gone one."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also drops the probe's own lock
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+    return True
 
 
 class SnapshotStore:
@@ -135,17 +181,65 @@ class SnapshotStore:
         # Errors sort last; two snapshots in the same second are ordered by their milliseconds.
         yield from sorted(loaded, key=lambda m: m.created_at if isinstance(m, Manifest) else "", reverse=True)
 
-    def of(self, deployment: str) -> list[Manifest]:
-        """Readable manifests of one deployment, newest first (a folder may be shared)."""
-        return [m for m in self.manifests() if isinstance(m, Manifest) and m.deployment == deployment]
+    def problem(self, manifest: Manifest) -> str | None:
+        """Why a snapshot with this manifest is not complete (its data file missing or of the wrong size), or None."""
+        try:
+            size = self.db_path(manifest.id).stat().st_size
+        except FileNotFoundError:
+            return "its data file is missing"
+        return None if size == manifest.size else f"truncated: {size} bytes, its manifest says {manifest.size}"
 
-    def incomplete(self) -> list[Path]:
-        """Leftovers of interrupted snapshots: temporaries, or a file whose manifest never came."""
+    def _mine(self, deployment: str, brain: Path | None) -> list[Manifest]:
+        return [m for m in self.manifests() if isinstance(m, Manifest) and m.deployment == deployment
+                and (brain is None or same_brain(m.source, brain))]
+
+    def of(self, deployment: str, brain: Path | None = None) -> list[Manifest]:
+        """Complete snapshots of one deployment (of `brain` when given), newest first: a folder may be shared,
+        and a manifest whose data file is missing or truncated is no snapshot (see broken())."""
+        return [m for m in self._mine(deployment, brain) if self.problem(m) is None]
+
+    def broken(self, deployment: str, brain: Path | None = None) -> list[tuple[Manifest, str]]:
+        """Manifests of one deployment whose data file is missing or truncated, with what is wrong."""
+        return [(m, why) for m in self._mine(deployment, brain) if (why := self.problem(m)) is not None]
+
+    def leftovers(self) -> list[Path]:
+        """Files of snapshot runs that were killed: never those of a run still going (it holds its copy)."""
         if not self.folder.is_dir():
             return []
-        leftovers = [p for p in self.folder.iterdir() if p.name.startswith(".") and ".tmp" in p.name]
-        leftovers += [p for p in self.folder.glob("*.sqlite") if not p.with_suffix(".json").exists()]
-        return sorted(leftovers)
+        found = []
+        for path in self.folder.iterdir():
+            match = _RUN_FILE.match(path.name)
+            if match is None:
+                continue
+            if match["json"]:
+                if not _alive(int(match["pid"])):
+                    found.append(path)
+                continue
+            sid = match["tmp"] or match["db"]
+            if match["db"] and self.manifest_path(sid).exists():
+                continue  # a snapshot (or SQLite's sidecar of one someone opened)
+            if not (_held(self.tmp_path(sid)) or _held(self.db_path(sid))):
+                found.append(path)
+        return sorted(found)
+
+    def leftover_bytes(self) -> int:
+        """Bytes that cleaning the leftovers of killed runs would free."""
+        total = 0
+        for path in self.leftovers():
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    def clean_leftovers(self) -> list[Path]:
+        """Delete the leftovers of killed runs (checked again now, so a run started meanwhile is spared)."""
+        removed = self.leftovers()
+        for path in removed:
+            path.unlink(missing_ok=True)
+        if removed:
+            fsync_dir(self.folder)
+        return removed
 
     def remove(self, snapshot_id: str) -> None:
         """Delete one snapshot: the manifest first, so a half-removed one never looks complete."""

@@ -8,6 +8,11 @@ Steps (each idempotent; the journal records which are done):
   swap        drop the live sidecars (kept in quarantine), rename the staged copy over the brain
 There is never a moment without a brain file at the brain's path: the old one is replaced by an
 atomic rename. `kill -9` anywhere, then the same restore again, finishes the job.
+
+The brain keeps its journal mode: snapshots are single files in rollback-journal mode, so the
+staged copy is put back into WAL mode when the brain was in it (the manifest says, or for older
+manifests the displaced brain's header). A brain reached through a symlink is restored in its
+target, beside which SQLite keeps the sidecars; the link stays.
 """
 
 from __future__ import annotations
@@ -19,14 +24,14 @@ import os
 import re
 import sqlite3
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
 from backout.brain.liveness import lock_holders
-from backout.brain.manifest import Manifest, SnapshotError, SnapshotStore, utcnow
-from backout.brain.snapshot import SIDE_CARS, verify_snapshot
+from backout.brain.manifest import Manifest, SnapshotError, SnapshotStore, same_brain, utcnow
+from backout.brain.snapshot import SIDE_CARS, brain_file, verify_snapshot
 from backout.brain.tables import connect_readonly
 from backout.fsutil import (copy_fd, create_private, describe_os_error, ensure_private_dir, free_bytes,
                             fsync_dir, sha256_file, atomic_write_json)
@@ -35,7 +40,7 @@ from backout.journal import Journal, fault_point
 from backout.progress import NO_PROGRESS, Progress
 
 __all__ = ["RestoreRequest", "RestoreResult", "restore_snapshot", "stage_snapshot", "staged_path", "newest_passing",
-           "pending_restore", "checkpoint_wal"]
+           "pending_restore", "restore_journals", "checkpoint_wal", "restore_journal_path"]
 
 STEPS = ("stage", "checkpoint", "quarantine", "swap")
 
@@ -50,7 +55,7 @@ class RestoreRequest:
     deployment: str
     state_dir: Path
     reason: str = "restore"
-    service_stopped: bool = False  # the caller knows the service is stopped (skip the lock probe)
+    service_stopped: bool = False  # the caller vouches the service is stopped when the lock probe cannot tell
 
 
 @dataclass
@@ -72,12 +77,19 @@ class RestoreResult:
 
 def staged_path(brain: Path, snapshot_id: str) -> Path:
     """Where a snapshot is staged beside the brain (same filesystem, so the swap is a rename)."""
+    brain = brain_file(brain)
     return brain.with_name(f".{brain.name}.restore-{snapshot_id}.tmp")
 
 
 def _journal_path(state_dir: Path, brain: Path) -> Path:
-    key = hashlib.sha256(str(brain).encode()).hexdigest()[:12]
+    key = hashlib.sha256(str(brain_file(brain)).encode()).hexdigest()[:12]
     return state_dir / "journals" / f"restore-{key}.json"
+
+
+def restore_journals(state_dir: Path) -> list[Path]:
+    """Journals of every unfinished restore (of any brain) kept in `state_dir`."""
+    folder = state_dir / "journals"
+    return sorted(folder.glob("restore-*.json")) if folder.is_dir() else []
 
 
 def pending_restore(state_dir: Path, brain: Path) -> bool:
@@ -85,29 +97,39 @@ def pending_restore(state_dir: Path, brain: Path) -> bool:
     return _journal_path(state_dir, brain).exists()
 
 
-def newest_passing(store: SnapshotStore, deployment: str, exclude: str | None = None) -> str | None:
-    """Id of the newest snapshot of `deployment` that passes verification, if any."""
-    for manifest in store.of(deployment):
+def restore_journal_path(state_dir: Path, brain: Path) -> Path:
+    """Where the journal of a restore over `brain` is kept (it exists only while a restore is unfinished)."""
+    return _journal_path(state_dir, brain)
+
+
+def newest_passing(store: SnapshotStore, deployment: str, exclude: str | None = None,
+                   brain: Path | None = None) -> str | None:
+    """Id of the newest snapshot of `deployment` (of `brain` when given) that passes verification, if any."""
+    for manifest in store.of(deployment, brain):
         if manifest.id != exclude and verify_snapshot(store, manifest.id).ok:
             return manifest.id
     return None
 
 
 def _refuse(req: RestoreRequest, reason: str) -> SnapshotError:
-    better = newest_passing(req.store, req.deployment, exclude=req.snapshot_id)
+    better = newest_passing(req.store, req.deployment, exclude=req.snapshot_id, brain=req.brain)
     hint = f"; the newest snapshot that would pass is {better}" if better else "; no other snapshot of this deployment passes"
     return SnapshotError(reason + hint, EXIT_REFUSED)
 
 
 def _check_not_running(req: RestoreRequest) -> None:
-    if req.service_stopped:
-        return
-    pids = lock_holders(req.brain) if req.brain.exists() else []
+    """What the kernel knows wins: a brain someone holds is never replaced, whatever the caller says."""
+    try:
+        pids = lock_holders(req.brain) if req.brain.exists() else []
+    except OSError as exc:
+        if req.service_stopped:
+            return  # the probe cannot tell, and the caller vouches the service is stopped
+        raise SnapshotError(f"cannot tell whether anything has the brain {req.brain} open ({exc.strerror}); make "
+                            "sure the service is stopped, then pass --service-stopped", EXIT_REFUSED) from None
     if pids:
         raise SnapshotError(
             f"the brain {req.brain} is open by process {', '.join(map(str, pids))}: stop the service "
-            "(drained) before restoring; pass --service-stopped only if you are sure nothing writes it",
-            EXIT_REFUSED,
+            "(drained, e.g. `backout stop`) before restoring", EXIT_REFUSED,
         )
 
 
@@ -117,6 +139,9 @@ def _preflight(req: RestoreRequest) -> Manifest:
     if manifest.deployment != req.deployment:
         raise _refuse(req, f"snapshot {req.snapshot_id} was taken from deployment {manifest.deployment!r}, "
                            f"not {req.deployment!r}")
+    if manifest.source and not same_brain(manifest.source, req.brain):
+        raise _refuse(req, f"snapshot {req.snapshot_id} was taken from the brain {manifest.source}, not from "
+                           f"{req.brain}: restore it over its own brain")
     if manifest.integrity_check != "ok":
         raise _refuse(req, f"snapshot {req.snapshot_id} did not pass integrity_check when it was taken")
     return manifest
@@ -141,8 +166,38 @@ def _staged_ok(staged: Path, manifest: Manifest) -> bool:
                       "mtime_ns": st.st_mtime_ns} and st.st_size == manifest.size
 
 
+def _header_mode(brain: Path) -> str | None:
+    """'wal' or 'delete' from the brain's header (byte 18 is 2 in WAL mode), None without a readable one."""
+    try:
+        with brain.open("rb") as f:
+            header = f.read(20)
+    except OSError:
+        return None
+    if len(header) < 20 or not header.startswith(b"SQLite format 3\x00"):
+        return None
+    return "wal" if header[18] == 2 else "delete"
+
+
+def _keep_journal_mode(staged: Path, manifest: Manifest, brain: Path) -> None:
+    """Put the staged copy in the brain's journal mode: WAL is recorded in the file, rollback modes are not."""
+    mode = manifest.journal_mode or _header_mode(brain)
+    if mode != "wal" or _header_mode(staged) == "wal":
+        return
+    conn = sqlite3.connect(staged, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+    finally:
+        conn.close()  # the last connection: removes the copy's -wal and -shm
+    fd = os.open(staged, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def stage_snapshot(store: SnapshotStore, snapshot_id: str, brain: Path, progress: Progress = NO_PROGRESS) -> Path:
     """Copy a snapshot beside the brain and verify it, so a later restore is only a rename."""
+    brain = brain_file(brain)
     manifest = store.load(snapshot_id)
     staged = staged_path(brain, snapshot_id)
     if _staged_ok(staged, manifest):
@@ -174,6 +229,7 @@ def stage_snapshot(store: SnapshotStore, snapshot_id: str, brain: Path, progress
         staged.unlink(missing_ok=True)
         raise SnapshotError(f"the staged copy of {snapshot_id} does not match its manifest; disk trouble? "
                             "nothing was changed", EXIT_ENVIRONMENT)
+    _keep_journal_mode(staged, manifest, brain)
     st = staged.stat()
     atomic_write_json(_stamp_path(staged), {"sha256": manifest.sha256, "size": st.st_size, "inode": st.st_ino,
                                             "mtime_ns": st.st_mtime_ns})
@@ -280,14 +336,25 @@ def _quarantine(req: RestoreRequest, qdir: Path, manifest: Manifest) -> None:
     })
 
 
-def _swap(req: RestoreRequest, staged: Path, manifest: Manifest) -> None:
+def _swapped(req: RestoreRequest, journal: Journal, manifest: Manifest) -> bool:
+    """True when the staged copy was renamed over the brain before a crash (it may differ from the snapshot's
+    bytes by its journal mode, so the inode recorded before the rename decides, else the sha256)."""
+    if not req.brain.exists():
+        return False
+    if journal.facts.get("swapped_inode") == req.brain.stat().st_ino:
+        return True
+    return sha256_file(req.brain) == manifest.sha256
+
+
+def _swap(req: RestoreRequest, staged: Path, manifest: Manifest, journal: Journal) -> None:
     if not staged.exists():
-        if req.brain.exists() and sha256_file(req.brain) == manifest.sha256:
+        if _swapped(req, journal, manifest):
             _stamp_path(staged).unlink(missing_ok=True)
             return  # the rename happened before a crash
         staged = stage_snapshot(req.store, req.snapshot_id, req.brain)  # removed meanwhile: stage it again
     for suffix in SIDE_CARS:  # a stale WAL beside the restored brain would be replayed into it
         req.brain.with_name(req.brain.name + suffix).unlink(missing_ok=True)
+    journal.remember(swapped_inode=staged.stat().st_ino)
     fault_point("inside:swap")
     os.rename(staged, req.brain)
     _stamp_path(staged).unlink(missing_ok=True)
@@ -307,6 +374,7 @@ def _check_restored(brain: Path) -> None:
 
 def restore_snapshot(req: RestoreRequest, progress: Progress = NO_PROGRESS) -> RestoreResult:
     """Restore `req.snapshot_id` over `req.brain`, resuming an interrupted run of the same restore."""
+    req = replace(req, brain=brain_file(req.brain))  # a link stays; the file SQLite opens is replaced
     path = _journal_path(req.state_dir, req.brain)
     journal = Journal.open(path, {"kind": "restore", "snapshot": req.snapshot_id, "brain": str(req.brain),
                                   "deployment": req.deployment, "reason": req.reason})
@@ -349,7 +417,7 @@ def _run(req: RestoreRequest, journal: Journal, resumed: bool, progress: Progres
         "stage": lambda: _stage_for_restore(req, progress),
         "checkpoint": lambda: checkpoint_wal(req.brain),
         "quarantine": lambda: _quarantine(req, qdir, manifest),
-        "swap": lambda: _swap(req, staged, manifest),
+        "swap": lambda: _swap(req, staged, manifest, journal),
     }
     for step in STEPS:
         if journal.done(step):

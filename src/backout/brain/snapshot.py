@@ -6,6 +6,10 @@ transaction; opening the copy recovers its WAL up to the last complete commit. T
 checkpointed into a single self-contained file, fsynced, hashed and integrity-checked, renamed
 into place, and only then does its manifest appear. Brains not in WAL mode are copied with
 SQLite's online backup API, stepped so writers are not starved.
+
+A brain reached through a symlink is the link's target: SQLite keeps its -wal and -shm there.
+The run holds a flock on its copy until the manifest is written, so a prune can tell the
+leftovers of a killed run from the files of one still going.
 """
 
 from __future__ import annotations
@@ -18,17 +22,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backout import __version__
-from backout.brain.manifest import FORMAT, Manifest, SnapshotError, SnapshotStore, new_snapshot_id, utcnow
+from backout.brain.manifest import FORMAT, Manifest, SnapshotError, SnapshotStore, hold_run, new_snapshot_id, utcnow
 from backout.brain.schema import stamp
 from backout.brain.tables import connect_readonly, table_marks
 from backout.errors import EXIT_ENVIRONMENT, EXIT_USAGE
 from backout.fsutil import at_background_priority, background_priority, copy_fd, create_private, describe_os_error, free_bytes, fsync_dir, sha256_file
 from backout.progress import NO_PROGRESS, Progress
 
-__all__ = ["VerifyReport", "check_is_sqlite", "copy_live_brain", "create_snapshot", "verify_snapshot", "SIDE_CARS"]
+__all__ = ["VerifyReport", "brain_file", "check_is_sqlite", "copy_live_brain", "create_snapshot", "verify_snapshot",
+           "SIDE_CARS"]
 
 SIDE_CARS = ("-wal", "-shm", "-journal")
 _BACKUP_PAGES = 1024  # pages per step of the backup API; writers get the lock between steps
+
+
+def brain_file(path: Path) -> Path:
+    """The file SQLite really opens for `path`: symlinks resolved, so its -wal and -shm are beside it."""
+    return path.resolve()
 
 
 def check_is_sqlite(path: Path) -> None:
@@ -46,8 +56,8 @@ def check_is_sqlite(path: Path) -> None:
         raise SnapshotError(f"{path} is not an SQLite database (bad header); point --brain at the brain file")
 
 
-def _copy_wal_aware(source: Path, tmp: Path, progress: Progress) -> str:
-    """Copy a live brain into `tmp` (+ `tmp-wal`); returns the method used."""
+def _copy_wal_aware(source: Path, tmp: Path, progress: Progress) -> tuple[str, str]:
+    """Copy a live brain into `tmp` (+ `tmp-wal`); returns the method used and the brain's journal mode."""
     # mode=ro: our connection must never checkpoint or delete the live WAL when it closes.
     conn = connect_readonly(source)
     held: list[int] = []
@@ -55,7 +65,7 @@ def _copy_wal_aware(source: Path, tmp: Path, progress: Progress) -> str:
         mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
         if mode != "wal":
             _copy_backup_api(conn, tmp, progress)
-            return "backup-api"
+            return "backup-api", mode
         conn.execute("BEGIN")
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the read transaction
         wal = source.with_name(source.name + "-wal")
@@ -72,7 +82,7 @@ def _copy_wal_aware(source: Path, tmp: Path, progress: Progress) -> str:
             finally:
                 os.close(dst)
         conn.execute("COMMIT")
-        return "wal-copy"
+        return "wal-copy", mode
     finally:
         conn.close()
         for fd in held:
@@ -140,6 +150,26 @@ def _cleanup(tmp: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _discard(store: SnapshotStore, tmp: Path, snapshot_id: str) -> None:
+    """A failed run leaves nothing listed: the manifest goes first (it may have been renamed into place
+    before a folder fsync failed), then the data file and the temporaries."""
+    store.manifest_path(snapshot_id).unlink(missing_ok=True)
+    store.db_path(snapshot_id).unlink(missing_ok=True)
+    _cleanup(tmp)
+
+
+def _check_space(store: SnapshotStore, source: Path) -> None:
+    wal = source.with_name(source.name + "-wal")
+    needed = source.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+    if free_bytes(store.folder) < needed:
+        stale = store.leftover_bytes()
+        hint = f"`backout snapshot prune` frees {stale // 2**20} MiB left by killed runs, " if stale else ""
+        raise SnapshotError(
+            f"not enough space in {store.folder} for a snapshot of {needed // 2**20} MiB; {hint}"
+            "free space or choose another folder with --into", EXIT_ENVIRONMENT
+        )
+
+
 @at_background_priority
 def create_snapshot(
     store: SnapshotStore,
@@ -154,27 +184,22 @@ def create_snapshot(
     """Take an online snapshot of `source`, verify it, and record its manifest.
 
     Runs at low CPU and I/O priority so the service keeps its latency meanwhile."""
+    source = brain_file(source)
     check_is_sqlite(source)
     store.ensure()
-    wal = source.with_name(source.name + "-wal")
-    needed = source.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
-    if free_bytes(store.folder) < needed:
-        raise SnapshotError(
-            f"not enough space in {store.folder} for a snapshot of {needed // 2**20} MiB; "
-            "free space or choose another folder with --into", EXIT_ENVIRONMENT
-        )
+    _check_space(store, source)
     started = time.monotonic()
     created = utcnow()
     snapshot_id = new_snapshot_id(created)
     tmp = store.tmp_path(snapshot_id)
-    os.close(create_private(tmp))
+    held = hold_run(create_private(tmp))  # until the manifest is written: this run's files are not leftovers
     try:
-        method = _copy_wal_aware(source, tmp, progress)
+        method, mode = _copy_wal_aware(source, tmp, progress)
         manifest = _verify_new(store, tmp, snapshot_id, progress, fields={
             "format": FORMAT, "id": snapshot_id, "deployment": deployment,
             "created_at": created.isoformat(timespec="milliseconds"), "source": str(source),
             "version": version, "label": label, "pinned": pin, "method": method,
-            "backout_version": __version__,
+            "backout_version": __version__, "journal_mode": mode,
         })
         final = store.db_path(snapshot_id)
         os.rename(tmp, final)
@@ -183,18 +208,17 @@ def create_snapshot(
         store.save(manifest)  # the manifest is the commit point: written last
         return manifest
     except OSError as exc:
-        _cleanup(tmp)
-        store.db_path(snapshot_id).unlink(missing_ok=True)
+        _discard(store, tmp, snapshot_id)
         raise SnapshotError(f"snapshot failed: {describe_os_error(exc, store.folder)}; the brain is untouched",
                             EXIT_ENVIRONMENT) from None
     except sqlite3.Error as exc:
-        _cleanup(tmp)
-        store.db_path(snapshot_id).unlink(missing_ok=True)
+        _discard(store, tmp, snapshot_id)
         raise SnapshotError(f"snapshot failed: SQLite: {exc}; the brain is untouched", _sqlite_exit(exc)) from None
     except BaseException:
-        _cleanup(tmp)
-        store.db_path(snapshot_id).unlink(missing_ok=True)
+        _discard(store, tmp, snapshot_id)
         raise
+    finally:
+        os.close(held)
 
 
 def _verify_new(store: SnapshotStore, tmp: Path, snapshot_id: str, progress: Progress,
@@ -290,6 +314,7 @@ def verify_snapshot(store: SnapshotStore, snapshot_id: str, progress: Progress =
 
 def copy_live_brain(source: Path, dest: Path, progress: Progress = NO_PROGRESS) -> None:
     """A consistent, self-contained throwaway copy of a live brain (not verified): for trial boots."""
+    source = brain_file(source)
     check_is_sqlite(source)
     os.close(create_private(dest))
     try:

@@ -10,12 +10,14 @@ import typer
 
 from backout.brain.manifest import Manifest, SnapshotError, SnapshotStore
 from backout.brain.restore import RestoreRequest, restore_snapshot
-from backout.brain.retention import plan_prune
+from backout.brain.restore import restore_journals
+from backout.brain.retention import PrunePlan, named_in, plan_prune
 from backout.brain.snapshot import create_snapshot, verify_snapshot
 from backout.cli.common import (BrainOpt, ConfigOpt, DeploymentOpt, DryRunOpt, IntoOpt, JsonOpt, YesOpt, confirm,
                                 emit_json, handle_errors, human_age, human_bytes, progress_bar, target_from)
 from backout.config import Target
 from backout.errors import EXIT_FAILED, EXIT_REFUSED
+from backout.flows.paths import rollback_journal, upgrade_journal, watch_state
 from backout.history import deployment_state, load_restore_point
 from backout.lock import operation_lock
 
@@ -91,20 +93,19 @@ def list_(
     brain: Optional[Path] = BrainOpt,
     into: Optional[Path] = IntoOpt,
 ) -> None:
-    """List snapshots, newest first: age, size, label, version, pinned; stale ones are flagged."""
+    """List snapshots, newest first: age, size, label, version, pinned; stale ones are flagged.
+
+    Only complete snapshots of this brain are listed; broken ones and leftovers of killed runs are warned about."""
     target = target_from(config, deployment, brain, into)
     store = _store(target)
-    rows, broken = [], []
-    for item in store.manifests():
-        if isinstance(item, SnapshotError):
-            broken.append(str(item))
-        elif item.deployment == target.deployment:
-            rows.append(_row(item, target))
-    leftovers = [str(p) for p in store.incomplete()]
+    rows = [_row(m, target) for m in store.of(target.deployment, target.brain)]
+    unreadable = [str(item) for item in store.manifests() if isinstance(item, SnapshotError)]
+    broken = [{"id": m.id, "problem": why} for m, why in store.broken(target.deployment, target.brain)]
+    leftovers = [str(p) for p in store.leftovers()]
     if as_json:
         emit_json({"deployment": target.deployment, "folder": str(store.folder),
                    "max_age_seconds": target.max_age.total_seconds(), "snapshots": rows,
-                   "unreadable": broken, "incomplete": leftovers})
+                   "unreadable": unreadable, "broken": broken, "incomplete": leftovers})
         return
     if not rows:
         typer.echo(f"no snapshots in {store.folder}")
@@ -116,10 +117,12 @@ def list_(
                        f"{str(r['version'] or '-'):<10} {'yes' if r['pinned'] else '':<3} {r['label'] or ''}{stale}")
         if any(r["stale"] for r in rows):
             typer.echo(f"STALE: older than the maximum age ({human_age(target.max_age.total_seconds())})")
-    for line in broken:
+    for line in unreadable:
         typer.echo(f"unreadable: {line}")
+    for item in broken:
+        typer.echo(f"BROKEN {item['id']}: {item['problem']}; not usable (`backout snapshot prune` removes it)")
     for path in leftovers:
-        typer.echo(f"incomplete (interrupted snapshot, not usable): {path}")
+        typer.echo(f"incomplete (left by a killed snapshot run, not usable; prune cleans it): {path}")
 
 
 @app.command()
@@ -206,6 +209,37 @@ def unpin(snapshot_id: str = typer.Argument(..., metavar="ID"), dry_run: bool = 
     _set_pin(snapshot_id, False, target, dry_run, as_json)
 
 
+def _needed(target: Target) -> dict[str, str]:
+    """Snapshot ids something unfinished or the restore point still needs, with the reason."""
+    files = {rollback_journal(target): "needed by the interrupted rollback",
+             upgrade_journal(target): "needed by the interrupted upgrade",
+             watch_state(target): "needed by the upgrade's watch window",
+             **{path: "needed by a pending restore" for path in restore_journals(target.state_dir)}}
+    needed = named_in(files)
+    point = load_restore_point(target.state_dir, target.deployment)
+    if point is not None:
+        needed.setdefault(point.snapshot_id, "restore point")
+    return needed
+
+
+def _plan(target: Target, store: SnapshotStore, keep_last: int) -> PrunePlan:
+    broken = {m.id: why for m, why in store.broken(target.deployment, target.brain)}
+    plan = plan_prune(store.of(target.deployment, target.brain), keep_last, _needed(target), broken)
+    plan.leftovers, plan.leftover_bytes = store.leftovers(), store.leftover_bytes()
+    return plan
+
+
+def _print_plan(plan: PrunePlan) -> None:
+    for sid, why in plan.keep.items():
+        typer.echo(f"keep    {sid}  ({why})")
+    for sid in plan.delete:
+        typer.echo(f"delete  {sid}")
+    for sid, why in plan.broken.items():
+        typer.echo(f"delete  {sid}  (broken: {why})")
+    for path in plan.leftovers:
+        typer.echo(f"clean   {path}  (left by a killed snapshot run)")
+
+
 @app.command()
 def prune(
     keep_last: Optional[int] = typer.Option(None, "--keep-last", min=1, help="Keep this many newest (default: config, 10)."),
@@ -217,40 +251,49 @@ def prune(
     brain: Optional[Path] = BrainOpt,
     into: Optional[Path] = IntoOpt,
 ) -> None:
-    """Delete old snapshots: keeps the last N, everything pinned, and the latest restore point."""
+    """Delete old snapshots: keeps the last N, everything pinned, the restore point and whatever an unfinished
+    rollback, upgrade, watch window or restore names; also deletes broken snapshots and the leftovers of killed
+    snapshot runs. Only snapshots of this deployment's brain are touched (a folder may be shared)."""
     target = target_from(config, deployment, brain, into)
     store = _store(target)
-    manifests = store.of(target.deployment)
-    point = load_restore_point(target.state_dir, target.deployment)
-    plan = plan_prune(manifests, keep_last or target.keep_last, {point.snapshot_id} if point else set())
-    if as_json and (dry_run or not plan.delete):
+    plan = _plan(target, store, keep_last or target.keep_last)
+    if as_json and (dry_run or plan.empty):
         emit_json({**plan.to_dict(), "dry_run": dry_run})
         return
     if not as_json:
-        for sid, why in plan.keep.items():
-            typer.echo(f"keep    {sid}  ({why})")
-        for sid in plan.delete:
-            typer.echo(f"delete  {sid}")
-    if dry_run or not plan.delete:
+        _print_plan(plan)
+    if dry_run or plan.empty:
         typer.echo("nothing deleted" + (" (dry run)" if dry_run else ""))
         return
-    confirm(f"delete {len(plan.delete)} snapshot(s) from {store.folder}?", yes)
+    confirm(f"delete {len(plan.delete) + len(plan.broken)} snapshot(s) and {len(plan.leftovers)} leftover file(s) "
+            f"from {store.folder}?", yes)
     with handle_errors(), operation_lock(deployment_state(target.state_dir, target.deployment), "prune"):
-        for sid in plan.delete:
+        plan = _plan(target, store, keep_last or target.keep_last)  # again, under the lock: journals may have come
+        for sid in [*plan.delete, *plan.broken]:
             store.remove(sid)
-    emit_json({**plan.to_dict(), "dry_run": False}) if as_json else typer.echo(f"deleted {len(plan.delete)} snapshot(s)")
+        plan.leftovers = store.clean_leftovers()
+    emit_json({**plan.to_dict(), "dry_run": False}) if as_json else typer.echo(
+        f"deleted {len(plan.delete) + len(plan.broken)} snapshot(s) and {len(plan.leftovers)} leftover file(s)")
 
 
 def _refuse_if_runtime_runs(target: Target, service_stopped: bool) -> None:
-    """With a configured runtime, ask it (the lock probe alone cannot see into every container)."""
-    if service_stopped or target.settings is None or target.settings.runtime is None:
+    """With a configured runtime, ask it (the lock probe alone cannot see into every container); what it knows
+    wins over --service-stopped, which only covers a runtime that cannot be asked."""
+    if target.settings is None or target.settings.runtime is None:
         return
     from backout.runtime.factory import runtime_for
 
-    current = runtime_for(target).current()
+    try:
+        current = runtime_for(target).current()
+    except Exception as exc:  # noqa: BLE001 - whatever stops the runtime answering, backout cannot know
+        if service_stopped:
+            return
+        raise SnapshotError(f"cannot tell whether {target.deployment} is running ({exc}); make sure it is stopped, "
+                            "then pass --service-stopped", EXIT_REFUSED) from None
     if current.running:
         raise SnapshotError(f"{target.deployment} is running {current.version} ({current.ident}): stop it first "
-                            "(`backout stop` drains it)", EXIT_REFUSED)
+                            "(`backout stop` drains it); --service-stopped cannot override what the runtime says",
+                            EXIT_REFUSED)
 
 
 @app.command()
@@ -258,7 +301,9 @@ def restore(
     snapshot_id: str = typer.Argument(..., metavar="ID"),
     reason: str = typer.Option("manual restore", "--reason", help="Why; names the quarantine folder."),
     service_stopped: bool = typer.Option(False, "--service-stopped",
-                                         help="Skip the check that nothing has the brain open (you stopped it)."),
+                                         help="Vouch that the service is stopped when backout cannot tell (the "
+                                         "runtime cannot be asked, the brain's locks cannot be probed); never "
+                                         "overrides a runtime or a lock that says it runs."),
     dry_run: bool = DryRunOpt,
     yes: bool = YesOpt,
     as_json: bool = JsonOpt,

@@ -50,9 +50,11 @@ def _check_room(target: Target, needed: int) -> None:
     store = SnapshotStore(target.snapshot_dir)
     free = free_bytes(store.ensure())
     if free < 2 * needed:
+        stale = store.leftover_bytes()  # left by killed snapshot runs: prune frees them
+        hint = f"`backout snapshot prune` frees {stale // 2**20} MiB left by killed snapshot runs, " if stale else ""
         raise UpgradeRefused(f"not enough space for the restore point: two snapshots of {needed // 2**20} MiB need "
-                             f"{2 * needed // 2**20} MiB in {store.folder}, {free // 2**20} MiB free; free space or "
-                             "set snapshots.dir", EXIT_ENVIRONMENT)
+                             f"{2 * needed // 2**20} MiB in {store.folder}, {free // 2**20} MiB free; {hint}free "
+                             "space or set snapshots.dir", EXIT_ENVIRONMENT)
 
 
 def _current(target: Target, runtime: Runtime, force: bool) -> tuple[str, dict[str, Any] | None]:
