@@ -342,3 +342,29 @@ def test_service_stopped_never_overrides_a_running_service(tmp_path: Path) -> No
         _intact(brain, "wal")
     finally:
         backout("stop", "--yes", *cfg, env=ENV)
+
+
+def test_a_rollback_never_chooses_a_snapshot_of_a_same_named_deployments_brain(tmp_path: Path) -> None:
+    shared = tmp_path / "shared-snaps"
+    configs = []
+    for side in ("a", "b"):
+        (tmp_path / side / "engine").mkdir(parents=True)
+        config = init_process(tmp_path / side / "engine")
+        text = config.read_text()
+        config.write_text(text.replace("[deployments.engine.snapshots]\n",
+                                       f'[deployments.engine.snapshots]\ndir = "{shared}"\n', 1))
+        configs.append(config)
+    a, b = (["--config", str(c)] for c in configs)
+    try:
+        theirs = prepare_bad_upgrade(configs[0], "2.3.1", "2.4.0-errors")  # a: snapshot of 2.3.1, then the bad build
+        backout_json("stop", "--yes", *a, env=ENV)
+        assert backout_json("switch", "2.3.1", "--yes", *b, env=ENV)["healthy"]  # b: no snapshot of its own
+        assert backout_json("switch", "2.4.0-errors", "--yes", *b, env=ENV)["healthy"]
+        out = backout("rollback", "--dry-run", "--json", "--to", "2.3.1", *b, env=ENV)
+        assert theirs["id"] not in out.stdout + out.stderr  # never a's brain restored over b's
+        assert out.returncode == 0 or "no verified snapshot of engine" in out.stderr, out.stderr
+        out = backout("rollback", "--dry-run", "--to", "2.3.1", "--snapshot", theirs["id"], *b, env=ENV)
+        assert str(configs[0].parent / "brain.sqlite") in out.stdout + out.stderr
+    finally:
+        for cfg in (a, b):
+            backout("stop", "--yes", *cfg, env=ENV)

@@ -44,6 +44,7 @@ def lock_holders(brain: Path) -> list[int]:
     Call it from a process with no SQLite connection open to `brain`: closing the probe's file
     descriptor would drop that process's own POSIX locks on the file.
     """
+    brain = brain.resolve()  # through a symlink, SQLite locks the target and keeps its -shm beside it
     pids = {
         _holder(brain, _PENDING_BYTE, _LOCK_BYTES),
         _holder(brain.with_name(brain.name + "-shm"), *_SHM_LOCKS),

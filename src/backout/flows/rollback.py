@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from backout.brain.manifest import Manifest, SnapshotError, SnapshotStore, utcnow
+from backout.brain.manifest import Manifest, SnapshotError, SnapshotStore, same_brain, utcnow
 from backout.brain.schema import SchemaError, SchemaStamp, diff, stamp
 from backout.brain.tables import connect_readonly, quote_ident, user_tables
 from backout.config import Target
@@ -61,8 +61,8 @@ def _usable(store: SnapshotStore, manifest: Manifest) -> bool:
     return manifest.integrity_check == "ok" and path.is_file() and path.stat().st_size == manifest.size
 
 
-def _snapshot_of_version(store: SnapshotStore, deployment: str, version: str) -> Manifest | None:
-    for manifest in store.of(deployment):  # newest first
+def _snapshot_of_version(store: SnapshotStore, deployment: str, version: str, brain: Path) -> Manifest | None:
+    for manifest in store.of(deployment, brain):  # newest first; a shared folder may hold another brain's
         if manifest.version == version and _usable(store, manifest):
             return manifest
     return None
@@ -85,10 +85,12 @@ def _choose_snapshot(store: SnapshotStore, target: Target, version: str, named: 
             return None, str(exc)
         if manifest.deployment != target.deployment:
             return None, f"snapshot {named} belongs to deployment {manifest.deployment!r}"
+        if not same_brain(manifest.source, target.brain):
+            return None, f"snapshot {named} was taken from the brain {manifest.source}, not {target.brain}"
         if not _usable(store, manifest):
             return None, f"snapshot {named} is missing, truncated or failed integrity_check when taken"
         return manifest, f"snapshot {named}"
-    newest = _snapshot_of_version(store, target.deployment, version)
+    newest = _snapshot_of_version(store, target.deployment, version, target.brain)
     if newest is None:
         return None, f"no verified snapshot of {target.deployment} taken while {version} ran"
     return newest, f"the newest verified snapshot taken while {version} ran"
