@@ -98,7 +98,8 @@ def list_(
     Only complete snapshots of this brain are listed; broken ones and leftovers of killed runs are warned about."""
     target = target_from(config, deployment, brain, into)
     store = _store(target)
-    rows = [_row(m, target) for m in store.of(target.deployment, target.brain)]
+    manifests = store.of(target.deployment, target.brain)
+    rows = [_row(m, target) for m in manifests]
     unreadable = [str(item) for item in store.manifests() if isinstance(item, SnapshotError)]
     broken = [{"id": m.id, "problem": why} for m, why in store.broken(target.deployment, target.brain)]
     leftovers = [str(p) for p in store.leftovers()]
@@ -111,10 +112,10 @@ def list_(
         typer.echo(f"no snapshots in {store.folder}")
     else:
         typer.echo(f"{'ID':<25} {'AGE':>8} {'SIZE':>10} {'VERSION':<10} {'PIN':<3} LABEL")
-        for r in rows:
+        for m, r in zip(manifests, rows):
             stale = "  STALE" if r["stale"] else ""
-            typer.echo(f"{r['id']:<25} {human_age(float(r['age_seconds'])):>8} {human_bytes(int(r['size'])):>10} "
-                       f"{str(r['version'] or '-'):<10} {'yes' if r['pinned'] else '':<3} {r['label'] or ''}{stale}")
+            typer.echo(f"{m.id:<25} {human_age(m.age_seconds()):>8} {human_bytes(m.size):>10} "
+                       f"{m.version or '-':<10} {'yes' if m.pinned else '':<3} {m.label or ''}{stale}")
         if any(r["stale"] for r in rows):
             typer.echo(f"STALE: older than the maximum age ({human_age(target.max_age.total_seconds())})")
     for line in unreadable:

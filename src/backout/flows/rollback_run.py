@@ -244,7 +244,7 @@ class RollbackRun:
     def _brain_in_quarantine(self) -> Path:
         volume = self.settings.volume
         if self.facts.get("volume_restore") and volume is not None and volume.path is not None:
-            return self.target.brain.relative_to(volume.path)  # the whole folder was displaced
+            return self.target.brain.relative_to(volume.path.resolve())  # the whole folder was displaced
         return Path(self.target.brain.name)
 
     def _initialize_brain(self) -> str:
