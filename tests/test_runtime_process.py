@@ -76,7 +76,8 @@ def test_unknown_version_is_refused_before_anything_stops(deployment: Path) -> N
 
 def test_dry_run_shows_commands_and_changes_nothing(deployment: Path) -> None:
     plan = backout_json("switch", "2.3.1", "--dry-run", *["--config", str(deployment)], env=ENV)
-    assert plan["dry_run"] and plan["commands"][-1]["argv"][1:4] == ["serve", "--release", "2.3.1"]
+    start = plan["commands"][-1]["argv"]  # the service's command line, run under backout's supervisor
+    assert plan["dry_run"] and start[start.index("--") + 2:start.index("--") + 5] == ["serve", "--release", "2.3.1"]
     assert "ENGINE_API_KEY" in plan["commands"][-1]["env"] and DEFAULT_KEY not in json.dumps(plan)
     assert backout_json("history", "--config", str(deployment)) == []
 

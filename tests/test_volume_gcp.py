@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 from google.auth.credentials import AnonymousCredentials
 
+from backout.commands import recording
 from backout.config import VolumeSettings
 from backout.errors import EXIT_USAGE
 from backout.volumes import Hooks, VolumeError
@@ -90,17 +91,19 @@ def test_snapshot_then_restore_swaps_disks_and_keeps_the_old_one(tmp_path: Path)
         assert [s.id for s in listed] == [SNAP, OLD_SNAP]  # newest first
         assert listed[1].tags["restore-point"] == "20250214T092955Z-9f8e"
 
-        plan = [c.argv for c in volume.plan_restore(SNAP)]
-        assert plan[0] == ("gcloud", "compute", "disks", "create", NEW, f"--source-snapshot={SNAP}",
+        commands = volume.plan_restore(SNAP)  # the new disk is named when the restore runs: `<time>` here
+        plan, planned = [c.argv for c in commands], "engine-brain-r<time>"
+        assert plan[0] == ("gcloud", "compute", "disks", "create", planned, f"--source-snapshot={SNAP}",
                            "--type=pd-balanced", "--size=20GB", "--zone=us-central1-a", "--project=acme-prod")
-        assert plan[4] == ("gcloud", "compute", "instances", "attach-disk", "engine-vm-1", f"--disk={NEW}",
+        assert plan[3] == ("gcloud", "compute", "instances", "attach-disk", "engine-vm-1", f"--disk={planned}",
                            "--device-name=brain", "--zone=us-central1-a", "--project=acme-prod")
         assert [argv[:4] for argv in plan] == [
-            ("gcloud", "compute", "disks", "create"), ("backout", "stop", "--deployment=engine", "--yes"),
-            ("gcloud", "compute", "instances", "detach-disk"), ("gcloud", "compute", "disks", "add-labels"),
-            ("gcloud", "compute", "instances", "attach-disk"), ("backout", "switch", "<version>", "--deployment=engine")]
+            ("gcloud", "compute", "disks", "create"), ("gcloud", "compute", "instances", "detach-disk"),
+            ("gcloud", "compute", "disks", "add-labels"), ("gcloud", "compute", "instances", "attach-disk")]
 
-        done = volume.restore(SNAP, hooks_for(server))
+        with recording() as performed:
+            done = volume.restore(SNAP, hooks_for(server))
+        assert performed == commands  # what the plan showed is what ran
         assert (done.snapshot_id, done.new_volume, done.quarantined_volume) == (SNAP, NEW, "engine-brain")
         assert any("first read" in w for w in done.warnings)
 

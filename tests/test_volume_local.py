@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from backout.commands import recording
 from backout.config import VolumeSettings, resolve_target
 from backout.errors import EXIT_ENVIRONMENT, EXIT_REFUSED, EXIT_USAGE
 from backout.volumes import Hooks, VolumeError
@@ -133,10 +134,12 @@ def test_snapshot_then_restore_with_the_engine_running_on_the_volume(start_engin
         eng.start()
         eng.wait_healthy()
 
-    plan = volume.plan_restore(snap.id)
-    assert [c.argv[0] for c in plan] == ["cp", "<runtime>", "mv", "mv", "<runtime>"]
-    assert plan[2].argv[2] == str(folder)
-    result = volume.restore(snap.id, Hooks(stop, start))
+    plan = volume.plan_restore(snap.id)  # the provider's own commands: the caller stops and starts the service
+    assert [c.argv[:2] for c in plan] == [("cp", "-a"), ("mv", "--exchange"), ("mv", "-T"), ("chmod", "700")]
+    assert plan[1].argv[-1] == str(folder)
+    with recording() as performed:
+        result = volume.restore(snap.id, Hooks(stop, start))
+    assert performed == plan  # what the plan showed is what ran
 
     assert calls == ["stop", "start"] and result.steps == ["stage", "swap", "record"]
     assert httpx.get(f"{eng.url}/health").json()["status"] == "ok"

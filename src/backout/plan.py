@@ -5,6 +5,10 @@ does, the exact commands it runs and the files it touches. `--dry-run` prints th
 `execute` runs the steps not yet done, marking each in the journal as it completes, so a run killed
 at any point resumes at the first unfinished step and never repeats a finished one.
 `BACKOUT_FAULT_AT=before:<step>|after:<step>` kills the process there (tests prove `--resume`).
+
+A step's commands are the very `Command` objects its action carries out (runtimes, volume providers
+and the brain restore build them once, for the plan and for the run); the timeline records, per
+step, the commands that were performed, so a dry-run and a real run can be held side by side.
 """
 
 from __future__ import annotations
@@ -13,11 +17,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from backout.commands import EXEC, SPAWN, Command, recording
 from backout.history import now_iso
 from backout.journal import Journal, fault_point
-from backout.runtime.base import Command
 
-__all__ = ["Plan", "Step", "StepFailed", "execute", "timeline"]
+__all__ = ["Command", "Plan", "Step", "StepFailed", "execute", "performed_commands", "timeline"]
 
 StepAction = Callable[[], dict[str, Any] | None]
 
@@ -40,8 +44,8 @@ class Step:
     def render(self, number: int) -> list[str]:
         """The step as lines of text for a plan printout."""
         lines = [f"{number:>2}. {self.title}"]
-        lines += [f"      $ {c.shell()}" + (f"   (env: {', '.join(c.env_names)})" if c.env_names else "")
-                  for c in self.commands]
+        lines += [f"      {'$' if c.kind in (EXEC, SPAWN) else '[' + c.kind + ']'} {c.shell()}"
+                  + (f"   (env: {', '.join(c.env_names)})" if c.env_names else "") for c in self.commands]
         lines += [f"      file: {f}" for f in self.files]
         return lines
 
@@ -74,10 +78,16 @@ def timeline(journal: Journal) -> list[dict[str, Any]]:
     return entries
 
 
-def _record(journal: Journal, step: Step, started: str, seconds: float, outcome: str, detail: str) -> None:
+def _record(journal: Journal, step: Step, started: str, seconds: float, outcome: str, detail: str,
+            performed: list[Command]) -> None:
     timeline(journal).append({"step": step.name, "title": step.title, "started_at": started,
                               "finished_at": now_iso(), "seconds": round(seconds, 3), "outcome": outcome,
-                              "detail": detail})
+                              "detail": detail, "commands": [c.to_dict() for c in performed]})
+
+
+def performed_commands(journal: Journal) -> dict[str, list[dict[str, Any]]]:
+    """The commands each step performed, from the timeline (a step run again after a crash: its last run)."""
+    return {str(entry["step"]): list(entry.get("commands", [])) for entry in timeline(journal)}
 
 
 def execute(plan: Plan, journal: Journal, on_step: Callable[[Step, str], None] | None = None) -> None:
@@ -89,17 +99,19 @@ def execute(plan: Plan, journal: Journal, on_step: Callable[[Step, str], None] |
         if on_step:
             on_step(step, "start")
         started, clock = now_iso(), time.monotonic()
-        try:
-            facts = step.action() or {}
-        except StepFailed as exc:
-            _record(journal, step, started, time.monotonic() - clock, "failed", str(exc))
-            journal.remember(**exc.facts)
-            raise
-        except BaseException as exc:
-            _record(journal, step, started, time.monotonic() - clock, "error", str(exc) or type(exc).__name__)
-            journal.save()
-            raise
-        _record(journal, step, started, time.monotonic() - clock, "ok", str(facts.pop("detail", "")))
+        with recording() as performed:
+            try:
+                facts = step.action() or {}
+            except StepFailed as exc:
+                _record(journal, step, started, time.monotonic() - clock, "failed", str(exc), performed)
+                journal.remember(**exc.facts)
+                raise
+            except BaseException as exc:
+                _record(journal, step, started, time.monotonic() - clock, "error", str(exc) or type(exc).__name__,
+                        performed)
+                journal.save()
+                raise
+        _record(journal, step, started, time.monotonic() - clock, "ok", str(facts.pop("detail", "")), performed)
         journal.mark(step.name, **facts)
         if on_step:
             on_step(step, "done")

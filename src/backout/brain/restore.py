@@ -33,6 +33,7 @@ from backout.brain.liveness import lock_holders
 from backout.brain.manifest import Manifest, SnapshotError, SnapshotStore, same_brain, utcnow
 from backout.brain.snapshot import SIDE_CARS, brain_file, verify_snapshot
 from backout.brain.tables import connect_readonly
+from backout.commands import Command, note
 from backout.fsutil import (copy_fd, create_private, describe_os_error, ensure_private_dir, free_bytes,
                             fsync_dir, sha256_file, atomic_write_json)
 from backout.errors import EXIT_ENVIRONMENT, EXIT_REFUSED
@@ -40,7 +41,7 @@ from backout.journal import Journal, fault_point
 from backout.progress import NO_PROGRESS, Progress
 
 __all__ = ["RestoreRequest", "RestoreResult", "restore_snapshot", "stage_snapshot", "staged_path", "newest_passing",
-           "pending_restore", "restore_journals", "checkpoint_wal", "restore_journal_path"]
+           "pending_restore", "restore_journals", "checkpoint_wal", "restore_commands", "restore_journal_path"]
 
 STEPS = ("stage", "checkpoint", "quarantine", "swap")
 
@@ -419,10 +420,13 @@ def _run(req: RestoreRequest, journal: Journal, resumed: bool, progress: Progres
         "quarantine": lambda: _quarantine(req, qdir, manifest),
         "swap": lambda: _swap(req, staged, manifest, journal),
     }
+    commands = _step_commands(req)
     for step in STEPS:
         if journal.done(step):
             continue
         fault_point(f"before:{step}")
+        for command in commands[step]:
+            note(command)  # the commands restore_commands() shows, carried out by the action
         actions[step]()
         journal.mark(step)
         result.steps.append(step)
@@ -431,3 +435,30 @@ def _run(req: RestoreRequest, journal: Journal, resumed: bool, progress: Progres
     result.quarantine = qdir if qdir.exists() else None
     journal.finish()
     return result
+
+
+def restore_commands(req: RestoreRequest) -> list[Command]:
+    """What a restore runs, step by step, as commands (for plans and dry-runs; the journal records the same)."""
+    return [command for step in STEPS for command in _step_commands(req)[step]]
+
+
+def _step_commands(req: RestoreRequest) -> dict[str, list[Command]]:
+    target = brain_file(req.brain)  # a link stays: the file SQLite opens is what is replaced
+    staged, brain = str(staged_path(target, req.snapshot_id)), str(target)
+    sidecars = tuple(brain + suffix for suffix in SIDE_CARS)
+    quarantine = f"{req.state_dir / 'quarantine'}/<time>-<reason>/"
+    return {
+        "stage": [Command(f"copy snapshot {req.snapshot_id} beside the brain, fsync, check its sha256 against the "
+                          "manifest", ("cp", str(req.store.db_path(req.snapshot_id)), staged), files=(staged,),
+                          kind="copy")],
+        "checkpoint": [Command("fold the current brain's WAL into it, so nothing of it lives only in a sidecar",
+                               ("sqlite3", brain, "PRAGMA wal_checkpoint(TRUNCATE)"), files=(brain,),
+                               kind="checkpoint")],
+        "quarantine": [Command("keep the current brain and the sidecars present in quarantine: hard links (a durable "
+                               "copy across filesystems), never a move", ("ln", brain, *sidecars, quarantine),
+                               files=(quarantine,), kind="link")],
+        "swap": [Command("drop the live sidecars (kept in quarantine): a stale WAL would be replayed into the restored "
+                         "brain", ("rm", "-f", *sidecars), files=sidecars, kind="remove"),
+                 Command("put the staged copy in place of the brain: one atomic rename", ("mv", "-T", staged, brain),
+                         files=(brain,), kind="rename")],
+    }

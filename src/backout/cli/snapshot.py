@@ -9,12 +9,13 @@ import httpx
 import typer
 
 from backout.brain.manifest import Manifest, SnapshotError, SnapshotStore
-from backout.brain.restore import RestoreRequest, restore_snapshot
+from backout.brain.restore import RestoreRequest, restore_commands, restore_snapshot
 from backout.brain.restore import restore_journals
 from backout.brain.retention import PrunePlan, named_in, plan_prune
 from backout.brain.snapshot import create_snapshot, verify_snapshot
 from backout.cli.common import (BrainOpt, ConfigOpt, DeploymentOpt, DryRunOpt, IntoOpt, JsonOpt, YesOpt, confirm,
                                 emit_json, handle_errors, human_age, human_bytes, progress_bar, target_from)
+from backout.commands import recording
 from backout.config import Target
 from backout.errors import EXIT_FAILED, EXIT_REFUSED
 from backout.flows.paths import rollback_journal, upgrade_journal, watch_state
@@ -322,21 +323,25 @@ def restore(
                          service_stopped)
     with handle_errors():
         manifest = store.load(snapshot_id)
-    if dry_run:
-        steps = [f"verify snapshot {snapshot_id} ({human_bytes(manifest.size)}, {human_age(manifest.age_seconds())} old)",
-                 "copy it beside the brain as a temporary file, fsync, check sha256",
-                 f"move {target.brain} (and -wal/-shm) into {target.state_dir / 'quarantine'}/<time>-<reason>/",
-                 f"rename the staged copy over {target.brain}"]
-        emit_json({"dry_run": True, "steps": steps}) if as_json else typer.echo("\n".join(f"{i+1}. {s}" for i, s in enumerate(steps)))
+    if dry_run:  # the very commands the restore performs (and records), with the snapshot's size and age
+        commands = restore_commands(req)
+        if as_json:
+            emit_json({"dry_run": True, "snapshot": snapshot_id, "size": manifest.size,
+                       "age_seconds": round(manifest.age_seconds()), "commands": [c.to_dict() for c in commands]})
+            return
+        typer.echo(f"restore snapshot {snapshot_id} ({human_bytes(manifest.size)}, {human_age(manifest.age_seconds())} "
+                   f"old) over {target.brain}:")
+        for i, c in enumerate(commands, 1):
+            typer.echo(f"{i}. {c.purpose}\n   $ {c.shell()}")
         return
     confirm(f"replace {target.brain} with snapshot {snapshot_id} (the current brain goes to quarantine)?", yes)
     # One operation per deployment: no switch may start the service while the brain is replaced.
     with handle_errors(), operation_lock(deployment_state(target.state_dir, target.deployment), "restore"):
         _refuse_if_runtime_runs(target, service_stopped)
-        with progress_bar(not as_json) as bar:
+        with progress_bar(not as_json) as bar, recording() as performed:
             result = restore_snapshot(req, bar)
     if as_json:
-        emit_json(result.to_dict())
+        emit_json({**result.to_dict(), "commands": [c.to_dict() for c in performed]})
     else:
         typer.echo(f"restored {snapshot_id} over {target.brain}" + (" (resumed)" if result.resumed else ""))
         if result.quarantine:

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from backout.brain.manifest import SnapshotStore
-from backout.brain.restore import RestoreRequest, pending_restore, restore_snapshot
+from backout.brain.restore import RestoreRequest, pending_restore, restore_commands, restore_snapshot
 from backout.brain.salvage import SUMMARY_FILE, SalvageError, salvage
 from backout.config import Target
 from backout.evidence import (DiagnosticsInput, Redactor, collect_diagnostics, file_ticket, migration_history,
                               secrets_of, write_postmortem, write_regression_case)
 from backout.flows.badwindow import epoch, mcp_calls_since
 from backout.flows.paths import rollback_journal, upgrade_journal, watch_state
-from backout.flows.switch import moved_on, drain_commands, drain_facts, start_until_healthy
+from backout.flows.switch import moved_on, drain_facts, start_until_healthy
 from backout.flows.check import base_url, policy_of, request_samples, state_files
 from backout.freeze import freeze_version
 from backout.fsutil import atomic_write_json, ensure_private_dir
@@ -35,8 +35,8 @@ from backout.lock import operation_lock
 from backout.notify import Message, Notifier
 from backout.plan import Plan, Step, StepFailed, execute, timeline
 from backout.progress import NO_PROGRESS, Progress
-from backout.runtime.base import Command, Runtime
-from backout.runtime.compose import ComposeRuntime
+from backout.commands import Command, perform
+from backout.runtime.base import Runtime
 from backout.signals.evals import run_evals
 from backout.signals.health import probe
 
@@ -106,14 +106,13 @@ class RollbackRun:
     def _drain_step(self) -> Step:
         drain = self.settings.drain_timeout.total_seconds()
         return Step("drain", f"Drain and stop {self.d['from_version']} (up to {drain:g}s, then killed)",
-                    drain_commands(self.runtime, drain), action=self.drain)
+                    self.runtime.stop_commands(drain), action=self.drain)
 
     def _restore_step(self) -> Step:
         snap = self.d["snapshot"]
-        quarantine = self.target.state_dir / "quarantine"
         volume = self.d.get("volume")
         if volume:
-            commands = [Command(c["purpose"], tuple(c["argv"]), tuple(c["env"])) for c in volume["plan"]]
+            commands = [Command.from_dict(c) for c in volume["plan"]] + self._initialize_commands()
             return Step("restore", f"Restore the data volume from {volume['provider']} snapshot {volume['snapshot']} "
                         "(the displaced volume is kept, marked quarantine)", commands, action=self.restore_volume)
         if snap is None:
@@ -121,7 +120,7 @@ class RollbackRun:
         return Step("restore", f"Restore snapshot {snap['id']} (taken {_age(snap['age_seconds'])} before the "
                     f"decision, while {snap['version'] or '?'} ran) over the brain; the current brain goes to "
                     "quarantine first (hard link) and the swap is one rename",
-                    files=[str(self.target.brain), snap["path"], f"{quarantine}/<time>-rollback-…/"],
+                    restore_commands(self._restore_request()), files=[str(self.target.brain), snap["path"]],
                     action=self.restore)
 
     def _salvage_step(self) -> Step:
@@ -131,7 +130,7 @@ class RollbackRun:
     def _start_step(self) -> Step:
         boot = self.settings.boot_timeout.total_seconds()
         return Step("start", f"Start {self.d['to_version']} and wait until healthy (up to {boot:g}s)",
-                    self.runtime.describe_start(self.d["to_version"]), action=self.start)
+                    self.runtime.start_commands(self.d["to_version"]), action=self.start)
 
     def _verify_step(self) -> Step:
         window = self.settings.rollback.verify_window.total_seconds()
@@ -204,10 +203,10 @@ class RollbackRun:
 
     def _versions(self) -> dict[str, Any]:
         out: dict[str, Any] = {"from": self.d["from_version"], "to": self.d["to_version"], "runtime": self.runtime.name}
-        if isinstance(self.runtime, ComposeRuntime):
-            runtime = self.runtime
-            out["images"] = {v: {"image": runtime.image(v), "id": runtime.image_digest(v)}
-                             for v in (self.d["from_version"], self.d["to_version"]) if v}
+        images = {v: {"image": self.runtime.image(v), "id": self.runtime.image_digest(v)}
+                  for v in (self.d["from_version"], self.d["to_version"]) if v and self.runtime.image(v)}
+        if images:
+            out["images"] = images
         return out
 
     def drain(self) -> dict[str, Any]:
@@ -226,6 +225,10 @@ class RollbackRun:
                 return marker.parent
         return None
 
+    def _restore_request(self) -> RestoreRequest:
+        return RestoreRequest(SnapshotStore(self.target.snapshot_dir), self.d["snapshot"]["id"], self.target.brain,
+                              self.target.deployment, self.target.state_dir, reason=self._restore_reason())
+
     def _restore_reason(self) -> str:
         return f"rollback {self.d['incident_id']}"
 
@@ -235,9 +238,7 @@ class RollbackRun:
         done = self._finished_restore()
         if done is not None:  # finished just before a crash: never restore (and quarantine) twice
             return {"quarantine": str(done), "detail": f"restored {snap['id']} (found after a restart)"}
-        result = restore_snapshot(RestoreRequest(
-            SnapshotStore(self.target.snapshot_dir), snap["id"], self.target.brain, self.target.deployment,
-            self.target.state_dir, reason=self._restore_reason()), self.progress)
+        result = restore_snapshot(self._restore_request(), self.progress)
         return {"quarantine": str(result.quarantine) if result.quarantine else None,
                 "detail": f"restored {snap['id']}; displaced brain in {result.quarantine}"}
 
@@ -247,6 +248,14 @@ class RollbackRun:
             return self.target.brain.relative_to(volume.path.resolve())  # the whole folder was displaced
         return Path(self.target.brain.name)
 
+    def _initialize_commands(self) -> list[Command]:
+        """Volumes restored from cloud snapshots load blocks lazily: the brain is read once before it serves."""
+        volume = self.settings.volume
+        if volume is None or volume.provider == "local" or not volume.initialize:
+            return []
+        return [Command("read the brain once, so its blocks are fetched before the service needs them",
+                        ("dd", f"if={self.target.brain}", "of=/dev/null", "bs=1M"), kind="read")]
+
     def _initialize_brain(self) -> str:
         """Volumes restored from cloud snapshots load blocks lazily: read the brain once before it serves."""
         from backout.volumes.ebs import initialize_file
@@ -254,7 +263,8 @@ class RollbackRun:
         if not self.target.brain.exists():
             return (f"the brain {self.target.brain} is not visible here yet (mount the new volume): read it once "
                     "before starting, e.g. `cat brain.sqlite > /dev/null`, or its first queries will be slow")
-        read = initialize_file(self.target.brain)
+        (command,) = self._initialize_commands()
+        read = perform(command, lambda: initialize_file(self.target.brain))
         return f"read the brain once ({read // 2**20} MiB) so its blocks are loaded before it serves"
 
     def restore_volume(self) -> dict[str, Any]:

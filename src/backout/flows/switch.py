@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backout.brain.schema import SchemaError, stamp
+from backout.commands import recording
 from backout.config import Target
 from backout.errors import EXIT_REFUSED, BackoutError
 from backout.freeze import refuse_if_frozen
@@ -19,7 +20,7 @@ from backout.lock import operation_lock
 from backout.plan import StepFailed
 from backout.runtime.base import Command, HealthWait, Runtime, RuntimeFailure, StopResult
 
-__all__ = ["SwitchResult", "brain_stamp", "drain_commands", "drain_facts", "moved_on", "plan_switch", "start_until_healthy",
+__all__ = ["SwitchResult", "brain_stamp", "drain_facts", "moved_on", "plan_switch", "start_until_healthy",
            "stop_service", "switch_version"]
 
 
@@ -61,13 +62,13 @@ def brain_stamp(target: Target) -> dict[str, Any] | None:
 
 def plan_switch(target: Target, runtime: Runtime, version: str) -> list[Command]:
     """Refuse early (frozen, unavailable), then return the commands a switch would run."""
-    target.require_settings()
+    settings = target.require_settings()
     refuse_if_frozen(target, version)
     available = runtime.is_available(version)
     if not available.ok:
         raise BackoutError(f"version {version} is not available: {available.detail}; nothing was stopped",
                            EXIT_REFUSED)
-    return runtime.describe(version)
+    return runtime.switch_commands(version, settings.drain_timeout.total_seconds())
 
 
 def switch_version(target: Target, runtime: Runtime, version: str, kind: str = "manual",
@@ -81,14 +82,15 @@ def switch_version(target: Target, runtime: Runtime, version: str, kind: str = "
         current = runtime.current()
         result = SwitchResult(current.version if current.running else None, version, commands=commands)
         result.schema_before = brain_stamp(target)
-        try:
-            result.drain = runtime.stop(settings.drain_timeout.total_seconds())
-            result.migrate_output = runtime.migrate(version)
-            runtime.start(version)
-            result.health = runtime.wait_healthy(time.monotonic() + settings.boot_timeout.total_seconds())
-            result.healthy = result.health.healthy
-        except RuntimeFailure as exc:
-            result.health = HealthWait(False, time.monotonic() - started, None, str(exc), exc.log_tail)
+        with recording() as performed:  # the commands that ran: the same as the plan's when all goes well
+            try:
+                result.drain = runtime.stop(settings.drain_timeout.total_seconds())
+                result.migrate_output = runtime.start(version, migrate=True)
+                result.health = runtime.wait_healthy(time.monotonic() + settings.boot_timeout.total_seconds())
+                result.healthy = result.health.healthy
+            except RuntimeFailure as exc:
+                result.health = HealthWait(False, time.monotonic() - started, None, str(exc), exc.log_tail)
+        result.commands = performed
         result.schema_after = brain_stamp(target)
         result.seconds = time.monotonic() - started
         History(target.state_dir).append(Change(
@@ -116,12 +118,6 @@ def stop_service(target: Target, runtime: Runtime, reason: str = "") -> StopResu
 
 
 
-def drain_commands(runtime: Runtime, drain_s: float) -> list[Command]:
-    """The stop commands with the drain timeout filled in (for plans)."""
-    return [Command(c.purpose, tuple(a.replace("<drain_timeout>", f"{drain_s:g}") for a in c.argv))
-            for c in runtime.describe_stop()]
-
-
 def drain_facts(runtime: Runtime, drain_s: float) -> dict[str, Any]:
     """Drain and stop what runs; the step's facts, saying whether the stop was clean or forced."""
     result = runtime.stop(drain_s)
@@ -135,9 +131,7 @@ def start_until_healthy(runtime: Runtime, version: str, boot_s: float, migrate: 
     current = runtime.current()
     try:
         if not (current.running and current.version == version):
-            if migrate:
-                runtime.migrate(version)
-            runtime.start(version)
+            runtime.start(version, migrate=migrate)
     except RuntimeFailure as exc:
         raise StepFailed("start", f"{version} did not start: {exc}",
                          {"start": {"healthy": False, "reason": str(exc), "log_tail": exc.log_tail}}) from None

@@ -23,15 +23,14 @@ from backout.flows.check import base_url, capture_baseline
 from backout.flows.paths import watch_state
 from backout.flows.rollback import RollbackRequest
 from backout.flows.rollback_run import rollback_now
-from backout.flows.switch import moved_on, brain_stamp, drain_commands, drain_facts, start_until_healthy
+from backout.flows.switch import moved_on, brain_stamp, drain_facts, start_until_healthy
 from backout.fsutil import atomic_write_json, free_bytes
 from backout.history import Change, History, RestorePoint, config_hash, deployment_state, save_restore_point
 from backout.journal import Journal
-from backout.plan import Plan, Step, execute, timeline
+from backout.plan import Command, Plan, Step, execute, performed_commands, timeline
 from backout.progress import NO_PROGRESS, Progress
 from backout.runtime.base import Runtime
-from backout.runtime.compose import ComposeRuntime
-from backout.runtime.trial import remember_trial, schema_key, trial_boot, trial_possible
+from backout.runtime.trial import remember_trial, schema_key, trial_boot, trial_commands, trial_possible
 from backout.signals.evals import run_evals
 
 __all__ = ["UpgradeRun"]
@@ -70,8 +69,8 @@ class UpgradeRun:
         """The steps, each with its commands and files."""
         d, drain = self.d, self.settings.drain_timeout.total_seconds()
         snapshots = str(self.store.folder)
-        stop = drain_commands(self.runtime, drain)
-        start = self.runtime.describe(d["to_version"])[len(stop):]  # migrate (if any) and start
+        stop = self.runtime.stop_commands(drain)
+        start = self.runtime.start_commands(d["to_version"], migrate=True)
         evals = f" ({self.settings.evals.command})" if self.settings.evals else " (none configured)"
         return Plan("upgrade", d, [
             Step("baseline", f"Record the baseline of {d['from_version']}: health, requests, regression evals{evals}",
@@ -93,11 +92,17 @@ class UpgradeRun:
                  action=self.evals),
             Step("arm", "Pre-arm the rollback: stage a verified copy of the restore point beside the brain (a brain "
                  f"rollback becomes a rename) and trial-boot {d['from_version']} on a copy of the new brain",
-                 files=[str(self.target.brain.parent)], action=self.arm),
+                 self._trial_commands(), files=[str(self.target.brain.parent)], action=self.arm),
             Step("record", "Record the upgrade in the history and open the watch window",
                  files=[str(self.target.state_dir / "history.jsonl"), str(watch_state(self.target))],
                  action=self.record),
         ])
+
+    def _trial_commands(self) -> list[Command]:
+        """The arm step's trial boot of the previous version, when one is possible."""
+        if trial_possible(self.target) is not None:
+            return []
+        return trial_commands(self.target, self.d["from_version"])
 
     def _volume_steps(self) -> list[Step]:
         volume = self.settings.volume
@@ -149,7 +154,7 @@ class UpgradeRun:
     def restore_point(self) -> dict[str, Any]:
         """Record the restore point durably (its snapshot is pinned)."""
         snap = self.facts["snapshot_final"]
-        digest = self.runtime.image_digest(self.d["from_version"]) if isinstance(self.runtime, ComposeRuntime) else None
+        digest = self.runtime.image_digest(self.d["from_version"])
         volume = (self.facts.get("volume_snapshot") or {}).get("id")
         point = RestorePoint(self.target.deployment, self.d["from_version"], snap["id"], snap["schema_stamp"],
                              config_hash(self.target.config_path), digest, volume_snapshot=volume)
@@ -257,4 +262,5 @@ class UpgradeRun:
                 "to_version": self.d["to_version"], "timings": {e["step"]: e["seconds"] for e in timeline(self.journal)},
                 "restore_point": self.facts.get("restore_point"), "snapshot_final": self.facts.get("snapshot_final"),
                 "drain": self.facts.get("drain"), "evals": self.facts.get("evals"), "staged": self.facts.get("staged"),
-                "trial": self.facts.get("trial"), "rollback": rollback["result"] if rollback else None}
+                "trial": self.facts.get("trial"), "rollback": rollback["result"] if rollback else None,
+                "commands": performed_commands(self.journal)}

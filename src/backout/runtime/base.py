@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from backout.commands import Command
 from backout.errors import EXIT_ENVIRONMENT, BackoutError
 from backout.signals.health import HealthProbe, probe
 
@@ -22,25 +23,6 @@ class RuntimeFailure(BackoutError):
     def __init__(self, message: str, exit_code: int = EXIT_ENVIRONMENT, log_tail: list[str] | None = None) -> None:
         super().__init__(message, exit_code)
         self.log_tail = log_tail or []
-
-
-@dataclass(frozen=True)
-class Command:
-    """One command a runtime would run: argv as data, with what it is for."""
-
-    purpose: str
-    argv: tuple[str, ...]
-    env_names: tuple[str, ...] = ()  # environment variables it gets (names only: values may be secret)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form."""
-        return {"purpose": self.purpose, "argv": list(self.argv), "env": list(self.env_names)}
-
-    def shell(self) -> str:
-        """The argv as one line a person can read (never executed through a shell)."""
-        import shlex
-
-        return shlex.join(self.argv)
 
 
 @dataclass
@@ -63,6 +45,7 @@ class Availability:
 
     ok: bool
     detail: str
+    proven: bool = True  # the check shows the version itself exists (not only that a command resolves)
 
 
 @dataclass
@@ -120,16 +103,25 @@ class Runtime(abc.ABC):
         """Whether `version` can be started, checked before anything is stopped."""
 
     @abc.abstractmethod
+    def stop_commands(self, drain_timeout: float) -> list[Command]:
+        """The commands that drain and stop what runs (SIGTERM, then a kill at `drain_timeout` seconds)."""
+
+    @abc.abstractmethod
+    def start_commands(self, version: str, migrate: bool = False) -> list[Command]:
+        """The commands that start `version` detached, after the migrate command when `migrate` and one is set."""
+
+    def switch_commands(self, version: str, drain_timeout: float) -> list[Command]:
+        """Every command of a switch to `version`, in order: drain and stop, migrate, start."""
+        return self.stop_commands(drain_timeout) + self.start_commands(version, migrate=True)
+
+    @abc.abstractmethod
     def stop(self, drain_timeout: float) -> StopResult:
-        """Drain and stop what runs: SIGTERM, wait up to `drain_timeout`, then kill."""
+        """Carry out stop_commands(drain_timeout) if something runs."""
 
     @abc.abstractmethod
-    def start(self, version: str) -> None:
-        """Start `version` detached; returns once it is launched (not yet healthy)."""
-
-    @abc.abstractmethod
-    def migrate(self, version: str) -> list[str] | None:
-        """Run the deployment's migrate command for `version`, if it has one; its output lines."""
+    def start(self, version: str, migrate: bool = False) -> list[str] | None:
+        """Carry out start_commands(version, migrate); returns once launched (not yet healthy), with the
+        migrate command's output lines when one ran."""
 
     @abc.abstractmethod
     def exited(self) -> int | None:
@@ -139,23 +131,24 @@ class Runtime(abc.ABC):
     def logs(self, since: datetime | None = None, tail: int | None = None) -> list[str]:
         """The service's log lines (since a time, or the last `tail`)."""
 
-    @abc.abstractmethod
-    def describe(self, version: str) -> list[Command]:
-        """The commands a switch to `version` would run, in order."""
+    def image(self, version: str) -> str | None:
+        """The image `version` runs, for runtimes that run images."""
+        return None
 
-    @abc.abstractmethod
-    def describe_stop(self) -> list[Command]:
-        """The commands that drain and stop what runs."""
+    def image_digest(self, version: str) -> str | None:
+        """What exactly runs `version` (an image id), when the runtime can tell."""
+        return None
 
-    @abc.abstractmethod
-    def describe_start(self, version: str) -> list[Command]:
-        """The commands that start `version` (without a migrate step)."""
+    def health_probe(self, timeout: float) -> HealthProbe | None:
+        """One look at the service's health; None when the runtime knows no more than "running"."""
+        return probe(self.health_url, timeout=timeout) if self.health_url is not None else None
+
+    poll_interval = 0.2  # seconds between two health probes
 
     def wait_healthy(self, deadline: float) -> HealthWait:
-        """Poll health until ok; fail fast with the last log lines when the service exits first.
+        """Poll health until ok; fail fast with the last log lines when the service exits or refuses first.
 
-        `deadline` is a time.monotonic() value. Without a health URL, "running" is all we know.
-        """
+        `deadline` is a time.monotonic() value. The one health loop of every runtime and trial boot."""
         start = time.monotonic()
         last: HealthProbe | None = None
         while True:
@@ -163,9 +156,9 @@ class Runtime(abc.ABC):
             if code is not None:
                 return HealthWait(False, time.monotonic() - start, last,
                                   f"exited with code {code} before it was healthy", self.start_logs())
-            if self.health_url is None:
+            last = self.health_probe(timeout=min(10.0, max(0.5, deadline - time.monotonic())))
+            if last is None:
                 return HealthWait(True, time.monotonic() - start, None, "running (no health URL configured)")
-            last = probe(self.health_url, timeout=min(10.0, max(0.5, deadline - time.monotonic())))
             if last.ok:
                 return HealthWait(True, time.monotonic() - start, last, "healthy")
             if not_retryable(last):
@@ -174,7 +167,7 @@ class Runtime(abc.ABC):
             if time.monotonic() >= deadline:
                 return HealthWait(False, time.monotonic() - start, last,
                                   f"not healthy in time: {last.reason()}", self.start_logs())
-            time.sleep(0.2)
+            time.sleep(self.poll_interval)
 
 
 def not_retryable(p: HealthProbe) -> bool:

@@ -19,12 +19,14 @@ import httpx
 
 from backout.config import ComposeSettings, ConfigError
 from backout.errors import EXIT_ENVIRONMENT, EXIT_USAGE
-from backout.runtime.base import Availability, Command, Current, Runtime, RuntimeFailure, StopResult
+from backout.commands import Command, note, perform
+from backout.runtime.base import Availability, Current, Runtime, RuntimeFailure, StopResult
 from backout.runtime.compose_file import (image_for, load_compose, read_env_file, replace_file_text, service_of,
                                           set_image_tag, split_image, write_env_variable)
 from backout.runtime.env import env_names, service_env
+from backout.signals.health import HealthProbe
 
-__all__ = ["ComposeRuntime"]
+__all__ = ["ComposeRuntime", "project_name"]
 
 CLEAN_EXIT_CODES = (0, 143)
 
@@ -34,12 +36,16 @@ class ComposeRuntime(Runtime):
 
     name = "compose"
 
-    def __init__(self, settings: ComposeSettings, brain: Path, health_url: str | None, state: Path) -> None:
+    poll_interval = 0.5  # each look at the container is two docker calls
+
+    def __init__(self, settings: ComposeSettings, brain: Path, health_url: str | None, state: Path,
+                 override: Path | None = None) -> None:
         super().__init__(health_url, brain)
         self.settings = settings
+        self.override = override  # a second compose file that pins the image (a trial boot): no version edit
         self.state = state
         self.file = settings.file
-        self.project = settings.project or self.file.resolve().parent.name.lower()
+        self.project = project_name(settings)
         self.env_file = settings.env_file or self.file.parent / ".env"
         data = load_compose(self.file)
         self.service, node = service_of(data, self.file, settings.service)
@@ -51,6 +57,8 @@ class ComposeRuntime(Runtime):
 
     def _compose(self, *args: str) -> tuple[str, ...]:
         base: tuple[str, ...] = ("docker", "compose", "-p", self.project, "-f", str(self.file))
+        if self.override is not None:
+            base += ("-f", str(self.override))
         if self.settings.env_file is not None:
             base += ("--env-file", str(self.env_file))
         return base + args
@@ -71,11 +79,13 @@ class ComposeRuntime(Runtime):
     def _set_version_command(self, version: str) -> Command:
         if self.settings.version_variable:
             return Command(f"set {self.settings.version_variable}={version} in {self.env_file}",
-                           ("edit", str(self.env_file), f"{self.settings.version_variable}={version}"))
+                           ("edit", str(self.env_file), f"{self.settings.version_variable}={version}"),
+                           files=(str(self.env_file),), kind="edit")
         return Command(f"set the image tag of {self.service} to {version} in {self.file} (comments kept)",
-                       ("edit", str(self.file), f"services.{self.service}.image={self.image(version)}"))
+                       ("edit", str(self.file), f"services.{self.service}.image={self.image(version)}"),
+                       files=(str(self.file),), kind="edit")
 
-    def _migrate_command(self, version: str) -> list[str]:
+    def _migrate_argv(self, version: str) -> list[str]:
         """The migrate template's argv for `version` ({version} is its one placeholder)."""
         assert self.settings.migrate is not None
         try:
@@ -84,28 +94,40 @@ class ComposeRuntime(Runtime):
             raise RuntimeFailure(f"migrate template {self.settings.migrate!r} is malformed ({exc}); its one "
                                  "placeholder is {version}", EXIT_USAGE) from None
 
-    def describe(self, version: str) -> list[Command]:
-        """Set the version, pull if needed, drain+stop, migrate, up."""
-        *prepare, up = self.describe_start(version)
-        migrate = [Command("migrate the brain in a one-off container of the new image",
-                           self._compose("run", "--rm", "--no-deps", self.service, *self._migrate_command(version)))
-                   ] if self.settings.migrate else []
-        return [*prepare, *self.describe_stop(), *migrate, up]
+    def stop_commands(self, drain_timeout: float) -> list[Command]:
+        """`docker compose stop --timeout N service`: SIGTERM, the drain, SIGKILL at N seconds; none when nothing runs."""
+        if self._running_container() is None:
+            return []
+        return [Command(f"drain and stop {self.service} (SIGTERM, then SIGKILL at the {int(drain_timeout)}s timeout)",
+                        self._compose("stop", "--timeout", str(int(drain_timeout)), self.service),
+                        timeout=drain_timeout + 60)]
 
-    def describe_stop(self) -> list[Command]:
-        """`docker compose stop --timeout N service`."""
-        return [Command("drain and stop the service (SIGTERM, then SIGKILL at the timeout)",
-                        self._compose("stop", "--timeout", "<drain_timeout>", self.service))]
+    def start_commands(self, version: str, migrate: bool = False) -> list[Command]:
+        """Pull if needed, point the project at `version`, migrate in a one-off container if asked, `up -d`."""
+        pulls, edits, migrations, up = self._start_parts(version, migrate)
+        return [*pulls, *edits, *migrations, up]
 
-    def describe_start(self, version: str) -> list[Command]:
-        """Set the version, pull if needed, `up -d` the service."""
-        commands = [self._set_version_command(version)]
+    def _start_parts(self, version: str, migrate: bool) -> tuple[list[Command], list[Command], list[Command], Command]:
+        edits = [self._set_version_command(version)] if self.override is None else []
+        migrations = [Command("migrate the brain in a one-off container of the new image",
+                              self._compose("run", "--rm", "--no-deps", "-T", self.service,
+                                            *self._migrate_argv(version)),
+                              env_names(self.settings), (str(self.brain),), timeout=3600)] if migrate and self.settings.migrate else []
+        up = Command(f"start {self.image(version)}", self._compose("up", "-d", "--no-deps", self.service),
+                     env_names(self.settings), timeout=600)
+        return self._pull_commands(version), edits, migrations, up
+
+    def _pull_commands(self, version: str) -> list[Command]:
         remote = self._remote(version)
-        if remote and not self._local(version):
-            commands += [Command(f"pull {remote} from the registry", ("docker", "pull", remote)),
-                         Command("tag it as the compose file names it", ("docker", "tag", remote, self.image(version)))]
-        return commands + [Command(f"start {self.image(version)}", self._compose("up", "-d", "--no-deps", self.service),
-                                   env_names(self.settings))]
+        if not remote or self._local(version):
+            return []
+        return [Command(f"pull {remote} from the registry", ("docker", "pull", remote), timeout=1800),
+                Command("tag it as the compose file names it", ("docker", "tag", remote, self.image(version)))]
+
+    def remove_commands(self) -> list[Command]:
+        """`docker compose down -v`: the project's containers and volumes removed (for throwaway projects)."""
+        return [Command(f"remove the compose project {self.project} and its volumes",
+                        self._compose("down", "-v", "--timeout", "5"), timeout=120)]
 
     # -- running docker ------------------------------------------------------------------------
 
@@ -120,6 +142,11 @@ class ComposeRuntime(Runtime):
         if check and out.returncode != 0:
             raise self._failure(argv, out)
         return out
+
+    def _exec(self, command: Command, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run one of this runtime's exec commands, noting it as performed."""
+        note(command)
+        return self._run(command.argv, timeout=command.timeout or 300, check=check)
 
     def _failure(self, argv: tuple[str, ...], out: subprocess.CompletedProcess[str]) -> RuntimeFailure:
         said = (out.stderr or out.stdout).strip()
@@ -175,15 +202,24 @@ class ComposeRuntime(Runtime):
         return Availability(False, f"image {image} is {where}; the previous image may have been deleted: rebuild it "
                                    f"from the release's git tag (docker build -t {image} .) or push it to the registry")
 
-    def stop(self, drain_timeout: float) -> StopResult:
-        """`docker compose stop --timeout N`: SIGTERM, the drain, SIGKILL at N seconds."""
+    def _running_container(self) -> str | None:
+        """The id of the service's container while it runs."""
         row = self._container()
-        start = time.monotonic()
         if row is None or self._inspect(str(row["ID"]))["State"]["Running"] is False:
+            return None
+        return str(row["ID"])
+
+    def stop(self, drain_timeout: float) -> StopResult:
+        """Carry out stop_commands: SIGTERM, the drain, SIGKILL at the timeout; then read the exit code."""
+        start = time.monotonic()
+        ident = self._running_container()
+        commands = self.stop_commands(drain_timeout) if ident else []
+        if ident is None or not commands:
             return StopResult(False, True, 0.0, None, "nothing was running")
-        self._run(self._compose("stop", "--timeout", str(int(drain_timeout)), self.service), timeout=drain_timeout + 60)
+        for command in commands:
+            self._exec(command)
         seconds = time.monotonic() - start
-        state = self._inspect(str(row["ID"]))["State"]
+        state = self._inspect(ident)["State"]
         code = int(state.get("ExitCode", -1))
         if code in CLEAN_EXIT_CODES:
             return StopResult(True, True, seconds, code, f"drained and exited with code {code}")
@@ -191,6 +227,27 @@ class ComposeRuntime(Runtime):
         detail = (f"still running at the {drain_timeout:g}s drain deadline: killed (SIGKILL); in-flight work was lost"
                   if forced else f"exited with code {code} after SIGTERM")
         return StopResult(True, False, seconds, code, detail)
+
+    def start(self, version: str, migrate: bool = False) -> list[str] | None:
+        """Carry out start_commands: the container is recreated from `version`'s image."""
+        pulls, edits, migrations, up = self._start_parts(version, migrate)
+        for command in pulls:
+            self._exec(command)
+        undo = [perform(command, lambda: self._set_version(version)) for command in edits]
+        lines = [self._migrate(command, version, undo) for command in migrations]
+        self.started_at = datetime.now(timezone.utc)
+        self._exec(up)
+        return lines[0] if lines else None
+
+    def _migrate(self, command: Command, version: str, undo: list[Callable[[], None]]) -> list[str]:
+        out = self._exec(command, check=False)
+        lines = (out.stdout + out.stderr).splitlines()
+        if out.returncode != 0:
+            for put_back in undo:  # the project keeps naming the version that last ran
+                put_back()
+            raise RuntimeFailure(f"migrate for {version} failed with exit code {out.returncode}", EXIT_ENVIRONMENT,
+                                 lines[-20:])
+        return lines
 
     def _set_version(self, version: str) -> Callable[[], None]:
         """Point the project at `version`; returns how to put the previous value back."""
@@ -202,33 +259,13 @@ class ComposeRuntime(Runtime):
         old_text = set_image_tag(self.file, self.service, version)
         return lambda: replace_file_text(self.file, old_text)
 
-    def _pull(self, version: str) -> None:
-        remote = self._remote(version)
-        if remote and not self._local(version):
-            self._run(("docker", "pull", remote), timeout=1800)
-            self._run(("docker", "tag", remote, self.image(version)))
-
-    def migrate(self, version: str) -> list[str] | None:
-        """`docker compose run --rm` of the new image with the migrate command."""
-        if not self.settings.migrate:
-            return None
-        self._pull(version)
-        undo = self._set_version(version)
-        argv = self._compose("run", "--rm", "--no-deps", "-T", self.service,
-                             *self._migrate_command(version))
-        out = self._run(argv, timeout=3600, check=False)
-        lines = (out.stdout + out.stderr).splitlines()
-        if out.returncode != 0:
-            undo()  # the project keeps naming the version that last ran
-            raise RuntimeFailure(f"migrate for {version} failed with exit code {out.returncode}", EXIT_ENVIRONMENT, lines[-20:])
-        return lines
-
-    def start(self, version: str) -> None:
-        """Set the version and `up -d --no-deps` the service (the container is recreated)."""
-        self._pull(version)
-        self._set_version(version)
-        self.started_at = datetime.now(timezone.utc)
-        self._run(self._compose("up", "-d", "--no-deps", self.service), timeout=600)
+    def remove(self) -> None:
+        """Carry out remove_commands (best effort: a throwaway project that is gone already is fine)."""
+        for command in self.remove_commands():
+            try:
+                self._exec(command, check=False)
+            except RuntimeFailure:
+                pass
 
     def exited(self) -> int | None:
         """The container's exit code once it has stopped (or is restarting after a crash)."""
@@ -252,25 +289,22 @@ class ComposeRuntime(Runtime):
         out = self._run(self._compose(*args, self.service), check=False)
         return (out.stdout + out.stderr).splitlines()
 
-    def wait_healthy(self, deadline: float):  # type: ignore[no-untyped-def]
+    def health_probe(self, timeout: float) -> HealthProbe | None:
         """Health by URL (as for processes); without one, the container's own health status."""
         if self.health_url is not None:
-            return super().wait_healthy(deadline)
-        from backout.runtime.base import HealthWait
+            return super().health_probe(timeout)
+        row = self._container()
+        if row is None:
+            return HealthProbe(False, error="the service has no container")
+        health = self._inspect(str(row["ID"]))["State"].get("Health", {}).get("Status")
+        said = f"container health: {health or 'running (no healthcheck)'}"
+        return HealthProbe(True, body={"status": "ok", "container": said}) if health in ("healthy", None) \
+            else HealthProbe(False, error=said)
 
-        start = time.monotonic()
-        while time.monotonic() < deadline:
-            code = self.exited()
-            if code is not None:
-                return HealthWait(False, time.monotonic() - start, None, f"exited with code {code}", self.start_logs())
-            row = self._container()
-            if row is None:
-                return HealthWait(False, time.monotonic() - start, None, "the service has no container")
-            health = self._inspect(str(row["ID"]))["State"].get("Health", {}).get("Status")
-            if health in ("healthy", None):
-                return HealthWait(True, time.monotonic() - start, None, f"container health: {health or 'running'}")
-            time.sleep(0.5)
-        return HealthWait(False, time.monotonic() - start, None, "container not healthy in time", self.start_logs())
+
+def project_name(settings: ComposeSettings) -> str:
+    """The compose project's name: configured, or the compose file's folder name."""
+    return settings.project or settings.file.resolve().parent.name.lower()
 
 
 def _json_rows(text: str) -> list[dict[str, Any]]:

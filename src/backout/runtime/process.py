@@ -20,14 +20,24 @@ from backout.brain.liveness import lock_holders
 from backout.config import ProcessSettings
 from backout.errors import EXIT_REFUSED, EXIT_USAGE
 from backout.fsutil import atomic_write_json, ensure_private_dir
-from backout.runtime.base import Availability, Command, Current, Runtime, RuntimeFailure, StopResult
+from backout.commands import SPAWN, Command, perform, run_command
+from backout.runtime.base import Availability, Current, Runtime, RuntimeFailure, StopResult
 from backout.runtime.env import env_names, service_env
 
-__all__ = ["ProcessRuntime", "CLEAN_EXIT_CODES"]
+__all__ = ["ProcessRuntime", "CLEAN_EXIT_CODES", "template_argv"]
 
 # After SIGTERM: a clean exit, the shell convention for "killed by SIGTERM", or Python's -15.
 CLEAN_EXIT_CODES = (0, 143, -15)
 _PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH")
+
+
+def template_argv(template: str, values: dict[str, str]) -> tuple[str, ...]:
+    """A command template's argv with its placeholders ({version}, {brain}, {port}, {state}) filled in."""
+    try:
+        return tuple(token.format(**values) for token in shlex.split(template))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise RuntimeFailure(f"command template {template!r} is malformed ({exc}); placeholders are "
+                             "{version}, {brain}, {port}, {state}", EXIT_USAGE) from None
 
 
 def _proc_start_time(pid: int) -> str | None:
@@ -83,39 +93,42 @@ class ProcessRuntime(Runtime):
         self.log_file = state / "service.log"
         self._child: subprocess.Popen[bytes] | None = None
 
-    # -- commands as data ----------------------------------------------------------------------
+    # -- commands as data (each is what the lifecycle methods below carry out) ----------------------------------------------------------------------
 
     def _values(self, version: str) -> dict[str, str]:
         return {"version": version, "brain": str(self.brain), "port": str(self.settings.port or ""),
                 "state": str(self.state)}
 
     def _argv(self, template: str, version: str) -> tuple[str, ...]:
-        values = self._values(version)
-        try:
-            return tuple(token.format(**values) for token in shlex.split(template))
-        except (KeyError, IndexError, ValueError) as exc:
-            raise RuntimeFailure(f"command template {template!r} is malformed ({exc}); placeholders are "
-                                 "{version}, {brain}, {port}, {state}", EXIT_USAGE) from None
+        return template_argv(template, self._values(version))
 
-    def describe(self, version: str) -> list[Command]:
-        """Drain what runs, migrate if configured, start `version`."""
-        commands = self.describe_stop()
-        if self.settings.migrate:
-            commands.append(Command("migrate the brain for the new version",
-                                    self._argv(self.settings.migrate, version), env_names(self.settings)))
-        return commands + self.describe_start(version)
+    def stop_commands(self, drain_timeout: float) -> list[Command]:
+        """SIGTERM to the process group in the pid file, SIGKILL at the drain deadline; none when nothing runs."""
+        rec = self._running_record()
+        if rec is None:
+            return []
+        return [Command(f"drain and stop: SIGTERM to process group {rec['pgid']} (recorded in {self.pid_file.name}), "
+                        f"SIGKILL at the {drain_timeout:g}s drain deadline", ("kill", "-TERM", "--", f"-{rec['pgid']}"),
+                        files=(str(self.pid_file),), kind="signal", timeout=drain_timeout)]
 
-    def describe_stop(self) -> list[Command]:
-        """SIGTERM to the process group; SIGKILL at the drain deadline."""
-        rec = self._record()
-        group = f"-{rec['pgid']}" if rec else "-<pgid>"
-        return [Command("drain and stop: SIGTERM to the process group, SIGKILL at the drain deadline",
-                        ("kill", "-TERM", "--", group))]
+    def start_commands(self, version: str, migrate: bool = False) -> list[Command]:
+        """The migrate template (when asked and configured), then the command template under the supervisor."""
+        commands = [self._migrate_command(version)] if migrate and self.settings.migrate else []
+        argv = self._argv(self.settings.command, version)
+        return commands + [Command(f"start {version} detached in its own session, output to {self.log_file.name}; "
+                                   "the supervisor records its exit code",
+                                   (sys.executable, "-m", "backout.runtime.supervise", str(self.exit_file), "--", *argv),
+                                   env_names(self.settings), (str(self.pid_file), str(self.log_file)), SPAWN,
+                                   cwd=self._cwd())]
 
-    def describe_start(self, version: str) -> list[Command]:
-        """The command template for `version`, detached."""
-        return [Command(f"start {version} detached (setsid), log to {self.log_file}",
-                        self._argv(self.settings.command, version), env_names(self.settings))]
+    def _cwd(self) -> str | None:
+        return str(self.settings.workdir) if self.settings.workdir else None
+
+    def _migrate_command(self, version: str) -> Command:
+        assert self.settings.migrate is not None
+        return Command(f"migrate the brain for {version}", self._argv(self.settings.migrate, version),
+                       env_names(self.settings), (str(self.brain),), timeout=3600,
+                       cwd=self._cwd())
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -151,7 +164,9 @@ class ProcessRuntime(Runtime):
             if out.returncode != 0:
                 said = (out.stderr or out.stdout).strip().splitlines()
                 return Availability(False, f"{shlex.join(check)} says no: {said[-1] if said else 'exit ' + str(out.returncode)}")
-        return Availability(True, f"{exe} resolves to {found}")
+        if self.settings.check:
+            return Availability(True, f"{shlex.join(self._argv(self.settings.check, version))} accepts it")
+        return Availability(True, f"{exe} resolves to {found}", proven=False)
 
     def _env(self) -> dict[str, str]:
         base = {k: v for k, v in os.environ.items() if k in _PASSED_THROUGH or k.startswith("LC_")}
@@ -175,14 +190,19 @@ class ProcessRuntime(Runtime):
                 raise RuntimeFailure(f"the brain {self.brain} is already open by process {', '.join(map(str, holders))};"
                                      " another instance is running: stop it first", EXIT_REFUSED)
 
-    def start(self, version: str) -> None:
-        """Launch `version` in its own session; returns at once (see wait_healthy)."""
+    def start(self, version: str, migrate: bool = False) -> list[str] | None:
+        """Migrate if asked, then launch `version` in its own session; returns at once (see wait_healthy)."""
         current = self.current()
         if current.running:
             raise RuntimeFailure(f"{current.version} is still running (pid {current.ident}); stop it first", EXIT_REFUSED)
         self._refuse_if_taken()
-        argv = self._argv(self.settings.command, version)
         ensure_private_dir(self.state)
+        *migrations, spawn = self.start_commands(version, migrate)
+        lines = [self._migrate(command, version) for command in migrations]
+        perform(spawn, lambda: self._spawn(spawn, version))
+        return lines[0] if lines else None
+
+    def _spawn(self, command: Command, version: str) -> None:
         self.started_at = datetime.now(timezone.utc)
         started_at = self.started_at.isoformat(timespec="milliseconds")
         with open(self.log_file, "ab") as log:
@@ -190,17 +210,16 @@ class ProcessRuntime(Runtime):
             log.write(f"--- backout: starting {version} at {started_at}\n".encode())
             log.flush()
             self.exit_file.unlink(missing_ok=True)
-            supervised = [sys.executable, "-m", "backout.runtime.supervise", str(self.exit_file), "--", *argv]
             try:
-                child = subprocess.Popen(supervised, env=self._env(), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True,
-                                         cwd=self.settings.workdir or None)
+                child = subprocess.Popen(command.argv, env=self._env(), stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True, cwd=command.cwd)
             except OSError as exc:
-                raise RuntimeFailure(f"cannot start {argv[0]!r}: {exc.strerror}", EXIT_USAGE) from None
+                raise RuntimeFailure(f"cannot start {command.argv[0]!r}: {exc.strerror}", EXIT_USAGE) from None
         self._child = child
+        service_argv = list(command.argv[command.argv.index("--") + 1:])
         atomic_write_json(self.pid_file, {"pid": child.pid, "pgid": child.pid, "version": version,
                                           "start_time": _proc_start_time(child.pid), "started_at": started_at,
-                                          "argv": list(argv)})
+                                          "argv": service_argv})
 
     def exited(self) -> int | None:
         """The service's exit code once it has died (recorded by its supervisor), else None."""
@@ -220,13 +239,24 @@ class ProcessRuntime(Runtime):
         except (OSError, ValueError, KeyError):
             return None
 
+    def _running_record(self) -> dict[str, Any] | None:
+        """The pid file's record while its process or any of its group still runs."""
+        rec = self._record()
+        if rec is None or not (_alive(int(rec["pid"]), rec.get("start_time")) or _group_alive(int(rec["pgid"]))):
+            return None
+        return rec
+
     def stop(self, drain_timeout: float) -> StopResult:
         """SIGTERM to the whole group, wait for the drain, SIGKILL the group at the deadline."""
-        rec = self._record()
-        start = time.monotonic()
-        if rec is None or not (_alive(int(rec["pid"]), rec.get("start_time")) or _group_alive(int(rec["pgid"]))):
+        rec = self._running_record()
+        if rec is None:
             self._forget()
             return StopResult(False, True, 0.0, None, "nothing was running")
+        (command,) = self.stop_commands(drain_timeout)
+        return perform(command, lambda: self._drain_group(rec, drain_timeout))
+
+    def _drain_group(self, rec: dict[str, Any], drain_timeout: float) -> StopResult:
+        start = time.monotonic()
         pid, pgid = int(rec["pid"]), int(rec["pgid"])
         self._signal_group(pgid, signal.SIGTERM)
         deadline = start + drain_timeout
@@ -266,20 +296,17 @@ class ProcessRuntime(Runtime):
         self.pid_file.unlink(missing_ok=True)
         self._child = None
 
-    def migrate(self, version: str) -> list[str] | None:
-        """Run the migrate template to completion, its output appended to the service log."""
-        if not self.settings.migrate:
-            return None
-        argv = self._argv(self.settings.migrate, version)
-        ensure_private_dir(self.state)
+    def _migrate(self, command: Command, version: str) -> list[str]:
+        """Run the migrate command to completion, its output appended to the service log."""
         try:
-            out = subprocess.run(argv, env=self._env(), capture_output=True, text=True,
-                                 cwd=self.settings.workdir or None, timeout=3600)
+            out = run_command(command, self._env())
         except OSError as exc:
-            raise RuntimeFailure(f"cannot run migrate command {argv[0]!r}: {exc.strerror}", EXIT_USAGE) from None
+            raise RuntimeFailure(f"cannot run migrate command {command.argv[0]!r}: {exc.strerror}", EXIT_USAGE) from None
+        except subprocess.TimeoutExpired:
+            raise RuntimeFailure(f"migrate for {version} did not finish in {command.timeout:g}s") from None
         lines = (out.stdout + out.stderr).splitlines()
         with open(self.log_file, "a", encoding="utf-8") as log:
-            log.write(f"--- backout: migrate for {version}: {shlex.join(argv)} (exit {out.returncode})\n")
+            log.write(f"--- backout: migrate for {version}: {command.shell()} (exit {out.returncode})\n")
             log.writelines(line + "\n" for line in lines)
         if out.returncode != 0:
             raise RuntimeFailure(f"migrate for {version} failed with exit code {out.returncode}", log_tail=lines[-20:])
@@ -298,6 +325,7 @@ class ProcessRuntime(Runtime):
 
 def _since(lines: list[str], since: datetime) -> list[str]:
     """Lines from the first one stamped at or after `since` (JSON `ts`/`timestamp`, or a start marker)."""
+    since = since.replace(microsecond=since.microsecond // 1000 * 1000)  # stamps carry milliseconds
     for index, line in enumerate(lines):
         stamp = _line_time(line)
         if stamp is not None and stamp >= since:

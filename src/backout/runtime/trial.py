@@ -28,10 +28,13 @@ from backout.brain.snapshot import copy_live_brain
 from backout.config import ConfigError, Deployment, Target
 from backout.fsutil import atomic_write_json, ensure_private_dir
 from backout.history import deployment_state, now_iso
-from backout.runtime.compose import ComposeRuntime
-from backout.runtime.base import Command, HealthWait, Runtime, RuntimeFailure, not_retryable
+from backout.commands import Command, isolated, note
+from backout.runtime.base import HealthWait, Runtime, RuntimeFailure
+from backout.runtime.compose import ComposeRuntime, project_name
+from backout.runtime.env import env_names
 
-__all__ = ["TrialResult", "cached_trial", "clean_stale_trials", "remember_trial", "schema_key", "trial_boot", "trial_possible"]
+__all__ = ["TrialResult", "cached_trial", "clean_stale_trials", "remember_trial", "schema_key", "trial_boot",
+           "trial_commands", "trial_possible"]
 
 
 @dataclass
@@ -165,11 +168,14 @@ def trial_boot(target: Target, runtime: Runtime, version: str) -> TrialResult:
     why_not = trial_possible(target)
     if why_not:
         raise ConfigError(f"a trial boot is not possible: {why_not}")
-    if target.brain.stat().st_size > SKELETON_ABOVE_BYTES:
-        first = _guarded(target, runtime, version, skeleton=True)
-        if first.refused:
-            return first  # refused on the schema alone: it refuses the brain too
-    return _guarded(target, runtime, version, skeleton=False)
+    for command in trial_commands(target, version):
+        note(command)  # what plans show; the trial's own commands touch only its throwaway copy
+    with isolated():
+        if target.brain.stat().st_size > SKELETON_ABOVE_BYTES:
+            first = _guarded(target, runtime, version, skeleton=True)
+            if first.refused:
+                return first  # refused on the schema alone: it refuses the brain too
+        return _guarded(target, runtime, version, skeleton=False)
 
 
 def _guarded(target: Target, runtime: Runtime, version: str, skeleton: bool) -> TrialResult:
@@ -283,106 +289,63 @@ def _trial_process(target: Target, version: str, copy: Path, port: int, url: str
         trial.stop(5)
 
 
-def trial_commands(target: Target, runtime: Runtime, version: str) -> list[Command]:
-    """The commands a trial boot runs (for plans)."""
+def trial_commands(target: Target, version: str) -> list[Command]:
+    """What a trial boot of `version` runs, for plans (its folder, port and copy are chosen when it runs)."""
     settings = target.require_settings()
+    judge = ("wait for health" + (" and the smoke request" if settings.rollback.smoke else "") +
+             ", then stop it and remove the copy")
     if settings.runtime == "process":
-        from backout.runtime.process import ProcessRuntime
+        from backout.runtime.process import template_argv
 
-        assert isinstance(runtime, ProcessRuntime)
-        argv = tuple(a.replace(str(target.brain), "<copy of the brain>") for a in runtime.describe_start(version)[0].argv)
-        return [Command("start the target on a spare port against a copy of the brain", argv)]
-    return [Command("start the target in a temporary compose project against a copy of the brain",
-                    ("docker", "compose", "-p", "<project>-trial", "-f", "<compose file>", "-f", "<override: image, "
-                     "port, brain copy>", "up", "-d", "--no-deps", "<service>"))]
+        assert settings.process is not None
+        argv = template_argv(settings.process.command, {"version": version, "brain": f"<trial folder>/{target.brain.name}",
+                                                         "port": "<spare port>", "state": "<trial folder>/runtime"})
+        return [Command(f"trial boot: start {version} on a spare port against a throwaway copy of the brain; {judge}",
+                        argv, env_names(settings.process), ("<trial folder>",), kind="trial")]
+    trial = _trial_runtime(target, "<project>-trial-<id>", Path("<trial folder>/trial-override.yml"),
+                           target.brain, Path("<trial folder>/runtime"), target.health_url)
+    up = trial.start_commands(version)[-1]
+    return [Command(f"trial boot: start {version} in a temporary compose project against a throwaway copy of the "
+                    f"brain; {judge}", up.argv, up.env_names, ("<trial folder>",), kind="trial")]
+
+
+def _trial_runtime(target: Target, project: str, override: Path, brain: Path, state: Path,
+                   url: str | None) -> ComposeRuntime:
+    """The live compose runtime's twin for a trial: its own project, the image and brain copy pinned by `override`."""
+    settings = target.require_settings()
+    assert settings.compose is not None
+    return ComposeRuntime(settings.compose.model_copy(update={"project": project}), brain, url, state, override=override)
 
 
 def _trial_container(target: Target, runtime: Runtime, version: str, copy: Path, port: int, url: str,
                      folder: Path, smoke: bool = True) -> TrialResult:
-    from backout.runtime.compose import ComposeRuntime
     from backout.runtime.compose_file import brain_in_container, load_compose, service_of
 
     settings = target.require_settings()
-    assert isinstance(runtime, ComposeRuntime) and settings.compose is not None
-    _, node = service_of(load_compose(runtime.file), runtime.file, runtime.service)
+    assert settings.compose is not None
+    file = settings.compose.file
+    service, node = service_of(load_compose(file), file, settings.compose.service)
     inside = brain_in_container(node)
     data = folder / "data"
     data.mkdir(mode=0o700)
     os.rename(copy, data / Path(inside).name)
     override = folder / "trial-override.yml"
-    override.write_text(_override(runtime.service, runtime.image(version), str(_port_variable(settings)), port,
-                                  data, str(Path(inside).parent)), encoding="utf-8")
-    project = re.sub(r"[^a-z0-9_-]", "", f"{runtime.project}-trial-{folder.name[-8:]}")
+    project = re.sub(r"[^a-z0-9_-]", "", f"{project_name(settings.compose)}-trial-{folder.name[-8:]}")
     atomic_write_json(folder / "trial.json", {"project": project})  # so a killed run's trial can be taken down
-    base: tuple[str, ...] = ("docker", "compose", "-p", project, "-f", str(runtime.file), "-f", str(override))
-    if settings.compose.env_file is not None:
-        base += ("--env-file", str(runtime.env_file))
+    trial = _trial_runtime(target, project, override, data / Path(inside).name, folder / "runtime", url)
+    override.write_text(_override(service, trial.image(version), str(_port_variable(settings)), port, data,
+                                  str(Path(inside).parent)), encoding="utf-8")
     how = f"container in compose project {project}, port {port}, against a copy of the brain"
-    trial = _ContainerTrial(runtime, base, runtime.service)
     try:
-        runtime._pull(version)
-        trial.up()
-        return _judge(trial.wait(url, _deadline(settings)), url, settings, how, smoke)
+        trial.start(version)
+        return _judge(trial.wait_healthy(_deadline(settings)), url, settings, how, smoke)
     except RuntimeFailure as exc:
         return TrialResult(False, str(exc), 0.0, how, log_tail=exc.log_tail)
     finally:
-        trial.down()
+        trial.remove()
 
 
 def _override(service: str, image: str, port_env: str, port: int, data: Path, inside_dir: str) -> str:
     return (f"services:\n  {service}:\n    image: \"{image}\"\n    restart: \"no\"\n"
             f"    environment:\n      {port_env}: \"{port}\"\n"
             f"    volumes:\n      - type: bind\n        source: \"{data}\"\n        target: \"{inside_dir}\"\n")
-
-
-class _ContainerTrial:
-    """A temporary compose project running the target once."""
-
-    def __init__(self, runtime: ComposeRuntime, base: tuple[str, ...], service: str) -> None:
-        self.runtime = runtime
-        self.base = base
-        self.service = service
-
-    def up(self) -> None:
-        self.runtime._run(self.base + ("up", "-d", "--no-deps", self.service), timeout=600)
-
-    def wait(self, url: str, deadline: float) -> HealthWait:
-        from backout.signals.health import probe
-
-        start = time.monotonic()
-        while True:
-            last = probe(url, timeout=2)
-            if last.ok:
-                return HealthWait(True, time.monotonic() - start, last, "healthy")
-            state = self._state()
-            if not_retryable(last):
-                return HealthWait(False, time.monotonic() - start, last, f"refuses to serve: {last.reason()}",
-                                  self._logs())
-            if state and not state.get("Running"):
-                return HealthWait(False, time.monotonic() - start, last,
-                                  f"exited with code {state.get('ExitCode')} before it was healthy", self._logs())
-            if time.monotonic() >= deadline:
-                return HealthWait(False, time.monotonic() - start, last, f"not healthy in time: {last.reason()}",
-                                  self._logs())
-            time.sleep(0.3)
-
-    def _state(self) -> dict[str, Any] | None:
-        out = self.runtime._run(self.base + ("ps", "-a", "-q", self.service), check=False)
-        ident = out.stdout.strip().splitlines()
-        if not ident:
-            return None
-        state: dict[str, Any] = self.runtime._inspect(ident[0])["State"]
-        return state
-
-    def _logs(self) -> list[str]:
-        out = self.runtime._run(self.base + ("logs", "--no-color", "--no-log-prefix", "--tail", "20", self.service),
-                                check=False)
-        lines: list[str] = (out.stdout + out.stderr).splitlines()
-        return lines[-20:]
-
-    def down(self) -> None:
-        try:
-            subprocess.run([*self.base, "down", "-v", "--timeout", "5"], capture_output=True, timeout=120,
-                           env={**os.environ})
-        except (OSError, subprocess.TimeoutExpired):
-            pass

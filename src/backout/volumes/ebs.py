@@ -34,9 +34,8 @@ from backout.config import VolumeSettings
 from backout.errors import EXIT_ENVIRONMENT, EXIT_REFUSED, EXIT_USAGE
 from backout.journal import Journal, fault_point
 from backout.progress import NO_PROGRESS, Progress
-from backout.runtime.base import Command
+from backout.commands import Command, note
 from backout.volumes.base import Hooks, VolumeError, VolumeProvider, VolumeRestore, VolumeSnapshot
-from backout.volumes.local import START_SERVICE, STOP_SERVICE
 
 __all__ = ["EbsVolume", "LAZY_LOAD_WARNING", "initialize_file"]
 
@@ -48,6 +47,7 @@ _DENIED = {"UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "Cl
 _BAD_CREDENTIALS = {"AuthFailure", "InvalidClientTokenId", "UnrecognizedClientException", "ExpiredToken",
                     "RequestExpired", "SignatureDoesNotMatch"}
 _ACCESS_KEY = re.compile(r"\b(AKIA|ASIA|AIDA|AROA)[A-Z0-9]{12,}\b")
+_STEPS = ("create", "detach", "tag", "attach")
 _log = logging.getLogger(__name__)
 
 
@@ -230,36 +230,44 @@ class EbsVolume(VolumeProvider):
         return ("aws", "ec2", *args, "--region", str(self.settings.region), *endpoint)
 
     def plan_restore(self, snapshot_id: str) -> list[Command]:
-        """The aws CLI equivalents of a restore, with the real ids (the new volume's id is known only once made)."""
+        """The aws CLI equivalents of a restore's API calls, with the real ids (the new volume's id is known only
+        once it is made); the caller stops the service before the detach and starts it after."""
         snap, old = self._check(snapshot_id)
-        s, new, zone = self.settings, "<new-volume-id>", old["AvailabilityZone"]
+        commands = self._commands(snapshot_id, self._facts_of(snap, old))
+        return [command for step in _STEPS for command in commands[step]]
+
+    @staticmethod
+    def _facts_of(snap: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+        """What the restore's commands are built from (kept in its journal, so a resumed run shows the same)."""
+        return {"old": old["VolumeId"], "zone": old["AvailabilityZone"], "volume_type": old.get("VolumeType"),
+                "iops": old.get("Iops"), "throughput": old.get("Throughput"), "size_gib": snap.get("VolumeSize")}
+
+    def _commands(self, snapshot_id: str, facts: dict[str, Any]) -> dict[str, list[Command]]:
+        """Each step's API calls as aws CLI commands; `<new-volume-id>` and `<time>` are fixed when they run."""
+        s, new, old, zone = self.settings, "<new-volume-id>", str(facts["old"]), str(facts["zone"])
         device, instance = str(s.device), str(s.instance_id)
         tags = ",".join(f"{{Key={t['Key']},Value={t['Value']}}}" for t in aws_tags(self._new_tags(snapshot_id)))
+        quarantine = " ".join(f"Key={t['Key']},Value={t['Value']}" for t in aws_tags(
+            {"quarantine": "<time>", "replaced-by": new, "deployment": self.deployment}))
 
         def cmd(purpose: str, *args: str) -> Command:
-            return Command(purpose, self._aws(*args), _AWS_ENV)
+            return Command(purpose, self._aws(*args), _AWS_ENV, kind="api")
 
-        steps = [
-            cmd(f"create a volume from {snapshot_id} ({snap.get('VolumeSize')} GiB) in {zone}, the zone of {old['VolumeId']}",
-                "create-volume", "--snapshot-id", snapshot_id, "--availability-zone", zone, "--volume-type",
-                str(old.get("VolumeType", "gp3")), "--tag-specifications", f"ResourceType=volume,Tags=[{tags}]"),
-            cmd("wait until the new volume is available", "wait", "volume-available", "--volume-ids", new),
-            STOP_SERVICE,
-            cmd(f"detach the current volume {old['VolumeId']}", "detach-volume", "--volume-id", old["VolumeId"],
-                "--instance-id", instance, "--device", device),
-            cmd(f"wait until {old['VolumeId']} is detached", "wait", "volume-available", "--volume-ids", old["VolumeId"]),
-            cmd(f"mark {old['VolumeId']} as quarantine (kept, never deleted)", "create-tags", "--resources",
-                old["VolumeId"], "--tags", f"Key={PREFIX}quarantine,Value={_now()}", f"Key={PREFIX}replaced-by,Value={new}"),
-            cmd(f"attach the new volume at {device} of {instance} (on failure {old['VolumeId']} is attached again)",
-                "attach-volume", "--volume-id", new, "--instance-id", instance, "--device", device),
-            cmd("wait until the new volume is in use", "wait", "volume-in-use", "--volume-ids", new),
-        ]
-        if s.initialize:
-            brain = str(self.brain) if self.brain else "<brain>"
-            steps.append(Command("on the instance, once the filesystem is mounted: read the brain once so its "
-                                 "blocks are fetched before the service needs them", ("dd", f"if={brain}",
-                                                                                      "of=/dev/null", "bs=1M")))
-        return [*steps, START_SERVICE]
+        return {
+            "create": [cmd(f"create a volume from {snapshot_id} ({facts.get('size_gib')} GiB) in {zone}, the zone of "
+                           f"{old}", "create-volume", "--snapshot-id", snapshot_id, "--availability-zone", zone,
+                           "--volume-type", str(facts.get("volume_type") or "gp3"), "--tag-specifications",
+                           f"ResourceType=volume,Tags=[{tags}]"),
+                       cmd("wait until the new volume is available", "wait", "volume-available", "--volume-ids", new)],
+            "detach": [cmd(f"detach the current volume {old}", "detach-volume", "--volume-id", old, "--instance-id",
+                           instance, "--device", device),
+                       cmd(f"wait until {old} is detached", "wait", "volume-available", "--volume-ids", old)],
+            "tag": [cmd(f"mark {old} as quarantine (kept, never deleted)", "create-tags", "--resources", old,
+                        "--tags", *quarantine.split(" "))],
+            "attach": [cmd(f"attach the new volume at {device} of {instance} (on failure {old} is attached again)",
+                           "attach-volume", "--volume-id", new, "--instance-id", instance, "--device", device),
+                       cmd("wait until the new volume is in use", "wait", "volume-in-use", "--volume-ids", new)],
+        }
 
     def _new_tags(self, snapshot_id: str) -> dict[str, str]:
         return {"deployment": self.deployment, "restored-from": snapshot_id}
@@ -306,10 +314,7 @@ class EbsVolume(VolumeProvider):
         journal = self._journal(snapshot_id)
         try:
             if not journal.done("create"):
-                old = self._check(snapshot_id)[1]
-                journal.remember(old=old["VolumeId"], zone=old["AvailabilityZone"],
-                                 volume_type=old.get("VolumeType"), iops=old.get("Iops"),
-                                 throughput=old.get("Throughput"))
+                journal.remember(**self._facts_of(*self._check(snapshot_id)))
             result = self._run(snapshot_id, journal, hooks)
         except BaseException:
             if not journal.data["done"]:
@@ -323,8 +328,11 @@ class EbsVolume(VolumeProvider):
     def _run(self, snapshot_id: str, journal: Journal, hooks: Hooks) -> VolumeRestore:
         facts = journal.facts
         result = VolumeRestore(snapshot_id, "", facts["old"])
+        commands = self._commands(snapshot_id, facts)
         if not journal.done("create"):
             fault_point("before:ebs-create")
+            for command in commands["create"]:
+                note(command)  # what plan_restore() shows, carried out by the API calls below
             journal.mark("create", new=self._create(snapshot_id, journal, hooks))
             result.steps.append("create")
         new = str(facts["new"])
@@ -340,6 +348,8 @@ class EbsVolume(VolumeProvider):
             if journal.done(step):
                 continue
             fault_point(f"before:ebs-{step}")
+            for command in commands[step]:
+                note(command)
             action()
             journal.mark(step)
             result.steps.append(step)

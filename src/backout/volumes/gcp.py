@@ -42,7 +42,7 @@ from backout.errors import EXIT_REFUSED, EXIT_USAGE
 from backout.fsutil import atomic_write_json, ensure_private_dir
 from backout.history import deployment_state
 from backout.journal import Journal, fault_point
-from backout.runtime.base import Command
+from backout.commands import Command, note
 from backout.volumes.base import Hooks, VolumeError, VolumeProvider, VolumeRestore, VolumeSnapshot
 
 __all__ = ["GcpClients", "GcpVolume", "is_local_endpoint", "label_key", "label_value", "labels_for",
@@ -430,15 +430,20 @@ class GcpVolume(VolumeProvider):
 
     # -- restore
 
-    def _new_disk_name(self) -> str:
-        return resource_name(_RESTORED_SUFFIX.sub("", self.disk), f"r{self._stamp()}")
+    def _new_disk_name(self, stamp: str | None = None) -> str:
+        return resource_name(_RESTORED_SUFFIX.sub("", self.disk), f"r{stamp or self._stamp()}")
 
     def plan_restore(self, snapshot_id: str) -> list[Command]:
-        """The restore as gcloud commands with the real names (the disk's type, size, zone and device)."""
+        """The restore as gcloud commands with the real names (the disk's type, size, zone and device); the new
+        disk's name and the quarantine label carry the time of the restore, `<time>` here. The caller stops the
+        service before the detach and starts it after."""
         disk, _, attached = self._facts()
         device = attached.device_name if attached else self.settings.device_name or "?"
+        return self._commands(snapshot_id, disk, device)
+
+    def _commands(self, snapshot_id: str, disk: compute_v1.Disk, device: str) -> list[Command]:
         return restore_commands(self.project, _last(disk.zone), self.instance, disk, snapshot_id,
-                                self._new_disk_name(), device, self._stamp(), self.deployment)
+                                self._new_disk_name("<time>"), device)
 
     def restore(self, snapshot_id: str, hooks: Hooks) -> VolumeRestore:
         """Swap in a disk made from the snapshot; the old disk is labelled quarantine, never deleted."""
@@ -471,6 +476,7 @@ class GcpVolume(VolumeProvider):
             if not journal.done("create"):
                 snap, old = self._check(snapshot_id, journal)
                 fault_point("before:gcp-create")
+                _note_step(journal, "create")
                 link = self._create_disk(str(journal.facts["new"]), snap, old, look_first=resumed)
                 journal.mark("create", new_link=link)
                 hooks.progress(f"created disk {journal.facts['new']} from {snapshot_id}")
@@ -493,8 +499,10 @@ class GcpVolume(VolumeProvider):
         old, _, attached = self._facts()
         attached = self._usable_attachment(old, attached)
         fixed = {} if "new" in journal.facts else {"new": self._new_disk_name(), "stamp": self._stamp()}
+        planned = {} if "commands" in journal.facts else {  # what plan_restore() shows: noted as each step runs
+            "commands": [c.to_dict() for c in self._commands(snapshot_id, old, attached.device_name)]}
         journal.remember(old=old.name, old_link=old.self_link, device=attached.device_name,
-                         mode=attached.mode or "READ_WRITE", **fixed)
+                         mode=attached.mode or "READ_WRITE", **fixed, **planned)
         return snap, old
 
     def _usable_attachment(self, disk: compute_v1.Disk, attached: compute_v1.AttachedDisk | None) -> compute_v1.AttachedDisk:
@@ -575,6 +583,7 @@ class GcpVolume(VolumeProvider):
         done.steps.append("service stopped")
         if not journal.done("detach"):
             fault_point("before:gcp-detach")
+            _note_step(journal, "detach")
             try:
                 if not resumed or self._attached_at(old_link, device):
                     self._detach(old, device)
@@ -587,11 +596,13 @@ class GcpVolume(VolumeProvider):
         try:
             if not journal.done("label"):
                 fault_point("before:gcp-label")
+                _note_step(journal, "label")
                 self._set_labels(old, self._quarantine_labels(new, str(facts["stamp"])))
                 journal.mark("label")
             done.steps.append(f"labelled {old} backout-quarantine (kept, not deleted)")
             if not journal.done("attach"):
                 fault_point("before:gcp-attach")
+                _note_step(journal, "attach")
                 if not (resumed and self._attached_at(str(facts["new_link"]), device)):
                     self._attach(str(facts["new_link"]), like)
                 fault_point("inside:gcp-attach")
@@ -668,25 +679,30 @@ def _tags_of(snap: compute_v1.Snapshot) -> dict[str, str]:
     return {k.removeprefix("backout-"): v for k, v in snap.labels.items() if k.startswith("backout-")}
 
 
+_STEPS = ("create", "detach", "label", "attach")  # the journal's steps, one command each, in order
+
+
+def _note_step(journal: Journal, step: str) -> None:
+    """Note the command planned for `step` (kept in the journal when the restore was checked) as performed."""
+    planned = journal.facts.get("commands")
+    if planned:
+        note(Command.from_dict(planned[_STEPS.index(step)]))
+
+
 def restore_commands(project: str, zone: str, instance: str, disk: compute_v1.Disk, snapshot_id: str,
-                     new_disk: str, device: str, stamp: str, deployment: str) -> list[Command]:
-    """A restore as gcloud commands (and backout's own stop and start), in order."""
+                     new_disk: str, device: str) -> list[Command]:
+    """A restore as gcloud commands, one per step of its journal, in order (`<time>`: when it runs)."""
     where = (f"--zone={zone}", f"--project={project}")
-    quarantine = f"{label_key('quarantine')}={label_value(stamp)},{label_key('replaced-by')}={new_disk}"
+    quarantine = f"{label_key('quarantine')}=<time>,{label_key('replaced-by')}={new_disk}"
     return [
         Command(f"create disk {new_disk} from snapshot {snapshot_id} (type and size of {disk.name})",
                 ("gcloud", "compute", "disks", "create", new_disk, f"--source-snapshot={snapshot_id}",
-                 f"--type={_last(disk.type_)}", f"--size={disk.size_gb}GB", *where)),
-        Command("drain and stop the service (the deployment's runtime)",
-                ("backout", "stop", f"--deployment={deployment}", "--yes")),
+                 f"--type={_last(disk.type_)}", f"--size={disk.size_gb}GB", *where), kind="api"),
         Command(f"detach the old disk {disk.name} (device {device}) from {instance}",
-                ("gcloud", "compute", "instances", "detach-disk", instance, f"--disk={disk.name}", *where)),
+                ("gcloud", "compute", "instances", "detach-disk", instance, f"--disk={disk.name}", *where), kind="api"),
         Command(f"label {disk.name} quarantine (kept, never deleted)",
-                ("gcloud", "compute", "disks", "add-labels", disk.name, f"--labels={quarantine}", *where)),
+                ("gcloud", "compute", "disks", "add-labels", disk.name, f"--labels={quarantine}", *where), kind="api"),
         Command(f"attach {new_disk} to {instance} under the same device name",
                 ("gcloud", "compute", "instances", "attach-disk", instance, f"--disk={new_disk}",
-                 f"--device-name={device}", *where)),
-        Command("start the service again on the restored disk (the deployment's runtime)",
-                ("backout", "switch", "<version>", f"--deployment={deployment}", "--yes")),
+                 f"--device-name={device}", *where), kind="api"),
     ]
-

@@ -48,20 +48,17 @@ from backout.config import VolumeSettings
 from backout.errors import EXIT_ENVIRONMENT, EXIT_REFUSED, EXIT_USAGE
 from backout.fsutil import atomic_write_json, describe_os_error, ensure_private_dir, free_bytes, fsync_dir
 from backout.journal import Journal, fault_point
-from backout.runtime.base import Command
+from backout.commands import Command, note
 from backout.volumes.base import Hooks, VolumeError, VolumeProvider, VolumeRestore, VolumeSnapshot
 from backout.volumes.tree import (Entry, SourceChanged, apply_owners, can_reflink, copy_tree, exchange,
                                   file_bytes, is_mount_point, scan_tree, verify_tree)
 
-__all__ = ["LocalVolume", "STOP_SERVICE", "START_SERVICE"]
+__all__ = ["LocalVolume"]
 
 FORMAT = "backout-volume-snapshot/1"
 INTERNAL = ".backout-"  # prefix of backout's own folders inside a mounted volume
 _ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$")
 _STEPS = ("stage", "swap", "record")
-# The caller's runtime stops and starts the service (Hooks); in plans they show as these steps.
-STOP_SERVICE = Command("drain and stop the service (the deployment's runtime)", ("<runtime>", "stop"))
-START_SERVICE = Command("start the service again (the deployment's runtime)", ("<runtime>", "start"))
 _log = logging.getLogger(__name__)
 
 
@@ -213,28 +210,41 @@ class LocalVolume(VolumeProvider):
         return candidate
 
     def plan_restore(self, snapshot_id: str) -> list[Command]:
-        """Stage a copy beside the directory, stop, move the directory to quarantine and the copy in, start."""
-        self.manifest(snapshot_id)
-        contents = is_mount_point(self.path)
-        data = self.snapshot_dir(snapshot_id) / "data"
-        staged = self._staging(snapshot_id, contents)
-        quarantine = self._quarantine_for(contents, _now().strftime("%Y%m%dT%H%M%SZ"))
-        stage = Command(f"stage snapshot {snapshot_id} (verified against its manifest first) on the volume's "
-                        "filesystem, with the recorded modes and owners", ("cp", "-a", "--reflink=auto", f"{data}/.",
-                                                                           str(staged)))
+        """Stage a copy beside the directory, swap it in (the displaced data to quarantine), record; the caller
+        stops the service before the swap and starts it after."""
+        manifest = self.manifest(snapshot_id)
+        commands = self._commands(manifest, is_mount_point(self.path))
+        return [command for step in _STEPS for command in commands[step]]
+
+    def _commands(self, manifest: dict[str, Any], contents: bool) -> dict[str, list[Command]]:
+        """Each step's commands; `<time>` is the moment of the swap, which names the quarantine."""
+        snapshot_id = manifest["id"]
+        data, staged = self.snapshot_dir(snapshot_id) / "data", self._staging(snapshot_id, contents)
+        quarantine = self.path / f"{INTERNAL}quarantine-<time>" if contents else \
+            self.path.with_name(f"{self.path.name}.quarantine-<time>")
+        stage = Command(f"copy snapshot {snapshot_id} (verified against its manifest first) beside the data, a reflink "
+                        "per file where the filesystem can, with the recorded modes and owners; verify the copy",
+                        ("cp", "-a", "--reflink=auto", f"{data}/.", str(staged)), files=(str(staged),), kind="copy")
         if contents:
-            names = sorted(n for n in os.listdir(self.path) if not _internal(n)) if self.path.is_dir() else []
-            swap = [Command(f"{self.path} is a mount point: move its contents to quarantine (kept, never deleted)",
-                            ("mv", "-t", str(quarantine), *(str(self.path / n) for n in names))),
-                    Command("move the staged contents in (per entry, renameat2 exchange where it can)",
-                            ("find", str(staged), "-mindepth", "1", "-maxdepth", "1", "-exec", "mv", "-t",
-                             str(self.path), "{}", "+"))]
+            names = sorted({str(e["path"]).split("/", 1)[0] for e in manifest["entries"]} - {"."})
+            swap = [Command(f"{self.path} is a mount point: first move the entries the snapshot lacks (a stale -wal "
+                            "beside the brain) to quarantine", ("mv", "-t", str(quarantine),
+                                                                f"{self.path}/<entries not in the snapshot>"),
+                            files=(str(quarantine),), kind="rename")]
+            swap += [Command(f"exchange {name} for its staged copy (renameat2), the displaced one into quarantine",
+                             ("mv", "--exchange", "-T", str(staged / name), str(self.path / name)),
+                             files=(str(self.path / name), str(quarantine / name)), kind="rename") for name in names]
+            swap.append(Command("remove the empty staging folder", ("rmdir", str(staged)), kind="remove"))
         else:
-            swap = [Command("move the directory to quarantine (kept, never deleted)",
-                            ("mv", "-T", str(self.path), str(quarantine))),
-                    Command("put the staged copy in place (one atomic renameat2 exchange where the filesystem can)",
-                            ("mv", "-T", str(staged), str(self.path)))]
-        return [stage, STOP_SERVICE, *swap, START_SERVICE]
+            swap = [Command("exchange the staged copy and the directory: one atomic renameat2 (where the filesystem "
+                            "cannot: the directory to quarantine first, then the copy in place)",
+                            ("mv", "--exchange", "-T", str(staged), str(self.path)), files=(str(self.path),),
+                            kind="rename"),
+                    Command("the displaced directory to quarantine (kept, never deleted)",
+                            ("mv", "-T", str(staged), str(quarantine)), files=(str(quarantine),), kind="rename")]
+        record = Command("make the quarantine private and say in it what it holds, for people and for salvage",
+                         ("chmod", "700", str(quarantine)), files=(str(quarantine / "quarantine.json"),), kind="write")
+        return {"stage": [stage], "swap": swap, "record": [record]}
 
     def restore(self, snapshot_id: str, hooks: Hooks) -> VolumeRestore:
         """Verify, stage, stop, swap (the displaced directory to quarantine), start; re-run after a crash."""
@@ -289,6 +299,7 @@ class LocalVolume(VolumeProvider):
     def _run(self, manifest: dict[str, Any], journal: Journal, hooks: Hooks) -> VolumeRestore:
         snapshot_id = manifest["id"]
         result = VolumeRestore(snapshot_id, str(self.path), None)
+        commands = self._commands(manifest, bool(journal.facts.get("contents", is_mount_point(self.path))))
         actions: dict[str, Callable[[], dict[str, Any]]] = {
             "stage": lambda: self._stage(manifest, hooks),
             "swap": lambda: self._swap(snapshot_id, journal),
@@ -301,6 +312,8 @@ class LocalVolume(VolumeProvider):
             if journal.done(step):
                 continue
             fault_point(f"before:volume-{step}")
+            for command in commands[step]:
+                note(command)  # what plan_restore() shows, carried out by the action
             journal.mark(step, **actions[step]())
             result.steps.append(step)
             fault_point(f"after:volume-{step}")
