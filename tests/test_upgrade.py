@@ -174,7 +174,7 @@ def test_crash_during_the_upgrades_own_rollback_then_resume(config: Path) -> Non
 def test_a_stale_rollback_is_not_resumed_blindly(config: Path) -> None:
     cfg = _cfg(config)
     assert backout_json("switch", "2.3.0", "--yes", *cfg, env=ENV)["healthy"]
-    out = backout("rollback", "--yes", *cfg, env={**ENV, "BACKOUT_FAULT_AT": "before:drain"})
+    out = backout("rollback", "--yes", "--to", "2.3.1", *cfg, env={**ENV, "BACKOUT_FAULT_AT": "before:drain"})
     assert out.returncode == -9
     assert backout_json("switch", "2.3.1", "--yes", *cfg, env=ENV)["healthy"]  # someone fixed it by hand
     out = backout("rollback", "--resume", "--yes", *cfg, env=ENV)
