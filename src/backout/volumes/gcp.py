@@ -485,7 +485,7 @@ class GcpVolume(VolumeProvider):
             if not journal.data["done"]:
                 journal.finish()  # refused or failed before anything changed
             raise
-        self._remember(done.new_volume, done.quarantined_volume, snapshot_id)
+        self._remember(done.new_volume, str(done.quarantined_volume), snapshot_id)
         journal.finish()
         hooks.start_service()
         done.steps.append("service started")
