@@ -200,6 +200,7 @@ class Deployment:
 
     def __init__(self, folder: Path, extra: str = SETTINGS) -> None:
         self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
         self.config = init_process(folder, extra)
         text = self.config.read_text().replace('drain_timeout = "10s"', 'drain_timeout = "3s"')
         self.config.write_text(text.replace('boot_timeout = "60s"', 'boot_timeout = "10s"'))

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from hypothesis import HealthCheck, seed, settings
+from hypothesis import HealthCheck, Phase, seed, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, \
     run_state_machine_as_test
@@ -419,6 +419,8 @@ def run_profile(machine: type[RuleBasedStateMachine], profile: str) -> None:
     if examples or steps:
         chosen_settings = settings(chosen_settings, max_examples=int(examples or chosen_settings.max_examples),
                                    stateful_step_count=int(steps or chosen_settings.stateful_step_count))
+    if os.environ.get("BACKOUT_SCENARIO_NO_SHRINK"):  # exploring: report the first failure as found
+        chosen_settings = settings(chosen_settings, phases=[Phase.explicit, Phase.generate])
     try:
         run_state_machine_as_test(seed(chosen)(machine), settings=chosen_settings)
     finally:
