@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup drill quickstart test docker bench bench-detection bench-rollback clean
+.PHONY: setup drill quickstart test docker bench bench-detection bench-rollback soak clean
 
 setup: $(STAMP)
 
@@ -24,10 +24,12 @@ quickstart: $(STAMP)
 
 # The whole test suite, on both cores. As root it first sets up Docker, Compose v2, a local
 # registry and the engine:<version> images (scripts/docker/); elsewhere the compose tests skip.
+# Last, the random operator scenarios and the fault-injection sweep (bounded profiles, fixed seeds).
 test: $(STAMP) docker
-	$(BIN)/python -m pytest -n 2 -m "not live and not rehearsal"
+	$(BIN)/python -m pytest -n 2 -m "not live and not rehearsal and not scenarios"
 	$(BIN)/python -m pytest -n 2 -m live
 	$(BIN)/python -m pytest -n 2 -m rehearsal
+	$(BIN)/python -m pytest -n 2 -m scenarios
 
 # Docker engine on a private socket, Compose v2, registry on 127.0.0.1:5000, engine images.
 docker: $(STAMP)
@@ -46,6 +48,10 @@ bench-detection: $(STAMP)
 # Time from `backout rollback --yes` to healthy per step, image and brain layer, 1 GB brain, vs the runbook's commands (about 5 minutes).
 bench-rollback: $(STAMP)
 	$(BIN)/python bench/bench_rollback.py
+
+# Long profiles: >= 300 random operator scenarios and a long fault-injection sweep (hours); counts to bench/RESULTS.md.
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -86,7 +86,7 @@ class OperatorScenarios(RuleBasedStateMachine):
         if fault:
             STATS.faults_injected += 1
             STATS.fault_points[f"{args[0]} {fault} -> {ran.code}"] += 1
-        STATS.paths[f"{label or args[0]}:{ran.code}"] += 1
+        STATS.paths[f"{label or ' '.join(args[:2] if args[0] == 'snapshot' else args[:1])}:{ran.code}"] += 1
         problems = exit_violations(ran)
         self.expect.append(lambda _obs: problems)
         return ran
@@ -154,13 +154,22 @@ class OperatorScenarios(RuleBasedStateMachine):
         self.expect_moved_or_kept(ran, version, before)
         self.learn_from(ran, before)
 
-    @rule(to=st.sampled_from((None,) + VERSIONS), traffic=st.booleans())
-    def rollback(self, to: str | None, traffic: bool) -> None:
-        """`backout rollback` to the restore point, or `--to VERSION`."""
+    @rule(traffic=st.booleans())
+    def rollback(self, traffic: bool) -> None:
+        """`backout rollback` (to the restore point; repeated, it must refuse rather than go forward)."""
+        self.do_rollback((), traffic)
+
+    @rule(to=st.sampled_from(VERSIONS), traffic=st.booleans())
+    def rollback_to(self, to: str, traffic: bool) -> None:
+        """`backout rollback --to VERSION` (good, bad, unknown)."""
+        self.do_rollback(("--to", to), traffic)
+
+    def do_rollback(self, extra: tuple[str, ...], traffic: bool) -> None:
+        """Run a rollback and expect it either to move onto a good version or to change nothing."""
         before = self.before()
-        args = ("rollback", "--yes", "--json") + (("--to", to) if to else ())
-        ran = self.cmd(*args, traffic=traffic, label="rollback" + (" --to" if to else ""))
-        self.expect_moved_or_kept(ran, to or "", before)
+        ran = self.cmd("rollback", "--yes", "--json", *extra, traffic=traffic,
+                       label="rollback" + (" --to" if extra else ""))
+        self.expect_moved_or_kept(ran, extra[-1] if extra else "", before)
         self.learn_from(ran, before)
 
     @rule()
@@ -226,7 +235,21 @@ class OperatorScenarios(RuleBasedStateMachine):
 
         self.expect.append(check)
 
-    @rule(data=st.data(), kind=st.sampled_from(("rollback", "upgrade", "restore")))
+    @rule(data=st.data())
+    def crash_rollback(self, data: st.DataObject) -> None:
+        """`backout rollback` killed at a random step."""
+        self.crash(data, "rollback")
+
+    @rule(data=st.data())
+    def crash_upgrade(self, data: st.DataObject) -> None:
+        """`backout upgrade` killed at a random step."""
+        self.crash(data, "upgrade")
+
+    @rule(data=st.data())
+    def crash_restore(self, data: st.DataObject) -> None:
+        """`backout snapshot restore` killed at a random step."""
+        self.crash(data, "restore")
+
     def crash(self, data: st.DataObject, kind: str) -> None:
         """A command killed (SIGKILL) at a random step; `status` must then list what is pending."""
         before = self.before()
