@@ -12,15 +12,14 @@ from typing import Any
 from backout.brain.schema import SchemaError, stamp
 from backout.commands import recording
 from backout.config import Target
-from backout.errors import EXIT_REFUSED, BackoutError
-from backout.freeze import refuse_if_frozen
+from backout.flows.prove import Proof, prove_target
 from backout.history import Change, History, deployment_state
 from backout.journal import fault_point
 from backout.lock import operation_lock
 from backout.plan import StepFailed
 from backout.runtime.base import Command, HealthWait, Runtime, RuntimeFailure, StopResult
 
-__all__ = ["SwitchResult", "brain_stamp", "drain_facts", "moved_on", "plan_switch", "start_until_healthy",
+__all__ = ["SwitchPlan", "SwitchResult", "brain_stamp", "drain_facts", "moved_on", "plan_switch", "start_until_healthy",
            "stop_service", "switch_version"]
 
 
@@ -60,24 +59,29 @@ def brain_stamp(target: Target) -> dict[str, Any] | None:
     return {"head": s.head, "head_source": s.head_source, "fingerprint": s.fingerprint}
 
 
-def plan_switch(target: Target, runtime: Runtime, version: str) -> list[Command]:
-    """Refuse early (frozen, unavailable), then return the commands a switch would run."""
+@dataclass
+class SwitchPlan:
+    """What a switch will run, and how the target was proven to start before anything stops."""
+
+    commands: list[Command]
+    proof: Proof
+
+
+def plan_switch(target: Target, runtime: Runtime, version: str, force: bool = False) -> SwitchPlan:
+    """Refuse early (judged bad, unavailable, does not start), then return the commands a switch would run."""
     settings = target.require_settings()
-    refuse_if_frozen(target, version)
-    available = runtime.is_available(version)
-    if not available.ok:
-        raise BackoutError(f"version {version} is not available: {available.detail}; nothing was stopped",
-                           EXIT_REFUSED)
-    return runtime.switch_commands(version, settings.drain_timeout.total_seconds())
+    proof = prove_target(target, runtime, version, force, something_runs=runtime.current().running)
+    return SwitchPlan(runtime.switch_commands(version, settings.drain_timeout.total_seconds()), proof)
 
 
 def switch_version(target: Target, runtime: Runtime, version: str, kind: str = "manual",
-                   reason: str = "") -> SwitchResult:
+                   reason: str = "", force: bool = False) -> SwitchResult:
     """Drain what runs, migrate if configured, start `version`, wait for health, record it."""
     settings = target.require_settings()
     folder = deployment_state(target.state_dir, target.deployment)
     with operation_lock(folder, f"switch to {version}"):
-        commands = plan_switch(target, runtime, version)
+        plan = plan_switch(target, runtime, version, force)
+        commands = plan.commands
         started = time.monotonic()
         current = runtime.current()
         result = SwitchResult(current.version if current.running else None, version, commands=commands)
@@ -99,7 +103,7 @@ def switch_version(target: Target, runtime: Runtime, version: str, kind: str = "
             schema_before=result.schema_before, schema_after=result.schema_after,
             drain=result.drain.to_dict() if result.drain else None,
             health=result.health.to_dict() if result.health else None, duration_s=round(result.seconds, 3),
-            detail=result.health.reason if result.health else ""))
+            detail=result.health.reason if result.health else "", forced=bool(plan.proof.forced)))
         return result
 
 

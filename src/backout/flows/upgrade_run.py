@@ -14,7 +14,7 @@ import time
 from typing import Any, Callable
 
 from backout.brain.manifest import SnapshotError, SnapshotStore
-from backout.errors import BackoutError
+from backout.errors import EXIT_REFUSED, BackoutError
 from backout.evidence import Redactor, secrets_of
 from backout.brain.restore import stage_snapshot
 from backout.brain.snapshot import create_snapshot
@@ -115,7 +115,12 @@ class UpgradeRun:
 
     def baseline(self) -> dict[str, Any]:
         """The good version's requests, health and evals, stored for the verdict."""
-        baseline = capture_baseline(self.target, self.runtime, with_evals=True)
+        try:
+            baseline = capture_baseline(self.target, self.runtime, with_evals=True)
+        except BackoutError as exc:  # upgrading away from a version judged bad: its traffic is no baseline
+            if exc.exit_code != EXIT_REFUSED:
+                raise
+            return {"baseline": None, "detail": f"the stored baseline is kept: {exc}"}
         return {"baseline": baseline.summary(), "detail": f"{len(baseline.requests)} requests"
                 + (f", evals {sum(baseline.evals.cases.values())}/{len(baseline.evals.cases)}" if baseline.evals else "")}
 
@@ -219,7 +224,8 @@ class UpgradeRun:
                       to_version=self.d["to_version"], outcome=outcome,
                       schema_before={"head": final["schema_stamp"].get("head")} if final else None,
                       schema_after=self.facts.get("schema_after"), snapshot_before=final.get("id"),
-                      drain=self.facts.get("drain"), health=self.facts.get("start"), detail=self.redactor.text(detail))
+                      drain=self.facts.get("drain"), health=self.facts.get("start"), detail=self.redactor.text(detail),
+                      forced=bool(self.d.get("forced")))
 
     # -- running it ----------------------------------------------------------------------------
 
