@@ -27,7 +27,7 @@ from engine.client import EngineClient
 from engine_proc import DEFAULT_KEY
 from rollback_setup import ENV, init_process, url_of
 
-__all__ = ["BAD_BUILDS", "DOCUMENTED_EXITS", "GOOD", "RESTORE_POINTS", "ROLLBACK_POINTS", "UNKNOWN",
+__all__ = ["BAD_BUILDS", "ComposeDeployment", "DOCUMENTED_EXITS", "GOOD", "RESTORE_POINTS", "ROLLBACK_POINTS", "UNKNOWN",
            "UPGRADE_POINTS", "VERSIONS", "Deployment", "Model", "Observation", "Ran", "Stats", "Traffic",
            "brain_violations", "burst", "episode_ids", "snapshot_violations"]
 
@@ -207,12 +207,14 @@ class Deployment:
         self.url = url_of(self.config)
         self.brain = folder / "brain.sqlite"
         self.state_dir = folder / ".backout"
+        self.extra_env: dict[str, str] = {}
 
     def run(self, *args: str, fault: str | None = None, timeout: float = 300,
             env: dict[str, str] | None = None) -> Ran:
         """Run `backout ARGS --config ...` in the deployment's folder; never raises on an exit code."""
         child = {k: v for k, v in os.environ.items() if not k.startswith("BACKOUT_")}
         child.update(ENV)
+        child.update(self.extra_env)
         child.update(env or {})
         if fault:
             child["BACKOUT_FAULT_AT"] = fault
@@ -270,6 +272,44 @@ class Deployment:
             os.kill(pid, 9)
         except (OSError, ValueError, TypeError, AttributeError):
             pass
+
+
+class ComposeDeployment(Deployment):
+    """The same, on the compose runtime: real Docker, the engine:<version> images, the brain on a volume."""
+
+    def __init__(self, folder: Path, env: dict[str, str], extra: str = SETTINGS) -> None:
+        from compose_setup import init_compose, make_project
+
+        folder.mkdir(parents=True, exist_ok=True)
+        project, port = make_project(folder)
+        self.folder, self.extra_env = project, dict(env)
+        self.config = init_compose(project, self.extra_env)
+        text = self.config.read_text().replace(
+            "[deployments.engine]\n", '[deployments.engine]\napi_key = { env = "ENGINE_API_KEY" }\n', 1)
+        text = text.replace('drain_timeout = "10s"', 'drain_timeout = "3s"')
+        text = text.replace('boot_timeout = "60s"', 'boot_timeout = "20s"')
+        self.config.write_text(text + COMPOSE_SETTINGS + extra.format(name="engine"))
+        self.url = f"http://127.0.0.1:{port}"
+        brain = Path(self.config.read_text().split('brain = "', 1)[1].split('"', 1)[0])
+        self.brain = brain if brain.is_absolute() else project / brain
+        self.state_dir = project / ".backout"
+
+    def close(self) -> None:
+        """Stop the service and take the compose project (containers, volume) down."""
+        from compose_setup import compose_down
+
+        self.run("stop", "--yes", timeout=120)
+        compose_down(self.folder, self.extra_env)
+
+
+COMPOSE_SETTINGS = """
+[deployments.engine.rollback]
+verify_window = "1s"
+smoke = { method = "GET", path = "/execute/replay?after=0" }
+
+[deployments.engine.notify]
+file = "notifications.jsonl"
+"""
 
 
 def _text(data: bytes | str | None) -> str:

@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, \
     run_state_machine_as_test
 
-from scenario_model import (GOOD, RESTORE_POINTS, ROLLBACK_POINTS, UPGRADE_POINTS, VERSIONS, Deployment, Model,
+from compose_setup import docker_env_vars
+from scenario_model import (GOOD, ComposeDeployment, RESTORE_POINTS, ROLLBACK_POINTS, UPGRADE_POINTS, VERSIONS, Deployment, Model,
                             Observation, Ran, Stats, Traffic, brain_violations, burst, episode_ids,
                             exit_violations, salvaged_ids, snapshot_violations)
 
@@ -90,6 +91,14 @@ class OperatorScenarios(RuleBasedStateMachine):
         problems = exit_violations(ran)
         self.expect.append(lambda _obs: problems)
         return ran
+
+    @staticmethod
+    def snapshot_id(obs: Observation, pick: int) -> str | None:
+        """The listed snapshot at index `pick` modulo their number (newest first), None when there is none.
+
+        Drawn as an index whatever the listing holds, so a replayed example draws the same data."""
+        ids = [s["id"] for s in (obs.listing.doc() or {}).get("snapshots") or []]
+        return ids[pick % len(ids)] if ids else None
 
     def before(self) -> Observation:
         """The observation made after the previous step."""
@@ -206,10 +215,10 @@ class OperatorScenarios(RuleBasedStateMachine):
     def snapshot_restore(self, data: st.DataObject) -> None:
         """`backout snapshot restore ID`: refused while the service runs; else the brain is the snapshot."""
         before = self.before()
-        ids = [s["id"] for s in (before.listing.doc() or {}).get("snapshots") or []]
-        if not ids:
+        pick = data.draw(st.integers(0, 5), label="snapshot (index, newest first)")
+        sid = self.snapshot_id(before, pick)
+        if sid is None:
             return
-        sid = data.draw(st.sampled_from(ids), label="snapshot")
         ran = self.cmd("snapshot", "restore", sid, "--yes", "--json")
         was_running = before.running
 
@@ -261,11 +270,11 @@ class OperatorScenarios(RuleBasedStateMachine):
             version = data.draw(st.sampled_from(GOOD + ("2.4.0-crash", "2.4.0-errors")), label="version")
             args = ("upgrade", version, "--yes", "--json", "--watch", "2s")
         else:
-            ids = [s["id"] for s in (before.listing.doc() or {}).get("snapshots") or []]
-            if not ids:
-                return
             point = data.draw(st.sampled_from(RESTORE_POINTS), label="point")
-            args = ("snapshot", "restore", data.draw(st.sampled_from(ids), label="snapshot"), "--yes", "--json")
+            sid = self.snapshot_id(before, data.draw(st.integers(0, 5), label="snapshot (index, newest first)"))
+            if sid is None:
+                return
+            args = ("snapshot", "restore", sid, "--yes", "--json")
         ran = self.cmd(*args, fault=point, label=f"crash {kind}")
         if ran.code == -9:
             STATS.crashes_injected += 1
@@ -458,3 +467,18 @@ def test_operator_scenarios_keep_the_invariants() -> None:
     profile = os.environ.get("BACKOUT_SCENARIO_PROFILE", "ci")
     run_profile(OperatorScenarios, profile if profile in ("soak", "quick") else "ci")
 
+
+
+class ComposeOperatorScenarios(OperatorScenarios):
+    """The same operator, on the compose runtime (real Docker, engine:<version> images)."""
+
+    def make_deployment(self, folder: Path) -> Deployment:
+        """A compose project with the brain on a named volume."""
+        return ComposeDeployment(folder, docker_env_vars())
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(2400)
+def test_operator_scenarios_on_compose_keep_the_invariants(docker_env: dict[str, str]) -> None:
+    """Random operator sequences on the compose runtime keep every invariant (smaller profile)."""
+    run_profile(ComposeOperatorScenarios, "compose")
