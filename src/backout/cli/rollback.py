@@ -11,6 +11,7 @@ from backout.cli.common import (abandon_journal, ConfigOpt, DeploymentOpt, DryRu
                                 handle_errors, human_age, human_bytes, progress_bar, target_from)
 from backout.cli.common import version_arg
 from backout.errors import EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE
+from backout.flows.decisions import RollbackDecision
 from backout.flows.rollback import Mode, RollbackRequest, decide_rollback
 from backout.flows.journals import resume_journal
 from backout.flows.paths import rollback_journal
@@ -74,15 +75,15 @@ def _journal(target: Any, runtime: Any, req: RollbackRequest, resume: bool, dry_
     decision = decide_rollback(target, runtime, req)
     journal = new_journal(target, decision)
     plan = RollbackRun(target, runtime, journal).plan()
-    if as_json and (dry_run or decision["blocked"]):
+    if as_json and (dry_run or decision.blocked):
         emit_json({"dry_run": dry_run, "plan": plan.to_dict()})
     elif not as_json:
         typer.echo("\n".join(render_plan(plan)), err=not dry_run)
-    if decision["blocked"]:
-        fail(decision["blocked"], EXIT_REFUSED)
+    if decision.blocked:
+        fail(decision.blocked, EXIT_REFUSED)
     if dry_run:
         return None
-    confirm(f"roll back {target.deployment} to {decision['to_version']} ({decision['layer']} layer)?", yes)
+    confirm(f"roll back {target.deployment} to {decision.to_version} ({decision.layer} layer)?", yes)
     journal.save()
     return journal
 
@@ -114,30 +115,28 @@ def _run(target: Any, runtime: Any, journal: Journal, as_json: bool) -> None:
 
 def render_plan(plan: Plan) -> list[str]:
     """The plan as text: the decision, then the numbered steps."""
-    d = plan.facts
-    snap = d["snapshot"]
-    lines = [f"rollback plan for {d['deployment']} (incident {d['incident_id']})",
-             f"  running now   {d['from_version']}" + ("" if d["running"] else " (not running)"),
-             f"  bad window    since {d['bad_window']['from'] or 'unknown'}",
-             f"  symptom       {d['signals']['symptom']}",
-             f"  target        {d['to_version']} ({d['target_source']})",
-             "  snapshot      " + (f"{snap['id']}, taken {human_age(snap['age_seconds'])} ago while "
-                                   f"{snap['version'] or '?'} ran, {human_bytes(snap['size'])}" if snap
-                                   else f"none: {d['snapshot_note']}")]
-    rows = d["rows_since_snapshot"]
+    d = RollbackDecision.from_dict(plan.facts)
+    snap = d.snapshot
+    lines = [f"rollback plan for {d.deployment} (incident {d.incident_id})",
+             f"  running now   {d.from_version}" + ("" if d.running else " (not running)"),
+             f"  bad window    since {d.bad_window.start or 'unknown'}",
+             f"  symptom       {d.signals.symptom}",
+             f"  target        {d.to_version} ({d.target_source})",
+             "  snapshot      " + (f"{snap.id}, taken {human_age(snap.age_seconds)} ago while "
+                                   f"{snap.version or '?'} ran, {human_bytes(snap.size)}" if snap
+                                   else f"none: {d.snapshot_note}")]
     if snap:
-        lines.append("  written since " + (", ".join(f"{t} +{n}" for t, n in sorted(rows.items())) or "nothing"))
-    lines.append(f"  layer         {'IMAGE only' if d['layer'] == 'image' else 'IMAGE + BRAIN'}: {d['layer_reason']}")
-    volume = d.get("volume")
-    if volume:
-        lines.append(f"  volume        {volume['provider']} snapshot {volume['snapshot']} of {volume['volume'].get('id')} "
-                     "is restored instead of the brain file")
-    trial = d.get("trial")
-    if trial:
-        lines.append(f"  trial boot    {trial['how']}: {trial['reason']} ({trial['seconds']:.1f}s)")
-        lines += [f"                | {line[:160]}" for line in trial.get("log_tail", [])[-3:]]
-    impact = d["signals"]["impact"]
-    lines.append(f"  impact        {'customers affected' if impact['real'] else 'no customer impact'}: {impact['why']}")
+        lines.append("  written since " + (", ".join(f"{t} +{n}" for t, n in sorted(d.rows_since_snapshot.items()))
+                                           or "nothing"))
+    lines.append(f"  layer         {'IMAGE + BRAIN' if d.restores_brain else 'IMAGE only'}: {d.layer_reason}")
+    if d.volume:
+        lines.append(f"  volume        {d.volume['provider']} snapshot {d.volume['snapshot']} of "
+                     f"{d.volume['volume'].get('id')} is restored instead of the brain file")
+    if d.trial:
+        lines.append(f"  trial boot    {d.trial['how']}: {d.trial['reason']} ({d.trial['seconds']:.1f}s)")
+        lines += [f"                | {line[:160]}" for line in d.trial.get("log_tail", [])[-3:]]
+    impact = d.signals.impact
+    lines.append(f"  impact        {'customers affected' if impact.real else 'no customer impact'}: {impact.why}")
     lines.append("steps:")
     for number, step in enumerate(plan.steps, 1):
         lines += step.render(number)

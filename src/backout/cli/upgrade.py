@@ -16,6 +16,7 @@ from backout.cli.common import (abandon_journal, ConfigOpt, DeploymentOpt, DryRu
 from backout.cli.common import version_arg
 from backout.config import Target, parse_duration
 from backout.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_REFUSED, EXIT_ROLL_BACK, EXIT_USAGE
+from backout.flows.decisions import UpgradeDecision
 from backout.flows.journals import resume_journal
 from backout.flows.paths import upgrade_journal
 from backout.flows.upgrade import preflight
@@ -78,7 +79,7 @@ def upgrade(
         if result["outcome"] != "watching":
             _finish(result, as_json)
             raise typer.Exit(EXIT_FAILED)  # the upgrade did not stick (rolled back, or worse)
-        if not journal.operation["decision"]["watch_s"]:  # --watch 0: promoted at once
+        if not UpgradeDecision.from_dict(journal.operation["decision"]).watch_s:  # --watch 0: promoted at once
             detail = promote(target, load_watch(target))
             _event({"event": "promoted", "detail": detail}) if as_json else typer.echo(detail)
             return
@@ -101,8 +102,9 @@ def _journal(target: Target, runtime: Runtime, version: Optional[str], force: bo
     path = upgrade_journal(target)
     if resume:
         journal = resume_journal(path, "upgrade")
-        if version is not None and journal.operation["decision"]["to_version"] != version:
-            fail(f"the interrupted upgrade is to {journal.operation['decision']['to_version']}, not {version}",
+        planned = UpgradeDecision.from_dict(journal.operation["decision"]).to_version
+        if version is not None and planned != version:
+            fail(f"the interrupted upgrade is to {planned}, not {version}",
                  EXIT_USAGE)
         stale = UpgradeRun(target, runtime, journal).stale()
         if stale:
@@ -110,7 +112,8 @@ def _journal(target: Target, runtime: Runtime, version: Optional[str], force: bo
         return journal
     assert version is not None
     decision = preflight(target, runtime, version, force, seconds)
-    journal = Journal(path, {"operation": {"kind": "upgrade", "decision": decision}, "done": [], "facts": {}})
+    journal = Journal(path, {"operation": {"kind": "upgrade", "decision": decision.to_dict()}, "done": [],
+                             "facts": {}})
     plan = UpgradeRun(target, runtime, journal).plan()
     if as_json:
         _event({"event": "plan", "dry_run": dry_run, "plan": plan.to_dict()})
@@ -118,23 +121,23 @@ def _journal(target: Target, runtime: Runtime, version: Optional[str], force: bo
         typer.echo("\n".join(render_plan(plan)), err=not dry_run)
     if dry_run:
         return None
-    confirm(f"upgrade {target.deployment} from {decision['from_version']} to {version}?", yes)
+    confirm(f"upgrade {target.deployment} from {decision.from_version} to {version}?", yes)
     journal.save()
     return journal
 
 
 def render_plan(plan: Plan) -> list[str]:
     """The pre-flight result and the steps, as text."""
-    d = plan.facts
-    proof = (d.get("proof") or {}).get("how", "?")
-    lines = [f"upgrade plan for {d['deployment']}: {d['from_version']} -> {d['to_version']}",
+    d = UpgradeDecision.from_dict(plan.facts)
+    proof = (d.proof or {}).get("how", "?")
+    lines = [f"upgrade plan for {d.deployment}: {d.from_version} -> {d.to_version}",
              f"  pre-flight    target proven to start ({proof}); the running version healthy and startable "
              "afterwards; room for two snapshots",
-             f"  brain         {human_bytes(d['brain_bytes'])}; a brain rollback would take about "
-             f"{d['predicted_restore_s']:.0f}s ({d['throughput']['mb_s']:.0f} MB/s, {d['throughput']['source']})",
-             f"  announced     {_announced(d['expected_changes'])}",
-             f"  watch         {d['watch_s']:.0f}s after the switch"]
-    lines += [f"  WARNING       {w}" for w in d["warnings"]]
+             f"  brain         {human_bytes(d.brain_bytes)}; a brain rollback would take about "
+             f"{d.predicted_restore_s:.0f}s ({d.throughput['mb_s']:.0f} MB/s, {d.throughput['source']})",
+             f"  announced     {_announced(d.expected_changes)}",
+             f"  watch         {d.watch_s:.0f}s after the switch"]
+    lines += [f"  WARNING       {w}" for w in d.warnings]
     lines.append("steps:")
     for number, step in enumerate(plan.steps, 1):
         lines += step.render(number)

@@ -26,6 +26,7 @@ from backout.brain.tables import connect_readonly, quote_ident, user_tables
 from backout.config import Target
 from backout.evidence import Redactor, secrets_of
 from backout.flows.badwindow import bad_window_facts
+from backout.flows.decisions import BadWindow, Layer, RollbackDecision, SchemaFacts, Signals, SnapshotChoice
 from backout.flows.journals import refuse_if_pending
 from backout.history import STARTS, History, load_restore_point
 from backout.ledger import Ledger, NoRollback, Running, running_version
@@ -129,7 +130,7 @@ def _rows_since(brain: Path, manifest: Manifest | None) -> dict[str, int]:
 
 
 def _layer(target: Target, runtime: Runtime, req: RollbackRequest, version: str, point: dict[str, Any] | None,
-           now: SchemaStamp | None) -> tuple[str, str, dict[str, Any] | None, dict[str, Any] | None]:
+           now: SchemaStamp | None) -> tuple[Layer, str, dict[str, Any] | None, dict[str, Any] | None]:
     """(layer, why, trial evidence, schema diff)."""
     changes = diff(SchemaStamp.from_dict(point), now).to_dict() if point and now else None
     if req.mode != "auto":
@@ -175,7 +176,7 @@ def _blocked(target: Target, version: str, why_snapshot: str, changes: dict[str,
             f"`sqlite3 {target.brain} .recover | sqlite3 recovered.sqlite` on a copy")
 
 
-def decide_rollback(target: Target, runtime: Runtime, req: RollbackRequest) -> dict[str, Any]:
+def decide_rollback(target: Target, runtime: Runtime, req: RollbackRequest) -> RollbackDecision:
     """Everything the rollback will do, decided up front (the brain and the service are only read)."""
     refuse_if_pending(target, "rollback", allow=("upgrade", "watch"))  # a rollback closes those
     current = running_version(target, runtime)
@@ -183,40 +184,37 @@ def decide_rollback(target: Target, runtime: Runtime, req: RollbackRequest) -> d
         current = Running(req.from_version, current.running, current.ident, current.since)
     bad = current.version
     chosen = Ledger(target).rollback_target(current, req.to_version, req.snapshot_id)
-    version, source, named = chosen.version, chosen.source, chosen.snapshot_id
+    version = chosen.version
     if version == bad and current.running:
         raise NoRollback(f"{target.deployment} already runs {version}; nothing to roll back")
     available = runtime.is_available(version)
     if not available.ok:
         raise NoRollback(f"cannot roll back to {version}: {available.detail}; nothing was stopped")
     store = SnapshotStore(target.snapshot_dir)
-    manifest, why_snapshot = _choose_snapshot(store, target, version, named)
+    manifest, why_snapshot = _choose_snapshot(store, target, version, chosen.snapshot_id)
     point = load_restore_point(target.state_dir, target.deployment)
     point_stamp = point.schema_stamp if point and manifest and point.snapshot_id == manifest.id else None
+    then = point_stamp or (manifest.schema_stamp if manifest else None)
     now = _stamp_now(target.brain)
-    layer, why, trial, changes = _layer(target, runtime, req, version, point_stamp or (manifest.schema_stamp
-                                                                                       if manifest else None), now)
+    layer, why, trial, changes = _layer(target, runtime, req, version, then, now)
     started = datetime.now(timezone.utc)
-    decision: dict[str, Any] = {
-        "incident_id": incident_id_for(bad, started), "deployment": target.deployment,
-        "from_version": bad, "to_version": version, "target_source": source, "mode": req.mode,
-        "reason": req.reason, "running": current.running,
-        "snapshot": _snapshot_facts(store, manifest), "snapshot_note": why_snapshot,
-        "restore_point": point.to_dict() if point else None,
-        "bad_window": {"from": _switched_at(target, bad), "to": started.isoformat(timespec="milliseconds")},
-        "rows_since_snapshot": _rows_since(target.brain, manifest),
-        "layer": layer, "layer_reason": why, "trial": trial,
-        "schema": {"snapshot": {"head": (point_stamp or (manifest.schema_stamp if manifest else {})).get("head")},
-                   "now": {"head": now.head if now else None, "fingerprint": now.fingerprint if now else None},
-                   "diff": changes},
-        "decided_at": time.time(), "blocked": None,
-    }
-    decision["signals"] = bad_window_facts(target, runtime, decision["bad_window"]["from"], req.reason)
-    decision["volume"] = _volume_choice(target, layer, manifest, point, version)
-    if layer == "brain" and manifest is None and decision["volume"] is None:
-        decision["blocked"] = _blocked(target, version, why_snapshot, changes, why)
-    redactor = Redactor(secrets_of(target.require_settings()))
-    return dict(redactor.obj(decision))  # it goes into the journal: service log lines may quote a secret
+    window = BadWindow(_switched_at(target, bad), started.isoformat(timespec="milliseconds"))
+    volume = _volume_choice(target, layer, manifest, point, version)
+    blocked = _blocked(target, version, why_snapshot, changes, why) \
+        if layer == "brain" and manifest is None and volume is None else None
+    decision = RollbackDecision(
+        incident_id=incident_id_for(bad, started), deployment=target.deployment, from_version=bad, to_version=version,
+        target_source=chosen.source, mode=req.mode, reason=req.reason, running=current.running,
+        snapshot=_snapshot_choice(store, manifest), snapshot_note=why_snapshot,
+        restore_point=point.to_dict() if point else None, bad_window=window,
+        rows_since_snapshot=_rows_since(target.brain, manifest), layer=layer, layer_reason=why, trial=trial,
+        schema=SchemaFacts({"head": (then or {}).get("head")},
+                           {"head": now.head if now else None, "fingerprint": now.fingerprint if now else None},
+                           changes),
+        signals=Signals.from_dict(bad_window_facts(target, runtime, window.start, req.reason)),
+        decided_at=time.time(), volume=volume, blocked=blocked)
+    redactor = Redactor(secrets_of(target.require_settings()))  # it goes into the journal: logs may quote a secret
+    return RollbackDecision.from_dict(redactor.obj(decision.to_dict()))
 
 
 def _volume_choice(target: Target, layer: str, manifest: Manifest | None, point: Any,
@@ -242,9 +240,8 @@ def _volume_choice(target: Target, layer: str, manifest: Manifest | None, point:
             "plan": [c.to_dict() for c in provider.plan_restore(chosen)]}
 
 
-def _snapshot_facts(store: SnapshotStore, manifest: Manifest | None) -> dict[str, Any] | None:
+def _snapshot_choice(store: SnapshotStore, manifest: Manifest | None) -> SnapshotChoice | None:
     if manifest is None:
         return None
-    return {"id": manifest.id, "created_at": manifest.created_at, "age_seconds": round(manifest.age_seconds(), 1),
-            "version": manifest.version, "size": manifest.size, "path": str(store.db_path(manifest.id)),
-            "pinned": manifest.pinned}
+    return SnapshotChoice(manifest.id, manifest.created_at, round(manifest.age_seconds(), 1), manifest.version,
+                          manifest.size, str(store.db_path(manifest.id)), manifest.pinned)

@@ -29,6 +29,7 @@ from backout.freeze import freeze_version
 from backout.fsutil import atomic_write_json, ensure_private_dir
 from backout.history import Change, History, deployment_state, now_iso
 from backout.errors import BackoutError
+from backout.flows.decisions import RollbackDecision
 from backout.flows.rollback import NoRollback, RollbackRequest, decide_rollback
 from backout.journal import Journal
 from backout.lock import operation_lock
@@ -56,8 +57,8 @@ class RollbackRun:
         self.settings = target.require_settings()
         self.runtime = runtime
         self.journal = journal
-        self.d: dict[str, Any] = journal.operation["decision"]
-        self.folder = incident_folder(target, self.d["incident_id"])
+        self.d = RollbackDecision.from_dict(journal.operation["decision"])
+        self.folder = incident_folder(target, self.d.incident_id)
         self.notifier = Notifier(self.settings.notify)
         self.redactor = Redactor(secrets_of(self.settings))
         journal.redact = self.redactor.obj
@@ -72,20 +73,20 @@ class RollbackRun:
         """Why resuming this journal now would be wrong (another version runs since it was written), or None."""
         if self.journal.done("drain"):
             return None
-        return moved_on(self.runtime, self.d["from_version"], "rollback")
+        return moved_on(self.runtime, self.d.from_version, "rollback")
 
     # -- the plan ------------------------------------------------------------------------------
 
     def plan(self) -> Plan:
         """The steps, each with its commands and files; brain steps only for a brain rollback."""
-        d, brain = self.d, self.d["layer"] == "brain"
+        d, brain = self.d, self.d.layer == "brain"
         steps = [self._announce_step(), self._diagnostics_step(), self._drain_step()]
         # Salvage reads only the quarantined file: it runs once the target serves again.
         steps += [self._restore_step(), self._start_step(), self._salvage_step()] if brain else [self._start_step()]
         steps += [self._verify_step(), self._freeze_step(), self._notify_step(), self._postmortem_step(),
                   Step("record", "Record the rollback in the history", files=[str(self.target.state_dir / "history.jsonl")],
                        action=self.record)]
-        return Plan("rollback", d, steps)
+        return Plan("rollback", d.to_dict(), steps)
 
     def _announce_step(self) -> Step:
         channels = ", ".join(self.notifier.configured) or "no channels configured"
@@ -93,10 +94,10 @@ class RollbackRun:
                     f"{self._status_page_plan()}", action=self.announce)
 
     def _status_page_plan(self) -> str:
-        impact = self.d["signals"]["impact"]
+        impact = self.d.signals.impact
         if self.settings.notify.statuspage is None:
             return "none configured"
-        return f"open an incident ({impact['why']})" if impact["real"] else f"not updated ({impact['why']})"
+        return f"open an incident ({impact.why})" if impact.real else f"not updated ({impact.why})"
 
     def _diagnostics_step(self) -> Step:
         return Step("diagnostics", "Capture the bad window's evidence before anything stops (secrets redacted)",
@@ -105,22 +106,22 @@ class RollbackRun:
 
     def _drain_step(self) -> Step:
         drain = self.settings.drain_timeout.total_seconds()
-        return Step("drain", f"Drain and stop {self.d['from_version']} (up to {drain:g}s, then killed)",
+        return Step("drain", f"Drain and stop {self.d.from_version} (up to {drain:g}s, then killed)",
                     self.runtime.stop_commands(drain), action=self.drain)
 
     def _restore_step(self) -> Step:
-        snap = self.d["snapshot"]
-        volume = self.d.get("volume")
+        snap = self.d.snapshot
+        volume = self.d.volume
         if volume:
             commands = [Command.from_dict(c) for c in volume["plan"]] + self._initialize_commands()
             return Step("restore", f"Restore the data volume from {volume['provider']} snapshot {volume['snapshot']} "
                         "(the displaced volume is kept, marked quarantine)", commands, action=self.restore_volume)
         if snap is None:
-            return Step("restore", f"Restore the brain: NOT POSSIBLE ({self.d['snapshot_note']})")
-        return Step("restore", f"Restore snapshot {snap['id']} (taken {_age(snap['age_seconds'])} before the "
-                    f"decision, while {snap['version'] or '?'} ran) over the brain; the current brain goes to "
+            return Step("restore", f"Restore the brain: NOT POSSIBLE ({self.d.snapshot_note})")
+        return Step("restore", f"Restore snapshot {snap.id} (taken {_age(snap.age_seconds)} before the "
+                    f"decision, while {snap.version or '?'} ran) over the brain; the current brain goes to "
                     "quarantine first (hard link) and the swap is one rename",
-                    restore_commands(self._restore_request()), files=[str(self.target.brain), snap["path"]],
+                    restore_commands(self._restore_request()), files=[str(self.target.brain), snap.path],
                     action=self.restore)
 
     def _salvage_step(self) -> Step:
@@ -129,8 +130,8 @@ class RollbackRun:
 
     def _start_step(self) -> Step:
         boot = self.settings.boot_timeout.total_seconds()
-        return Step("start", f"Start {self.d['to_version']} and wait until healthy (up to {boot:g}s)",
-                    self.runtime.start_commands(self.d["to_version"]), action=self.start)
+        return Step("start", f"Start {self.d.to_version} and wait until healthy (up to {boot:g}s)",
+                    self.runtime.start_commands(self.d.to_version), action=self.start)
 
     def _verify_step(self) -> Step:
         window = self.settings.rollback.verify_window.total_seconds()
@@ -140,8 +141,8 @@ class RollbackRun:
                     action=self.verify)
 
     def _freeze_step(self) -> Step:
-        return Step("freeze", f"Freeze {self.d['from_version']}: `backout upgrade` refuses it until "
-                    f"`backout unfreeze {self.d['from_version']} --reason …`",
+        return Step("freeze", f"Freeze {self.d.from_version}: `backout upgrade` refuses it until "
+                    f"`backout unfreeze {self.d.from_version} --reason …`",
                     files=[str(deployment_state(self.target.state_dir, self.target.deployment) / "frozen.json")],
                     action=self.freeze)
 
@@ -159,20 +160,20 @@ class RollbackRun:
 
     def announcement(self) -> str:
         """The first message: "Rolling back to v2.3.1 due to <symptom>."."""
-        return f"Rolling back {self.target.deployment} to v{self.d['to_version']} due to {self.d['signals']['symptom']}."
+        return f"Rolling back {self.target.deployment} to v{self.d.to_version} due to {self.d.signals.symptom}."
 
     def _message(self, kind: str, text: str) -> Message:
-        fields = {"from": str(self.d["from_version"]), "to": str(self.d["to_version"]), "layer": self.d["layer"]}
-        return Message(kind, self.redactor.text(text), self.target.deployment, self.d["incident_id"], fields)  # type: ignore[arg-type]
+        fields = {"from": str(self.d.from_version), "to": str(self.d.to_version), "layer": self.d.layer}
+        return Message(kind, self.redactor.text(text), self.target.deployment, self.d.incident_id, fields)  # type: ignore[arg-type]
 
     def announce(self) -> dict[str, Any]:
         """Tell every channel; open a status page incident when customers were really affected."""
         deliveries = [x.to_dict() for x in self.notifier.broadcast(self._message("rollback-started", self.announcement()))]
-        page: dict[str, Any] = {"updated": False, "why": self.d["signals"]["impact"]["why"]}
-        if self.settings.notify.statuspage is not None and self.d["signals"]["impact"]["real"]:
+        page: dict[str, Any] = {"updated": False, "why": self.d.signals.impact.why}
+        if self.settings.notify.statuspage is not None and self.d.signals.impact.real:
             delivery, incident = self.notifier.status_page_open(
                 f"Degraded service: {self.target.deployment}", self.redactor.text(self.announcement()))
-            page = {"updated": delivery.ok, "incident": incident, "why": self.d["signals"]["impact"]["why"],
+            page = {"updated": delivery.ok, "incident": incident, "why": self.d.signals.impact.why,
                     "detail": delivery.detail}
         elif self.settings.notify.statuspage is None:
             page["why"] = "no status page configured"
@@ -183,28 +184,28 @@ class RollbackRun:
     def diagnostics(self) -> dict[str, Any]:
         """Logs, health, verdict, schema and versions of the bad window, in a folder and a .tar.gz."""
         ensure_private_dir(self.folder)
-        since = epoch(self.d["bad_window"]["from"], time.time() - 3600)
+        since = epoch(self.d.bad_window.start, time.time() - 3600)
         logs = self.runtime.logs(since=datetime.fromtimestamp(since, timezone.utc))
         health = [s.__dict__ | {"failing": list(s.failing)} for s in state_files(self.target).health_since(since)]
         if self.target.health_url:
             health.append({"ts": time.time(), **probe(self.target.health_url, timeout=5).to_dict()})
-        snap = self.d["snapshot"]
-        mark = (SnapshotStore(self.target.snapshot_dir).load(snap["id"]).tables.get("mcp_calls", {}).get("max_rowid")
+        snap = self.d.snapshot
+        mark = (SnapshotStore(self.target.snapshot_dir).load(snap.id).tables.get("mcp_calls", {}).get("max_rowid")
                 if snap else None)
-        calls = mcp_calls_since(self.target.brain, mark, self.d["bad_window"]["from"])
+        calls = mcp_calls_since(self.target.brain, mark, self.d.bad_window.start)
         tarball = collect_diagnostics(self.folder, DiagnosticsInput(
-            incident_id=self.d["incident_id"], deployment=self.target.deployment, logs=logs, health=health,
-            verdict=self.d["signals"]["verdict"], baseline=self.d["signals"]["baseline"],
-            schema_restore_point=self.d["schema"]["snapshot"], schema_now=self.d["schema"]["now"],
-            schema_diff=self.d["schema"]["diff"], migrations=migration_history(self.target.brain),
-            versions=self._versions(), extra={"signals": self.d["signals"], "trial": self.d["trial"]}),
+            incident_id=self.d.incident_id, deployment=self.target.deployment, logs=logs, health=health,
+            verdict=self.d.signals.verdict, baseline=self.d.signals.baseline,
+            schema_restore_point=self.d.schema.snapshot, schema_now=self.d.schema.now,
+            schema_diff=self.d.schema.diff, migrations=migration_history(self.target.brain),
+            versions=self._versions(), extra={"signals": self.d.signals, "trial": self.d.trial}),
             self.redactor)
         return {"diagnostics": str(tarball), "mcp_calls": calls, "log_lines": len(logs)}
 
     def _versions(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"from": self.d["from_version"], "to": self.d["to_version"], "runtime": self.runtime.name}
+        out: dict[str, Any] = {"from": self.d.from_version, "to": self.d.to_version, "runtime": self.runtime.name}
         images = {v: {"image": self.runtime.image(v), "id": self.runtime.image_digest(v)}
-                  for v in (self.d["from_version"], self.d["to_version"]) if v and self.runtime.image(v)}
+                  for v in (self.d.from_version, self.d.to_version) if v and self.runtime.image(v)}
         if images:
             out["images"] = images
         return out
@@ -221,26 +222,37 @@ class RollbackRun:
             except (OSError, ValueError):
                 continue
             if data.get("reason") == self._restore_reason() and data.get("replaced_by_snapshot") == \
-                    self.d["snapshot"]["id"] and not pending_restore(self.target.state_dir, self.target.brain):
+                    self._snapshot_id() and not pending_restore(self.target.state_dir, self.target.brain):
                 return marker.parent
         return None
 
+    def _snapshot_id(self) -> str:
+        """The snapshot of a brain rollback (one without is blocked before it starts)."""
+        assert self.d.snapshot is not None
+        return self.d.snapshot.id
+
+    def _volume(self) -> dict[str, Any]:
+        """The volume snapshot a volume rollback restores."""
+        assert self.d.volume is not None
+        return self.d.volume
+
     def _restore_request(self) -> RestoreRequest:
-        return RestoreRequest(SnapshotStore(self.target.snapshot_dir), self.d["snapshot"]["id"], self.target.brain,
+        return RestoreRequest(SnapshotStore(self.target.snapshot_dir), self._snapshot_id(), self.target.brain,
                               self.target.deployment, self.target.state_dir, reason=self._restore_reason())
 
     def _restore_reason(self) -> str:
-        return f"rollback {self.d['incident_id']}"
+        return f"rollback {self.d.incident_id}"
 
     def restore(self) -> dict[str, Any]:
         """Quarantine the current brain and put the snapshot in its place (journaled, verified)."""
-        snap = self.d["snapshot"]
+        snap = self.d.snapshot
+        assert snap is not None  # a brain rollback without a snapshot is blocked before it starts
         done = self._finished_restore()
         if done is not None:  # finished just before a crash: never restore (and quarantine) twice
-            return {"quarantine": str(done), "detail": f"restored {snap['id']} (found after a restart)"}
+            return {"quarantine": str(done), "detail": f"restored {snap.id} (found after a restart)"}
         result = restore_snapshot(self._restore_request(), self.progress)
         return {"quarantine": str(result.quarantine) if result.quarantine else None,
-                "detail": f"restored {snap['id']}; displaced brain in {result.quarantine}"}
+                "detail": f"restored {snap.id}; displaced brain in {result.quarantine}"}
 
     def _brain_in_quarantine(self) -> Path:
         volume = self.settings.volume
@@ -278,7 +290,7 @@ class RollbackRun:
         done = self._finished_volume_restore(provider, local)  # finished just before a crash: not twice
         if done is None:
             self.journal.remember(volume_restore_started=True)
-            done = provider.restore(self.d["volume"]["snapshot"], Hooks(lambda: None, lambda: None))
+            done = provider.restore(self._volume()["snapshot"], Hooks(lambda: None, lambda: None))
         if not local:
             if not self.target.brain.exists():
                 raise StepFailed("restore", f"volume {done.new_volume} is attached but the brain is not visible at "
@@ -295,7 +307,7 @@ class RollbackRun:
 
         if not self.facts.get("volume_restore_started"):
             return None
-        snap, before = self.d["volume"]["snapshot"], self.d["volume"]["volume"].get("id")
+        snap, before = self._volume()["snapshot"], self._volume()["volume"].get("id")
         if not local:
             now = provider.describe().get("id")
             return VolumeRestore(snap, now, before, ["found after a restart"]) if now and now != before else None
@@ -306,7 +318,7 @@ class RollbackRun:
                 at = datetime.fromisoformat(str(data["at"])).timestamp()
             except (OSError, ValueError, KeyError):
                 continue
-            if data.get("replaced_by_snapshot") == snap and at >= float(self.d["decided_at"]) - 2:
+            if data.get("replaced_by_snapshot") == snap and at >= float(self.d.decided_at) - 2:
                 return VolumeRestore(snap, str(path), str(marker.parent), ["found after a restart"])
         return None
 
@@ -314,7 +326,7 @@ class RollbackRun:
         """Rows written since the snapshot, from the quarantined brain, into the incident folder."""
         quarantine = self.facts.get("quarantine")
         displaced = (self.facts.get("volume_restore") or {}).get("quarantined_volume")
-        if quarantine and self.d["snapshot"] is None:
+        if quarantine and self.d.snapshot is None:
             return {"salvage": None, "detail": f"nothing salvaged: without a brain snapshot there are no marks to "
                                                f"tell the bad window's rows; the displaced data is kept in {quarantine}"}
         if not quarantine:
@@ -322,13 +334,13 @@ class RollbackRun:
                    "`backout salvage extract` on its brain" if displaced else "there was no brain to displace")
             return {"salvage": None, "detail": f"nothing salvaged here: {why}"}
         out = self.folder / "salvage"
-        manifest = SnapshotStore(self.target.snapshot_dir).load(self.d["snapshot"]["id"])
+        manifest = SnapshotStore(self.target.snapshot_dir).load(self._snapshot_id())
         newer = Path(quarantine) / self._brain_in_quarantine()
         if not (out / SUMMARY_FILE).exists():
             try:
                 salvage(manifest.marks(), manifest.created_at, newer, out,
                         include=self.settings.salvage.include or None, exclude=self.settings.salvage.exclude,
-                        snapshot_id=manifest.id, schema_diff=self.d["schema"]["diff"])
+                        snapshot_id=manifest.id, schema_diff=self.d.schema.diff)
             except (SalvageError, OSError, sqlite3.Error) as exc:  # the quarantine keeps every row: go on
                 return {"salvage": {"folder": None, "total": 0, "tables": {}, "error": str(exc)},
                         "detail": f"salvage FAILED ({exc}); the rows are still in {quarantine}: "
@@ -341,7 +353,7 @@ class RollbackRun:
 
     def start(self) -> dict[str, Any]:
         """Start the target (unless a resumed run already did) and wait for health."""
-        wait = start_until_healthy(self.runtime, self.d["to_version"], self.settings.boot_timeout.total_seconds())
+        wait = start_until_healthy(self.runtime, self.d.to_version, self.settings.boot_timeout.total_seconds())
         return {"start": wait.to_dict(), "healthy_at": time.time(), "detail": f"healthy after {wait.seconds:.1f}s"}
 
     def verify(self) -> dict[str, Any]:
@@ -364,7 +376,7 @@ class RollbackRun:
             samples = request_samples(self.target, self.runtime, since, time.time())
         except Exception as exc:  # a metrics source being down must not fail a finished rollback
             return {"ok": True, "detail": f"error rate not measured ({exc})"}
-        base = self.d["signals"]["baseline"]
+        base = self.d.signals.baseline
         if not samples:
             return {"ok": True, "requests": 0, "detail": "no requests in the window: nothing to compare"}
         rate = sum(1 for s in samples if s.error) / len(samples)
@@ -382,7 +394,7 @@ class RollbackRun:
         if baseline is None or baseline.evals is None:
             return {"ok": True, "detail": "no baseline evals to compare with"}
         try:
-            run = run_evals(self.settings.evals, base_url(self.target), self.d["to_version"])
+            run = run_evals(self.settings.evals, base_url(self.target), self.d.to_version)
         except BackoutError as exc:  # the target serves: report, do not stop the rollback here
             return {"ok": False, "detail": f"evals could not run: {exc}"}
         passed_before = {name for name, ok in baseline.evals.cases.items() if ok}
@@ -392,10 +404,10 @@ class RollbackRun:
 
     def freeze(self) -> dict[str, Any]:
         """`backout upgrade` refuses the bad version until it is unfrozen with a reason."""
-        if self.d["from_version"]:
-            freeze_version(self.target, self.d["from_version"], f"rolled back: {self.d['signals']['symptom']}",
-                           self.d["incident_id"])
-        return {"detail": f"{self.d['from_version']} frozen"}
+        if self.d.from_version:
+            freeze_version(self.target, self.d.from_version, f"rolled back: {self.d.signals.symptom}",
+                           self.d.incident_id)
+        return {"detail": f"{self.d.from_version} frozen"}
 
     def verified(self) -> bool:
         """True when the verify step passed."""
@@ -405,9 +417,9 @@ class RollbackRun:
         """The all-clear (or the failure), and the status page incident resolved."""
         if self.verified():
             msg = self._message("rollback-succeeded", f"All clear: {self.target.deployment} is back on "
-                                f"v{self.d['to_version']}, healthy, errors recovered ({self.d['layer']} rollback).")
+                                f"v{self.d.to_version}, healthy, errors recovered ({self.d.layer} rollback).")
         else:
-            msg = self._message("rollback-failed", f"Rollback of {self.target.deployment} to v{self.d['to_version']} "
+            msg = self._message("rollback-failed", f"Rollback of {self.target.deployment} to v{self.d.to_version} "
                                 f"finished but is not verified: {self.facts.get('verify', {})}.")
         deliveries = [x.to_dict() for x in self.notifier.broadcast(msg)]
         page = dict(self.facts.get("status_page") or {})
@@ -424,7 +436,7 @@ class RollbackRun:
         case = write_regression_case(self.folder, incident, self.redactor)
         ticket = None
         if self.settings.tracker is not None:
-            title = f"Postmortem: {self.target.deployment} rolled back from {self.d['from_version']} to {self.d['to_version']}"
+            title = f"Postmortem: {self.target.deployment} rolled back from {self.d.from_version} to {self.d.to_version}"
             result = file_ticket(self.settings.tracker, title, path.read_text(encoding="utf-8"))
             ticket = {"ok": result.ok, "url": result.url, "detail": result.detail}
         return {"postmortem": str(path), "regression_case": str(case) if case else None, "ticket": ticket}
@@ -441,27 +453,29 @@ class RollbackRun:
         return {"detail": f"interrupted upgrade set aside: {aborted}" if aborted else ""}
 
     def _change(self, outcome: str) -> Change:
-        snap = self.d["snapshot"]
-        return Change(deployment=self.target.deployment, kind="rollback", from_version=self.d["from_version"],
-                      to_version=self.d["to_version"], outcome=outcome, reason=self.d["signals"]["symptom"],
-                      snapshot_after=snap["id"] if snap and self.d["layer"] == "brain" else None,
+        snap = self.d.snapshot
+        return Change(deployment=self.target.deployment, kind="rollback", from_version=self.d.from_version,
+                      to_version=self.d.to_version, outcome=outcome, reason=self.d.signals.symptom,
+                      snapshot_after=snap.id if snap and self.d.restores_brain else None,
                       drain=self.facts.get("drain"), health=self.facts.get("start"),
-                      detail=f"{self.d['layer']} rollback, incident {self.d['incident_id']}")  # facts: redacted
+                      detail=f"{self.d.layer} rollback, incident {self.d.incident_id}")  # facts: redacted
 
     # -- the incident record -------------------------------------------------------------------
 
     def incident(self, outcome: str) -> dict[str, Any]:
         """The incident record (incident.json): the decision, what the steps found, the timeline."""
         d, f = self.d, self.facts
+        signals = d.signals.to_dict()
         return {
-            "id": d["incident_id"], "deployment": self.target.deployment, "from_version": d["from_version"],
-            "to_version": d["to_version"], "reason": d["signals"]["symptom"], "started_at": d["bad_window"]["to"],
-            "finished_at": now_iso(), "outcome": outcome, "layer": d["layer"], "layer_reason": d["layer_reason"],
-            "trial": d["trial"], "snapshot": d["snapshot"], "bad_window": d["bad_window"],
-            "verdict": d["signals"]["verdict"], "signals": {k: d["signals"][k] for k in ("window", "baseline", "impact")},
-            "rows_since_snapshot": d["rows_since_snapshot"], "salvage": f.get("salvage"),
-            "mcp_calls": f.get("mcp_calls", []), "failed_requests": d["signals"]["failed_requests"],
-            "failed_eval_cases": d["signals"]["failed_eval_cases"], "timeline": timeline(self.journal),
+            "id": d.incident_id, "deployment": self.target.deployment, "from_version": d.from_version,
+            "to_version": d.to_version, "reason": d.signals.symptom, "started_at": d.bad_window.end,
+            "finished_at": now_iso(), "outcome": outcome, "layer": d.layer, "layer_reason": d.layer_reason,
+            "trial": d.trial, "snapshot": d.snapshot.to_dict() if d.snapshot else None,
+            "bad_window": d.bad_window.to_dict(), "verdict": d.signals.verdict,
+            "signals": {k: signals[k] for k in ("window", "baseline", "impact")},
+            "rows_since_snapshot": d.rows_since_snapshot, "salvage": f.get("salvage"),
+            "mcp_calls": f.get("mcp_calls", []), "failed_requests": d.signals.failed_requests,
+            "failed_eval_cases": d.signals.failed_eval_cases, "timeline": timeline(self.journal),
             "drain": f.get("drain"), "verify": f.get("verify"), "notifications": f.get("notifications", []),
             "status_page": f.get("status_page"), "quarantine": f.get("quarantine"),
             "diagnostics": f.get("diagnostics"), "next_steps": self.next_steps(outcome),
@@ -476,15 +490,15 @@ class RollbackRun:
         """What a person should do now, given how the rollback ended."""
         d, steps = self.d, []
         if outcome == "failed":
-            steps += [f"{d['to_version']} did not become healthy: read the log tail in the timeline and "
+            steps += [f"{d.to_version} did not become healthy: read the log tail in the timeline and "
                       f"{self.folder / 'diagnostics'}",
                       f"the brain at {self.target.brain} and the quarantine were left as they are",
                       "fix the cause, then `backout rollback --resume` tries the start again"]
         if self.facts.get("salvage"):
-            steps.append(f"replay the salvaged rows once fixed: `backout salvage replay {d['incident_id']}`")
+            steps.append(f"replay the salvaged rows once fixed: `backout salvage replay {d.incident_id}`")
         if self.facts.get("mcp_calls"):
             steps.append(f"check the {len(self.facts['mcp_calls'])} external effects (mcp_calls) of the bad window")
-        steps.append(f"fix {d['from_version']}, then `backout unfreeze {d['from_version']} --reason …`")
+        steps.append(f"fix {d.from_version}, then `backout unfreeze {d.from_version} --reason …`")
         return steps
 
     # -- running it ----------------------------------------------------------------------------
@@ -506,7 +520,7 @@ class RollbackRun:
 
     def _failed(self, why: str) -> None:
         deliveries = self.notifier.broadcast(self._message(
-            "rollback-failed", f"Rollback of {self.target.deployment} to v{self.d['to_version']} FAILED: {why}. "
+            "rollback-failed", f"Rollback of {self.target.deployment} to v{self.d.to_version} FAILED: {why}. "
             "The brain and the quarantine are left as they are; a person must act."))
         self.journal.remember(notifications=[*self.facts.get("notifications", []), *(x.to_dict() for x in deliveries)])
         incident = self.incident("failed")
@@ -517,11 +531,11 @@ class RollbackRun:
     def result(self, outcome: str) -> dict[str, Any]:
         """The result as JSON: layer and why, snapshot, incident, timings per step."""
         incident = self.incident(outcome)
-        return {"outcome": outcome, "incident_id": self.d["incident_id"], "incident_folder": str(self.folder),
-                "from_version": self.d["from_version"], "to_version": self.d["to_version"], "layer": self.d["layer"],
-                "layer_reason": self.d["layer_reason"], "snapshot": self.d["snapshot"],
+        return {"outcome": outcome, "incident_id": self.d.incident_id, "incident_folder": str(self.folder),
+                "from_version": self.d.from_version, "to_version": self.d.to_version, "layer": self.d.layer,
+                "layer_reason": self.d.layer_reason, "snapshot": self.d.snapshot.to_dict() if self.d.snapshot else None,
                 "timings": {e["step"]: e["seconds"] for e in incident["timeline"]},
-                "total_seconds": round(time.time() - self.d["decided_at"], 3),
+                "total_seconds": round(time.time() - self.d.decided_at, 3),
                 **{k: incident[k] for k in ("drain", "verify", "salvage", "mcp_calls", "quarantine", "status_page",
                                             "notifications", "next_steps")}}
 
@@ -531,10 +545,10 @@ def _age(seconds: float) -> str:
     return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m" if seconds < 7200 else f"{seconds // 3600}h"
 
 
-def new_journal(target: Target, decision: dict[str, Any]) -> Journal:
+def new_journal(target: Target, decision: RollbackDecision) -> Journal:
     """A journal for a rollback about to run (not yet on disk: `save()` it once confirmed)."""
-    return Journal(rollback_journal(target), {"operation": {"kind": "rollback", "decision": decision}, "done": [],
-                                          "facts": {}})
+    return Journal(rollback_journal(target), {"operation": {"kind": "rollback", "decision": decision.to_dict()},
+                                          "done": [], "facts": {}})
 
 
 def rollback_now(target: Target, runtime: Runtime, req: RollbackRequest,
@@ -547,8 +561,8 @@ def rollback_now(target: Target, runtime: Runtime, req: RollbackRequest,
             journal = Journal.open(path, {})
         else:
             decision = decide_rollback(target, runtime, req)
-            if decision["blocked"]:
-                raise NoRollback(decision["blocked"])
+            if decision.blocked:
+                raise NoRollback(decision.blocked)
             journal = new_journal(target, decision)
             journal.save()
         run = RollbackRun(target, runtime, journal, progress)

@@ -3,7 +3,7 @@
 One operation at a time; the target is not frozen and can be started; the version running now is
 healthy (or --force) and will still be startable afterwards; there is room for the snapshots; the
 target's announced changes are loaded; the predicted restore time is held against the recovery-time
-target. The result is a plain dict kept in the upgrade's journal (see `upgrade_run.py`).
+target. The result, an UpgradeDecision, is kept in the upgrade's journal (see `upgrade_run.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from backout.brain.manifest import SnapshotStore
 from backout.config import Target
 from backout.errors import EXIT_ENVIRONMENT, EXIT_REFUSED, BackoutError
 from backout.flows.check import expected_changes
+from backout.flows.decisions import UpgradeDecision
 from backout.flows.journals import refuse_if_pending
 from backout.flows.prove import prove_target
 from backout.fsutil import free_bytes
@@ -69,7 +70,7 @@ def _current(target: Target, runtime: Runtime, force: bool) -> tuple[str, dict[s
 
 
 def preflight(target: Target, runtime: Runtime, version: str, force: bool = False,
-              watch_seconds: float | None = None) -> dict[str, Any]:
+              watch_seconds: float | None = None) -> UpgradeDecision:
     """Every check made before anything stops; the upgrade's decision, or UpgradeRefused."""
     settings = target.require_settings()
     refuse_if_pending(target, "upgrade")
@@ -92,13 +93,11 @@ def preflight(target: Target, runtime: Runtime, version: str, force: bool = Fals
     if health and not health["ok"]:
         warnings.append(f"{previous} is not healthy ({health['reason']}); going ahead because of --force")
     warnings += [f"FORCED: {what}" for what in proof.forced]
-    return {
-        "deployment": target.deployment, "from_version": previous, "to_version": version,
-        "health_before": health, "brain_bytes": size,
-        "predicted_restore_s": round(predicted, 1), "throughput": {"mb_s": round(mb_s, 1), "source": source},
-        "rto_s": rto, "warnings": warnings,
-        "expected_changes": {"metrics": sorted(expected.metrics), "eval_cases": sorted(expected.eval_cases)},
-        "watch_s": watch_seconds if watch_seconds is not None else settings.upgrade.watch.total_seconds(),
-        "decided_at": time.time(), "forced": bool(force and (proof.forced or (health and not health["ok"]))),
-        "proof": proof.to_dict(),
-    }
+    return UpgradeDecision(
+        deployment=target.deployment, from_version=previous, to_version=version, health_before=health,
+        brain_bytes=size, predicted_restore_s=round(predicted, 1),
+        throughput={"mb_s": round(mb_s, 1), "source": source}, rto_s=rto, warnings=warnings,
+        expected_changes={"metrics": sorted(expected.metrics), "eval_cases": sorted(expected.eval_cases)},
+        watch_s=watch_seconds if watch_seconds is not None else settings.upgrade.watch.total_seconds(),
+        decided_at=time.time(), forced=bool(force and (proof.forced or (health and not health["ok"]))),
+        proof=proof.to_dict())

@@ -20,6 +20,7 @@ from backout.brain.restore import stage_snapshot
 from backout.brain.snapshot import create_snapshot
 from backout.config import Target
 from backout.flows.check import base_url, capture_baseline
+from backout.flows.decisions import UpgradeDecision
 from backout.flows.paths import watch_state
 from backout.flows.rollback import RollbackRequest
 from backout.flows.rollback_run import rollback_now
@@ -48,7 +49,7 @@ class UpgradeRun:
         self.settings = target.require_settings()
         self.runtime = runtime
         self.journal = journal
-        self.d: dict[str, Any] = journal.operation["decision"]
+        self.d = UpgradeDecision.from_dict(journal.operation["decision"])
         self.store = SnapshotStore(target.snapshot_dir)
         self.progress = progress
         self.redactor = Redactor(secrets_of(self.settings))
@@ -63,35 +64,35 @@ class UpgradeRun:
         """Why resuming this journal now would be wrong (another version runs since it was written), or None."""
         if self.journal.done("drain") or self.facts.get("rolling_back"):
             return None
-        return moved_on(self.runtime, self.d["from_version"], "upgrade")
+        return moved_on(self.runtime, self.d.from_version, "upgrade")
 
     def plan(self) -> Plan:
         """The steps, each with its commands and files."""
         d, drain = self.d, self.settings.drain_timeout.total_seconds()
         snapshots = str(self.store.folder)
         stop = self.runtime.stop_commands(drain)
-        start = self.runtime.start_commands(d["to_version"], migrate=True)
+        start = self.runtime.start_commands(d.to_version, migrate=True)
         evals = f" ({self.settings.evals.command})" if self.settings.evals else " (none configured)"
-        return Plan("upgrade", d, [
-            Step("baseline", f"Record the baseline of {d['from_version']}: health, requests, regression evals{evals}",
+        return Plan("upgrade", d.to_dict(), [
+            Step("baseline", f"Record the baseline of {d.from_version}: health, requests, regression evals{evals}",
                  files=[str(deployment_state(self.target.state_dir, self.target.deployment) / "signals")],
                  action=self.baseline),
             Step("snapshot-online", "Online snapshot of the live brain, verified (early insurance)",
                  files=[str(self.target.brain), snapshots], action=self.snapshot_online),
-            Step("drain", f"Drain and stop {d['from_version']} (up to {drain:g}s, then killed)", stop,
+            Step("drain", f"Drain and stop {d.from_version} (up to {drain:g}s, then killed)", stop,
                  action=self.drain),
             Step("snapshot-final", "Final snapshot of the quiescent brain, verified and pinned: the restore point",
                  files=[str(self.target.brain), snapshots], action=self.snapshot_final),
             *self._volume_steps(),
-            Step("restore-point", f"Record the restore point ({d['from_version']}, final snapshot, schema stamp)",
+            Step("restore-point", f"Record the restore point ({d.from_version}, final snapshot, schema stamp)",
                  files=[str(deployment_state(self.target.state_dir, self.target.deployment) / "restore-point.json")],
                  action=self.restore_point),
-            Step("start", f"Migrate (if configured) and start {d['to_version']}; wait until healthy (up to "
+            Step("start", f"Migrate (if configured) and start {d.to_version}; wait until healthy (up to "
                  f"{self.settings.boot_timeout.total_seconds():g}s)", start, action=self.start),
-            Step("evals", f"Run the regression evals against {d['to_version']} and compare with the baseline",
+            Step("evals", f"Run the regression evals against {d.to_version} and compare with the baseline",
                  action=self.evals),
             Step("arm", "Pre-arm the rollback: stage a verified copy of the restore point beside the brain (a brain "
-                 f"rollback becomes a rename) and trial-boot {d['from_version']} on a copy of the new brain",
+                 f"rollback becomes a rename) and trial-boot {d.from_version} on a copy of the new brain",
                  self._trial_commands(), files=[str(self.target.brain.parent)], action=self.arm),
             Step("record", "Record the upgrade in the history and open the watch window",
                  files=[str(self.target.state_dir / "history.jsonl"), str(watch_state(self.target))],
@@ -102,7 +103,7 @@ class UpgradeRun:
         """The arm step's trial boot of the previous version, when one is possible."""
         if trial_possible(self.target) is not None:
             return []
-        return trial_commands(self.target, self.d["from_version"])
+        return trial_commands(self.target, self.d.from_version)
 
     def _volume_steps(self) -> list[Step]:
         volume = self.settings.volume
@@ -126,13 +127,13 @@ class UpgradeRun:
 
     def _snapshot(self, label: str, pin: bool) -> dict[str, Any]:
         manifest = create_snapshot(self.store, self.target.brain, self.target.deployment, label=label, pin=pin,
-                                   version=self.d["from_version"], progress=self.progress)
+                                   version=self.d.from_version, progress=self.progress)
         return {"id": manifest.id, "size": manifest.size, "seconds": manifest.duration_s,
                 "schema_stamp": manifest.schema_stamp, "tables": {t: m["rows"] for t, m in manifest.tables.items()}}
 
     def snapshot_online(self) -> dict[str, Any]:
         """Early insurance, while the previous version still serves."""
-        snap = self._snapshot(f"before {self.d['to_version']} (online)", pin=False)
+        snap = self._snapshot(f"before {self.d.to_version} (online)", pin=False)
         return {"snapshot_online": snap, "detail": f"{snap['id']} in {snap['seconds']:.1f}s"}
 
     def drain(self) -> dict[str, Any]:
@@ -141,7 +142,7 @@ class UpgradeRun:
 
     def snapshot_final(self) -> dict[str, Any]:
         """The restore point's snapshot: the brain as the previous version left it."""
-        snap = self._snapshot(f"restore point before {self.d['to_version']}", pin=True)
+        snap = self._snapshot(f"restore point before {self.d.to_version}", pin=True)
         return {"snapshot_final": snap, "detail": f"{snap['id']} in {snap['seconds']:.1f}s (pinned)"}
 
     def volume_snapshot(self) -> dict[str, Any]:
@@ -151,7 +152,7 @@ class UpgradeRun:
         provider = volume_for(self.target)
         assert provider is not None
         final = self.facts["snapshot_final"]
-        snap = provider.snapshot({"deployment": self.target.deployment, "version": self.d["from_version"],
+        snap = provider.snapshot({"deployment": self.target.deployment, "version": self.d.from_version,
                                   "restore-point": final["id"],
                                   "schema-head": str(final["schema_stamp"].get("head"))})
         return {"volume_snapshot": snap.to_dict(), "detail": f"{provider.name} snapshot {snap.id} ({snap.state})"}
@@ -159,9 +160,9 @@ class UpgradeRun:
     def restore_point(self) -> dict[str, Any]:
         """Record the restore point durably (its snapshot is pinned)."""
         snap = self.facts["snapshot_final"]
-        digest = self.runtime.image_digest(self.d["from_version"])
+        digest = self.runtime.image_digest(self.d.from_version)
         volume = (self.facts.get("volume_snapshot") or {}).get("id")
-        point = RestorePoint(self.target.deployment, self.d["from_version"], snap["id"], snap["schema_stamp"],
+        point = RestorePoint(self.target.deployment, self.d.from_version, snap["id"], snap["schema_stamp"],
                              config_hash(self.target.config_path), digest, volume_snapshot=volume)
         save_restore_point(self.target.state_dir, point)
         return {"restore_point": {"version": point.version, "snapshot_id": point.snapshot_id, "image_digest": digest},
@@ -169,7 +170,7 @@ class UpgradeRun:
 
     def start(self) -> dict[str, Any]:
         """Migrate if configured, start the new version, wait for health; record the schema after."""
-        wait = start_until_healthy(self.runtime, self.d["to_version"], self.settings.boot_timeout.total_seconds(),
+        wait = start_until_healthy(self.runtime, self.d.to_version, self.settings.boot_timeout.total_seconds(),
                                    migrate=True)
         return {"start": wait.to_dict(), "switched_at": time.time(), "schema_after": brain_stamp(self.target),
                 "detail": f"healthy after {wait.seconds:.1f}s"}
@@ -179,7 +180,7 @@ class UpgradeRun:
         if self.settings.evals is None:
             return {"evals": None, "detail": "no evals configured"}
         try:
-            run = run_evals(self.settings.evals, base_url(self.target), self.d["to_version"])
+            run = run_evals(self.settings.evals, base_url(self.target), self.d.to_version)
         except BackoutError as exc:  # the watch window still judges errors, latency and health
             return {"evals": None, "detail": f"evals could not run: {exc}"}
         return {"evals": {"cases": run.cases, "ts": run.ts, "version": run.version, "source": run.source},
@@ -202,30 +203,30 @@ class UpgradeRun:
         trial = None
         if trial_possible(self.target) is None:
             key = schema_key(self.target.brain)
-            result = trial_boot(self.target, self.runtime, self.d["from_version"])
-            remember_trial(self.target, self.d["from_version"], key, result)
+            result = trial_boot(self.target, self.runtime, self.d.from_version)
+            remember_trial(self.target, self.d.from_version, key, result)
             trial = result.to_dict()
-            notes.append(f"{self.d['from_version']} on the new brain: {result.reason}")
+            notes.append(f"{self.d.from_version} on the new brain: {result.reason}")
         return {"staged": staged, "trial": trial, "detail": "; ".join(notes) or "staged"}
 
     def record(self) -> dict[str, Any]:
         """The history line, and the watch window's state."""
         History(self.target.state_dir).append(self._change("ok"))
         atomic_write_json(watch_state(self.target), {
-            "deployment": self.target.deployment, "version": self.d["to_version"],
-            "previous": self.d["from_version"], "switched_at": self.facts["switched_at"],
-            "until": self.facts["switched_at"] + self.d["watch_s"], "evals": self.facts.get("evals"),
+            "deployment": self.target.deployment, "version": self.d.to_version,
+            "previous": self.d.from_version, "switched_at": self.facts["switched_at"],
+            "until": self.facts["switched_at"] + self.d.watch_s, "evals": self.facts.get("evals"),
             "staged": self.facts.get("staged"), "restore_point": self.facts["restore_point"]})
         return {}
 
     def _change(self, outcome: str, detail: str = "") -> Change:
         final = self.facts.get("snapshot_final") or {}
-        return Change(deployment=self.target.deployment, kind="upgrade", from_version=self.d["from_version"],
-                      to_version=self.d["to_version"], outcome=outcome,
+        return Change(deployment=self.target.deployment, kind="upgrade", from_version=self.d.from_version,
+                      to_version=self.d.to_version, outcome=outcome,
                       schema_before={"head": final["schema_stamp"].get("head")} if final else None,
                       schema_after=self.facts.get("schema_after"), snapshot_before=final.get("id"),
                       drain=self.facts.get("drain"), health=self.facts.get("start"), detail=self.redactor.text(detail),
-                      forced=bool(self.d.get("forced")))
+                      forced=self.d.forced)
 
     # -- running it ----------------------------------------------------------------------------
 
@@ -256,16 +257,16 @@ class UpgradeRun:
         """Back to the previous version at once; the upgrade's journal stays until the rollback's exists."""
         final = self.facts.get("snapshot_final") or self.facts.get("snapshot_online") or {}
         rollback = rollback_now(self.target, self.runtime, RollbackRequest(
-            to_version=self.d["from_version"], snapshot_id=final.get("id"), from_version=self.d["to_version"],
-            reason=f"the upgrade to {self.d['to_version']} failed: {why}"), on_rollback, self.progress)
+            to_version=self.d.from_version, snapshot_id=final.get("id"), from_version=self.d.to_version,
+            reason=f"the upgrade to {self.d.to_version} failed: {why}"), on_rollback, self.progress)
         self.journal.finish()
         outcome = "rolled-back" if rollback["result"]["outcome"] == "rolled-back" else "failed"
         return self.result(outcome, why, rollback)
 
     def result(self, outcome: str, why: str, rollback: dict[str, Any] | None = None) -> dict[str, Any]:
         """The upgrade's result as JSON."""
-        return {"outcome": outcome, "why": why, "from_version": self.d["from_version"],
-                "to_version": self.d["to_version"], "timings": {e["step"]: e["seconds"] for e in timeline(self.journal)},
+        return {"outcome": outcome, "why": why, "from_version": self.d.from_version,
+                "to_version": self.d.to_version, "timings": {e["step"]: e["seconds"] for e in timeline(self.journal)},
                 "restore_point": self.facts.get("restore_point"), "snapshot_final": self.facts.get("snapshot_final"),
                 "drain": self.facts.get("drain"), "evals": self.facts.get("evals"), "staged": self.facts.get("staged"),
                 "trial": self.facts.get("trial"), "rollback": rollback["result"] if rollback else None,
