@@ -31,8 +31,6 @@ def _status(dep: Deployment) -> dict:
     return doc
 
 
-@pytest.mark.xfail(strict=True, reason="switch proves the target starts (trial boot) before stopping anything: "
-                                       "pre-flight trial boot in progress")
 def test_switch_back_below_a_forward_only_migration_is_refused_and_production_keeps_serving(dep: Deployment) -> None:
     """Found by the scenarios: switch 2.3.1 -> switch 2.4.0 -> switch 2.3.1 exits 1 with nothing serving."""
     assert dep.run("switch", "2.4.0", "--yes", "--json").code == 0  # migrates the brain forward (head 4)

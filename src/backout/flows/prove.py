@@ -48,7 +48,9 @@ class Proof:
 
 def prove_target(target: Target, runtime: Runtime, version: str, force: bool = False,
                  something_runs: bool = True) -> Proof:
-    """Proof that `version` may run and starts, or TargetRefused (with --force: what was let through)."""
+    """Proof that `version` may run and starts on this brain, or TargetRefused (with --force: what was let
+    through). The availability check proves the version exists; a trial boot, where one is possible,
+    proves it starts on the brain as it is (an older version may refuse a brain migrated forward)."""
     forced: list[str] = []
     judged = Ledger(target).standing(version)
     if judged.standing == "bad":
@@ -62,29 +64,34 @@ def prove_target(target: Target, runtime: Runtime, version: str, force: bool = F
             raise TargetRefused(f"version {version} is not available: {available.detail}")
         forced.append(f"not available: {available.detail}")
         return Proof("NOT proven (--force)", forced)
-    if available.proven or not something_runs:
+    if not something_runs:
         return Proof(available.detail, forced)
-    return _trial(target, runtime, version, force, forced)
+    why_not = trial_possible(target)
+    if why_not is None:
+        return _trial(target, runtime, version, force, forced)
+    if available.proven:
+        return Proof(f"{available.detail} (no trial boot: {why_not})", forced)
+    if not force:
+        raise TargetRefused(f"cannot prove that {version} starts before stopping what runs: the runtime has no "
+                            f"availability check (set `check` in backout.toml) and no trial boot is possible "
+                            f"({why_not}); pass --force to switch without proof")
+    forced.append(f"not proven: {why_not}")
+    return Proof("NOT proven (--force)", forced)
 
 
 def _trial(target: Target, runtime: Runtime, version: str, force: bool, forced: list[str]) -> Proof:
-    """The proof by a trial boot on a throwaway copy of the brain."""
-    why_not = trial_possible(target)
-    if why_not:
-        if not force:
-            raise TargetRefused(f"cannot prove that {version} starts before stopping what runs: the runtime has no "
-                                f"availability check (set `check` in backout.toml) and no trial boot is possible "
-                                f"({why_not}); pass --force to switch without proof")
-        forced.append(f"not proven: {why_not}")
-        return Proof("NOT proven (--force)", forced)
+    """The proof by a trial boot on a throwaway copy of the brain (its schema alone, for a big one)."""
     key = schema_key(target.brain)
     trial = cached_trial(target, version, key)
     if trial is None:
-        trial = trial_boot(target, runtime, version)
-        remember_trial(target, version, key, trial, Redactor(secrets_of(target.require_settings())).obj)
+        trial = trial_boot(target, runtime, version, skeleton_enough=True)
+        if not (trial.skeleton and trial.healthy):  # a pass on the schema alone is no pass for a rollback
+            remember_trial(target, version, key, trial, Redactor(secrets_of(target.require_settings())).obj)
     if not trial.healthy:
         if not force:
-            raise TargetRefused(f"{version} does not start: a trial boot on a copy of the brain {trial.reason}",
+            hint = (f"; if the brain must go back too, `backout rollback --to {version}` restores it"
+                    if trial.refused else "")
+            raise TargetRefused(f"{version} does not start: a trial boot on a copy of the brain {trial.reason}{hint}",
                                 trial.log_tail)
         forced.append(f"the trial boot failed: {trial.reason}")
     return Proof(f"a trial boot on a copy of the brain: {trial.reason} ({trial.how})", forced, trial.to_dict())

@@ -50,11 +50,13 @@ class TrialResult:
     log_tail: list[str] = field(default_factory=list)
     at: str | None = None  # when it ran, for cached results
     refused: bool = False  # the version itself refused the brain or died: a verdict on the brain, worth keeping
+    skeleton: bool = False  # ran on the brain's schema and small tables only, not on a whole copy
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         return {"healthy": self.healthy, "reason": self.reason, "seconds": round(self.seconds, 3), "how": self.how,
-                "health": self.health, "smoke": self.smoke, "log_tail": self.log_tail, "refused": self.refused}
+                "health": self.health, "smoke": self.smoke, "log_tail": self.log_tail, "refused": self.refused,
+                "skeleton": self.skeleton}
 
 
 SKELETON_ABOVE_BYTES = 64 * 2**20  # smaller brains are copied whole at once
@@ -160,11 +162,12 @@ def _port_variable(settings: Deployment) -> str | None:
     return matches[0] if len(matches) == 1 else None
 
 
-def trial_boot(target: Target, runtime: Runtime, version: str) -> TrialResult:
+def trial_boot(target: Target, runtime: Runtime, version: str, skeleton_enough: bool = False) -> TrialResult:
     """Start `version` on a copy of the current brain, check health and the smoke request, clean up.
 
     A big brain is tried first on its skeleton (schema and small tables): a refusal there is final,
-    and saves copying the whole brain; only a pass is repeated on a full copy."""
+    and saves copying the whole brain; only a pass is repeated on a full copy (unless
+    `skeleton_enough`: a pre-flight only asks whether the version starts on this schema)."""
     why_not = trial_possible(target)
     if why_not:
         raise ConfigError(f"a trial boot is not possible: {why_not}")
@@ -173,7 +176,7 @@ def trial_boot(target: Target, runtime: Runtime, version: str) -> TrialResult:
     with isolated():
         if target.brain.stat().st_size > SKELETON_ABOVE_BYTES:
             first = _guarded(target, runtime, version, skeleton=True)
-            if first.refused:
+            if first.refused or (skeleton_enough and first.healthy):
                 return first  # refused on the schema alone: it refuses the brain too
         return _guarded(target, runtime, version, skeleton=False)
 
@@ -231,6 +234,7 @@ def _trial_on(target: Target, runtime: Runtime, version: str, skeleton: bool) ->
             result = _trial_process(target, version, copy, port, url, folder, smoke=not skeleton)
         else:
             result = _trial_container(target, runtime, version, copy, port, url, folder, smoke=not skeleton)
+        result.skeleton = skeleton
         if skeleton:
             result.how = result.how.replace("a copy of the brain", "the brain's schema and small tables")
         return result
