@@ -248,6 +248,27 @@ def test_a_pending_restore_of_another_snapshot_is_refused(tmp_path: Path) -> Non
     assert _rows(brain) == 4
 
 
+def test_a_journal_with_the_earlier_step_names_is_resumed(tmp_path: Path) -> None:
+    """A restore journal written when its steps were named `stage` and `swap` (not `volume-stage`...), left by
+    a crash after the swap: the next run repeats neither (a second swap would refuse over the quarantine),
+    stops the service again and records the quarantine."""
+    folder, state = tmp_path / "vol", tmp_path / "state"
+    brain = _brain_folder(folder, 4)
+    snap = _volume(folder, state).snapshot({})
+    _more_rows(brain, 2)
+    crashed = _child("restore", str(folder), str(state), snap.id, fault="after:volume-swap")
+    assert crashed.returncode == -9
+    [path] = (state / "journals").glob("volume-restore-*.json")
+    journal = json.loads(path.read_text())
+    assert journal["done"] == ["volume-stage", "volume-swap"]
+    path.write_text(json.dumps({**journal, "done": ["stage", "swap"], "timeline": []}))
+    calls: list[str] = []
+    result = _volume(folder, state).restore(snap.id, Hooks(lambda: calls.append("stop"), lambda: calls.append("start")))
+    assert result.steps == ["record"] and calls == ["stop", "start"] and _rows(brain) == 4
+    assert json.loads((Path(result.quarantined_volume or "") / "quarantine.json").read_text())["replaced_by_snapshot"] \
+        == snap.id
+
+
 def test_a_mount_point_gets_its_contents_swapped(tmp_path: Path) -> None:
     """Real bind mount (PATH on itself) in a private mount namespace, as a docker volume is mounted:
     the directory cannot be renamed, so its contents are; a crash inside the swap is resumed."""

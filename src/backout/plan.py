@@ -3,8 +3,10 @@
 A flow (rollback, upgrade, drill) decides first and builds a Plan: each Step says in words what it
 does, the exact commands it runs and the files it touches. `--dry-run` prints the plan; otherwise
 `execute` runs the steps not yet done, marking each in the journal as it completes, so a run killed
-at any point resumes at the first unfinished step and never repeats a finished one.
-`BACKOUT_FAULT_AT=before:<step>|after:<step>` kills the process there (tests prove `--resume`).
+at any point resumes at the first unfinished step and never repeats a finished one. Every journaled
+operation runs through `execute`: upgrade, rollback, snapshot restore and the volume providers' restores.
+`BACKOUT_FAULT_AT=before:<step>|after:<step>` kills the process there (tests prove `--resume`); the
+names of every fault point are listed in one place, the docstring of `backout.journal`.
 
 A step's commands are the very `Command` objects its action carries out (runtimes, volume providers
 and the brain restore build them once, for the plan and for the run); the timeline records, per
@@ -15,13 +17,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-from backout.commands import EXEC, SPAWN, Command, recording
+from backout.commands import EXEC, SPAWN, Command, note, recording
 from backout.history import now_iso
 from backout.journal import Journal, fault_point
 
-__all__ = ["Command", "Plan", "Step", "StepFailed", "execute", "performed_commands", "timeline"]
+__all__ = ["Command", "Plan", "Step", "StepFailed", "execute", "failed_step", "performed_commands", "performing",
+           "steps_of", "timeline"]
 
 StepAction = Callable[[], dict[str, Any] | None]
 
@@ -35,6 +38,7 @@ class Step:
     commands: list[Command] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     action: StepAction | None = None  # returns facts to keep in the journal
+    always: bool = False  # run on every run, a resumed one too, and never marked done (e.g. stopping a service)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (without the action)."""
@@ -72,6 +76,27 @@ class StepFailed(Exception):
         self.facts = facts or {}
 
 
+def performing(commands: list[Command], action: Callable[[], object]) -> StepAction:
+    """A step's action for commands carried out in-process or by API calls: each is noted as performed, then
+    `action` does what they describe; the facts it returns, when a dict, are kept in the journal."""
+    def act() -> dict[str, Any] | None:
+        for command in commands:
+            note(command)
+        facts = action()
+        return facts if isinstance(facts, dict) else None
+
+    return act
+
+
+def steps_of(titles: Mapping[str, str], commands: Mapping[str, list[Command]],
+             actions: Mapping[str, Callable[[], object]] | None = None, prefix: str = "") -> list[Step]:
+    """A step per title, named `prefix + name`, with its commands; with `actions` (by name) each is carried out
+    `performing` its commands, without them the steps only show what would run."""
+    return [Step(prefix + name, title, commands.get(name, []),
+                 action=performing(commands.get(name, []), actions[name]) if actions else None)
+            for name, title in titles.items()]
+
+
 def timeline(journal: Journal) -> list[dict[str, Any]]:
     """The steps run so far, with their times and outcomes, oldest first."""
     entries: list[dict[str, Any]] = journal.data.setdefault("timeline", [])
@@ -90,10 +115,17 @@ def performed_commands(journal: Journal) -> dict[str, list[dict[str, Any]]]:
     return {str(entry["step"]): list(entry.get("commands", [])) for entry in timeline(journal)}
 
 
+def failed_step(journal: Journal) -> str | None:
+    """The step whose failure ended the last run, from the timeline (None when the last step ended well)."""
+    entries = timeline(journal)
+    return str(entries[-1]["step"]) if entries and entries[-1]["outcome"] != "ok" else None
+
+
 def execute(plan: Plan, journal: Journal, on_step: Callable[[Step, str], None] | None = None) -> None:
-    """Run every step the journal has not marked done, in order; StepFailed or any error stops the run."""
+    """Run every step the journal has not marked done (and every `always` step), in order; StepFailed or any
+    error stops the run."""
     for step in plan.steps:
-        if journal.done(step.name) or step.action is None:
+        if step.action is None or (journal.done(step.name) and not step.always):
             continue
         fault_point(f"before:{step.name}")
         if on_step:
@@ -112,7 +144,10 @@ def execute(plan: Plan, journal: Journal, on_step: Callable[[Step, str], None] |
                 journal.save()
                 raise
         _record(journal, step, started, time.monotonic() - clock, "ok", str(facts.pop("detail", "")), performed)
-        journal.mark(step.name, **facts)
+        if step.always:
+            journal.remember(**facts)
+        else:
+            journal.mark(step.name, **facts)
         if on_step:
             on_step(step, "done")
         fault_point(f"after:{step.name}")

@@ -18,7 +18,6 @@ target, beside which SQLite keeps the sidecars; the link stays.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import re
@@ -33,17 +32,24 @@ from backout.brain.liveness import lock_holders
 from backout.brain.manifest import Manifest, SnapshotError, SnapshotStore, same_brain, utcnow
 from backout.brain.snapshot import SIDE_CARS, brain_file, verify_snapshot
 from backout.brain.tables import connect_readonly
-from backout.commands import Command, note
+from backout.commands import Command
 from backout.fsutil import (copy_fd, create_private, describe_os_error, ensure_private_dir, free_bytes,
                             fsync_dir, sha256_file, atomic_write_json)
 from backout.errors import EXIT_ENVIRONMENT, EXIT_REFUSED
 from backout.journal import Journal, fault_point
+from backout.plan import Plan, execute, steps_of
 from backout.progress import NO_PROGRESS, Progress
 
 __all__ = ["RestoreRequest", "RestoreResult", "restore_snapshot", "stage_snapshot", "staged_path", "newest_passing",
-           "pending_restore", "restore_journals", "checkpoint_wal", "restore_commands", "restore_journal_path"]
+           "pending_restore", "restore_journals", "checkpoint_wal", "restore_commands", "restore_journal_path",
+           "restore_plan"]
 
-STEPS = ("stage", "checkpoint", "quarantine", "swap")
+STEPS = {
+    "stage": "Copy the snapshot beside the brain, hashing it meanwhile; fsync; check the copy",
+    "checkpoint": "Fold the current brain's WAL into it, so nothing of it lives only in a sidecar",
+    "quarantine": "Keep the current brain (and any sidecars) in quarantine: hard links, never a move",
+    "swap": "Drop the live sidecars (kept in quarantine), rename the staged copy over the brain",
+}
 
 
 @dataclass(frozen=True)
@@ -82,11 +88,6 @@ def staged_path(brain: Path, snapshot_id: str) -> Path:
     return brain.with_name(f".{brain.name}.restore-{snapshot_id}.tmp")
 
 
-def _journal_path(state_dir: Path, brain: Path) -> Path:
-    key = hashlib.sha256(str(brain_file(brain)).encode()).hexdigest()[:12]
-    return state_dir / "journals" / f"restore-{key}.json"
-
-
 def restore_journals(state_dir: Path) -> list[Path]:
     """Journals of every unfinished restore (of any brain) kept in `state_dir`."""
     folder = state_dir / "journals"
@@ -95,12 +96,12 @@ def restore_journals(state_dir: Path) -> list[Path]:
 
 def pending_restore(state_dir: Path, brain: Path) -> bool:
     """True when an interrupted restore over `brain` has left its journal (finish it first)."""
-    return _journal_path(state_dir, brain).exists()
+    return restore_journal_path(state_dir, brain).exists()
 
 
 def restore_journal_path(state_dir: Path, brain: Path) -> Path:
     """Where the journal of a restore over `brain` is kept (it exists only while a restore is unfinished)."""
-    return _journal_path(state_dir, brain)
+    return Journal.slot_path(state_dir, "restore", str(brain_file(brain)))
 
 
 def newest_passing(store: SnapshotStore, deployment: str, exclude: str | None = None,
@@ -376,18 +377,14 @@ def _check_restored(brain: Path) -> None:
 def restore_snapshot(req: RestoreRequest, progress: Progress = NO_PROGRESS) -> RestoreResult:
     """Restore `req.snapshot_id` over `req.brain`, resuming an interrupted run of the same restore."""
     req = replace(req, brain=brain_file(req.brain))  # a link stays; the file SQLite opens is replaced
-    path = _journal_path(req.state_dir, req.brain)
-    journal = Journal.open(path, {"kind": "restore", "snapshot": req.snapshot_id, "brain": str(req.brain),
-                                  "deployment": req.deployment, "reason": req.reason})
-    if not journal.data["done"] and journal.operation["snapshot"] != req.snapshot_id:
-        journal.finish()  # a restore that was refused before any step: nothing to resume
-        journal = Journal.open(path, {"kind": "restore", "snapshot": req.snapshot_id, "brain": str(req.brain),
-                                      "deployment": req.deployment, "reason": req.reason})
+    journal = Journal.for_slot(req.state_dir, "restore", str(req.brain), {
+        "kind": "restore", "snapshot": req.snapshot_id, "brain": str(req.brain), "deployment": req.deployment,
+        "reason": req.reason})
     resumed = bool(journal.data["done"])
     if journal.operation["snapshot"] != req.snapshot_id:
         raise SnapshotError(
             f"an interrupted restore of snapshot {journal.operation['snapshot']} over {req.brain} is pending; "
-            f"finish it first (backout snapshot restore {journal.operation['snapshot']}), journal: {path}",
+            f"finish it first (backout snapshot restore {journal.operation['snapshot']}), journal: {journal.path}",
             EXIT_REFUSED,
         )
     try:
@@ -420,17 +417,8 @@ def _run(req: RestoreRequest, journal: Journal, resumed: bool, progress: Progres
         "quarantine": lambda: _quarantine(req, qdir, manifest),
         "swap": lambda: _swap(req, staged, manifest, journal),
     }
-    commands = _step_commands(req)
-    for step in STEPS:
-        if journal.done(step):
-            continue
-        fault_point(f"before:{step}")
-        for command in commands[step]:
-            note(command)  # the commands restore_commands() shows, carried out by the action
-        actions[step]()
-        journal.mark(step)
-        result.steps.append(step)
-        fault_point(f"after:{step}")
+    execute(restore_plan(req, actions), journal,
+            lambda step, phase: result.steps.append(step.name) if phase == "done" else None)
     _check_restored(req.brain)
     result.quarantine = qdir if qdir.exists() else None
     journal.finish()
@@ -439,15 +427,16 @@ def _run(req: RestoreRequest, journal: Journal, resumed: bool, progress: Progres
 
 def restore_commands(req: RestoreRequest) -> list[Command]:
     """What a restore runs, step by step, as commands (for plans and dry-runs; the journal records the same)."""
-    return [command for step in STEPS for command in _step_commands(req)[step]]
+    return [command for step in restore_plan(req).steps for command in step.commands]
 
 
-def _step_commands(req: RestoreRequest) -> dict[str, list[Command]]:
+def restore_plan(req: RestoreRequest, actions: dict[str, Callable[[], object]] | None = None) -> Plan:
+    """A restore's steps with their commands; with `actions` (by step name), the code that carries each out."""
     target = brain_file(req.brain)  # a link stays: the file SQLite opens is what is replaced
     staged, brain = str(staged_path(target, req.snapshot_id)), str(target)
     sidecars = tuple(brain + suffix for suffix in SIDE_CARS)
     quarantine = f"{req.state_dir / 'quarantine'}/<time>-<reason>/"
-    return {
+    commands = {
         "stage": [Command(f"copy snapshot {req.snapshot_id} beside the brain, fsync, check its sha256 against the "
                           "manifest", ("cp", str(req.store.db_path(req.snapshot_id)), staged), files=(staged,),
                           kind="copy")],
@@ -462,3 +451,4 @@ def _step_commands(req: RestoreRequest) -> dict[str, list[Command]]:
                  Command("put the staged copy in place of the brain: one atomic rename", ("mv", "-T", staged, brain),
                          files=(brain,), kind="rename")],
     }
+    return Plan("restore", {"snapshot": req.snapshot_id, "brain": brain}, steps_of(STEPS, commands, actions))

@@ -12,9 +12,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from backout.errors import EXIT_ENVIRONMENT, BackoutError
+from backout.journal import Journal
+from backout.plan import Plan, Step, execute
 from backout.runtime.base import Command
 
-__all__ = ["Hooks", "VolumeError", "VolumeProvider", "VolumeRestore", "VolumeSnapshot"]
+__all__ = ["Hooks", "VolumeError", "VolumeProvider", "VolumeRestore", "VolumeSnapshot", "run_restore"]
 
 
 class VolumeError(BackoutError):
@@ -54,6 +56,15 @@ class VolumeRestore:
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         return asdict(self)
+
+
+def run_restore(plan: Plan, journal: Journal, result: VolumeRestore, prefix: str) -> None:
+    """Execute a restore's plan; each journaled step it runs now goes into `result.steps` without `prefix`."""
+    def done(step: Step, phase: str) -> None:
+        if phase == "done" and not step.always:
+            result.steps.append(step.name.removeprefix(prefix))
+
+    execute(plan, journal, done)
 
 
 @dataclass

@@ -14,13 +14,14 @@ after a crash reuses the volume it created and skips what is done):
            the old volume is attached again, its quarantine tags removed, the service started,
            and the restore raises saying so.
   start    hooks.start_service()
+The journal and the fault points name the steps `ebs-create` ... `ebs-attach`; `ebs-stop` (wait for the
+new volume, then hooks.stop_service()) runs on every run, a resumed one too.
 Credentials come from the AWS SDK's standard chain (environment, profile, instance role) only, and
 never appear in a message: AWS error texts are passed through a redaction of access-key ids.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -34,8 +35,9 @@ from backout.config import VolumeSettings
 from backout.errors import EXIT_ENVIRONMENT, EXIT_REFUSED, EXIT_USAGE
 from backout.journal import Journal, fault_point
 from backout.progress import NO_PROGRESS, Progress
-from backout.commands import Command, note
-from backout.volumes.base import Hooks, VolumeError, VolumeProvider, VolumeRestore, VolumeSnapshot
+from backout.commands import Command
+from backout.plan import Plan, Step, failed_step, steps_of
+from backout.volumes.base import Hooks, VolumeError, VolumeProvider, VolumeRestore, VolumeSnapshot, run_restore
 
 __all__ = ["EbsVolume", "LAZY_LOAD_WARNING", "initialize_file"]
 
@@ -47,7 +49,13 @@ _DENIED = {"UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "Cl
 _BAD_CREDENTIALS = {"AuthFailure", "InvalidClientTokenId", "UnrecognizedClientException", "ExpiredToken",
                     "RequestExpired", "SignatureDoesNotMatch"}
 _ACCESS_KEY = re.compile(r"\b(AKIA|ASIA|AIDA|AROA)[A-Z0-9]{12,}\b")
-_STEPS = ("create", "detach", "tag", "attach")
+_STEPS = {  # the restore's journaled steps (`ebs-<step>` in its journal and its fault points)
+    "create": "Create a volume from the snapshot in the current volume's zone; wait until it is available",
+    "detach": "Detach the current volume; wait until it is available",
+    "tag": "Tag the old volume as quarantine (kept, never deleted)",
+    "attach": "Attach the new volume at the same device (on failure the old one is attached again)",
+}
+_STEP = "ebs-"  # the prefix of the restore's step names
 _log = logging.getLogger(__name__)
 
 
@@ -233,8 +241,8 @@ class EbsVolume(VolumeProvider):
         """The aws CLI equivalents of a restore's API calls, with the real ids (the new volume's id is known only
         once it is made); the caller stops the service before the detach and starts it after."""
         snap, old = self._check(snapshot_id)
-        commands = self._commands(snapshot_id, self._facts_of(snap, old))
-        return [command for step in _STEPS for command in commands[step]]
+        return [command for step in self._plan(snapshot_id, self._facts_of(snap, old)).steps
+                for command in step.commands]
 
     @staticmethod
     def _facts_of(snap: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
@@ -295,25 +303,20 @@ class EbsVolume(VolumeProvider):
         return snap, old
 
     def _journal(self, snapshot_id: str) -> Journal:
-        key = hashlib.sha256(f"{self.settings.instance_id}:{self.settings.device}".encode()).hexdigest()[:12]
-        path = self.state_dir / "journals" / f"ebs-restore-{key}.json"
-        operation = {"kind": "ebs-restore", "snapshot": snapshot_id, "instance": self.settings.instance_id,
-                     "device": self.settings.device}
-        journal = Journal.open(path, operation)
-        if journal.operation["snapshot"] == snapshot_id:
-            return journal
-        if journal.data["done"]:
-            raise VolumeError(f"an interrupted restore of {journal.operation['snapshot']} at {self.settings.device} "
-                              f"of {self.settings.instance_id} is pending; finish it first, journal: {path}",
-                              EXIT_REFUSED)
-        journal.finish()
-        return Journal.open(path, operation)
+        s = self.settings
+        operation = {"kind": "ebs-restore", "snapshot": snapshot_id, "instance": s.instance_id, "device": s.device}
+        journal = Journal.for_slot(self.state_dir, "ebs-restore", f"{s.instance_id}:{s.device}", operation)
+        journal.rename_steps({step: _STEP + step for step in _STEPS})
+        if journal.operation["snapshot"] != snapshot_id:
+            raise VolumeError(f"an interrupted restore of {journal.operation['snapshot']} at {s.device} of "
+                              f"{s.instance_id} is pending; finish it first, journal: {journal.path}", EXIT_REFUSED)
+        return journal
 
     def restore(self, snapshot_id: str, hooks: Hooks) -> VolumeRestore:
         """Create a volume from the snapshot, stop, swap it in at the same device, start (old one kept, tagged)."""
         journal = self._journal(snapshot_id)
         try:
-            if not journal.done("create"):
+            if not journal.done(_STEP + "create"):
                 journal.remember(**self._facts_of(*self._check(snapshot_id)))
             result = self._run(snapshot_id, journal, hooks)
         except BaseException:
@@ -328,33 +331,35 @@ class EbsVolume(VolumeProvider):
     def _run(self, snapshot_id: str, journal: Journal, hooks: Hooks) -> VolumeRestore:
         facts = journal.facts
         result = VolumeRestore(snapshot_id, "", facts["old"])
-        commands = self._commands(snapshot_id, facts)
-        if not journal.done("create"):
-            fault_point("before:ebs-create")
-            for command in commands["create"]:
-                note(command)  # what plan_restore() shows, carried out by the API calls below
-            journal.mark("create", new=self._create(snapshot_id, journal, hooks))
-            result.steps.append("create")
-        new = str(facts["new"])
-        result.new_volume = new
-        self._wait_volume(new, "available", hooks, attached_ok=True)
-        hooks.progress(f"stopping the service to swap {facts['old']} for {new}")
-        hooks.stop_service()
-        steps: dict[str, Callable[[], None]] = {
+        plan = self._plan(snapshot_id, facts, {
+            "create": lambda: {"new": self._create(snapshot_id, journal, hooks)},
             "detach": lambda: self._detach(facts["old"], hooks),
-            "tag": lambda: self._tag_quarantine(facts["old"], new),
-            "attach": lambda: self._attach_or_put_back(new, facts["old"], journal, hooks)}
-        for step, action in steps.items():
-            if journal.done(step):
-                continue
-            fault_point(f"before:ebs-{step}")
-            for command in commands[step]:
-                note(command)
-            action()
-            journal.mark(step)
-            result.steps.append(step)
-        result.warnings += self._warnings(facts["old"], new)
+            "tag": lambda: self._tag_quarantine(facts["old"], str(facts["new"])),
+            "attach": lambda: self._attach(str(facts["new"]), hooks)})
+        plan.steps.insert(1, Step(_STEP + "stop", "Wait until the new volume is available, then stop the service "
+                                  "(every run: a resumed one finds it stopped, or stops it again)",
+                                  action=lambda: self._stop(str(facts["new"]), str(facts["old"]), hooks), always=True))
+        try:
+            run_restore(plan, journal, result, _STEP)
+        except VolumeError as exc:
+            if failed_step(journal) != _STEP + "attach":
+                raise
+            journal.finish()  # settled below, one way or the other: nothing to resume
+            raise self._put_back(str(facts["new"]), facts["old"], str(exc), hooks) from None
+        result.new_volume = str(facts["new"])
+        result.warnings += self._warnings(facts["old"], result.new_volume)
         return result
+
+    def _plan(self, snapshot_id: str, facts: dict[str, Any],
+              actions: dict[str, Callable[[], object]] | None = None) -> Plan:
+        """The journaled steps with their commands; with `actions` (by step), the API calls that carry each out."""
+        return Plan("ebs-restore", {"snapshot": snapshot_id, "old": facts["old"]},
+                    steps_of(_STEPS, self._commands(snapshot_id, facts), actions, _STEP))
+
+    def _stop(self, new: str, old: str, hooks: Hooks) -> None:
+        self._wait_volume(new, "available", hooks, attached_ok=True)
+        hooks.progress(f"stopping the service to swap {old} for {new}")
+        hooks.stop_service()
 
     def _create(self, snapshot_id: str, journal: Journal, hooks: Hooks) -> str:
         """A volume from the snapshot in the old one's zone; a crash right after the call finds it by its token."""
@@ -415,13 +420,6 @@ class EbsVolume(VolumeProvider):
                        InstanceId=self.settings.instance_id, Device=self.settings.device)
         fault_point("inside:ebs-attach")
         self._wait_volume(volume_id, "in-use", hooks)
-
-    def _attach_or_put_back(self, new: str, old: str, journal: Journal, hooks: Hooks) -> None:
-        try:
-            self._attach(new, hooks)
-        except VolumeError as exc:
-            journal.finish()  # settled below, one way or the other: nothing to resume
-            raise self._put_back(new, old, str(exc), hooks) from None
 
     def _put_back(self, new: str, old: str, why: str, hooks: Hooks) -> VolumeError:
         """The attach failed: the old volume back where it was, the service started, and the error to raise."""

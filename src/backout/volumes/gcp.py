@@ -12,15 +12,15 @@ same device name. If that attach fails, the old disk goes back and the service i
 disk now in place is remembered in the deployment's state folder, so later snapshots take the new disk.
 
 The restore is journaled in <state>/journals/gcp-restore-<key>.json: the new disk's name (fixed once,
-not from the clock on each run), the old disk and its device, and the steps done (create, detach,
-label, attach). Re-running the same restore after a crash reuses the disk it made, skips the detach
-when the old disk is no longer attached, labels the old disk once, and skips the attach when the new
-disk is already at the device; the journal goes away when the restore ends.
+not from the clock on each run), the old disk and its device, and the steps done (gcp-create,
+gcp-detach, gcp-label, gcp-attach; gcp-stop, between the first two, runs every time). Re-running the
+same restore after a crash reuses the disk it made, skips the detach when the old disk is no longer
+attached, labels the old disk once, and skips the attach when the new disk is already at the device;
+the journal goes away when the restore ends.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -42,7 +42,8 @@ from backout.errors import EXIT_REFUSED, EXIT_USAGE
 from backout.fsutil import atomic_write_json, ensure_private_dir
 from backout.history import deployment_state
 from backout.journal import Journal, fault_point
-from backout.commands import Command, note
+from backout.commands import Command
+from backout.plan import Plan, Step, execute, failed_step, steps_of
 from backout.volumes.base import Hooks, VolumeError, VolumeProvider, VolumeRestore, VolumeSnapshot
 
 __all__ = ["GcpClients", "GcpVolume", "is_local_endpoint", "label_key", "label_value", "labels_for",
@@ -455,32 +456,24 @@ class GcpVolume(VolumeProvider):
 
     def _journal(self, snapshot_id: str) -> Journal:
         """The restore's journal in the state folder: one per disk slot (project, zone, instance, disk)."""
-        where = f"{self.project}:{self.zone}:{self.instance}:{self.settings.disk}"
-        path = self.state_dir / "journals" / f"gcp-restore-{hashlib.sha256(where.encode()).hexdigest()[:12]}.json"
         operation = {"kind": "gcp-restore", "snapshot": snapshot_id, "project": self.project, "zone": self.zone,
                      "instance": self.instance, "disk": self.settings.disk}
-        journal = Journal.open(path, operation)
-        if journal.operation.get("snapshot") == snapshot_id:
-            return journal
-        if journal.data["done"]:
+        journal = Journal.for_slot(self.state_dir, "gcp-restore",
+                                   f"{self.project}:{self.zone}:{self.instance}:{self.settings.disk}", operation)
+        journal.rename_steps({step: _STEP + step for step in _STEPS})
+        if journal.operation.get("snapshot") != snapshot_id:
             raise VolumeError(f"an interrupted restore of {journal.operation.get('snapshot')} on instance "
-                              f"{self.instance} is pending; run it again to finish it first, journal: {path}",
+                              f"{self.instance} is pending; run it again to finish it first, journal: {journal.path}",
                               EXIT_REFUSED)
-        journal.finish()
-        return Journal.open(path, operation)
+        return journal
 
     def _restore(self, snapshot_id: str, hooks: Hooks) -> VolumeRestore:
         journal = self._journal(snapshot_id)
         resumed = "new" in journal.facts  # an earlier run fixed the names and may have changed things
         try:
-            if not journal.done("create"):
-                snap, old = self._check(snapshot_id, journal)
-                fault_point("before:gcp-create")
-                _note_step(journal, "create")
-                link = self._create_disk(str(journal.facts["new"]), snap, old, look_first=resumed)
-                journal.mark("create", new_link=link)
-                hooks.progress(f"created disk {journal.facts['new']} from {snapshot_id}")
-            done = self._swap(snapshot_id, journal, hooks, resumed)
+            checked = None if journal.done(_STEP + "create") else self._check(snapshot_id, journal)
+            plan = self._plan(snapshot_id, journal, hooks, resumed, checked)
+            done = self._run(snapshot_id, journal, plan, hooks)
         except BaseException:
             if not journal.data["done"]:
                 journal.finish()  # refused or failed before anything changed
@@ -571,48 +564,65 @@ class GcpVolume(VolumeProvider):
         return any(_relative(d.source) == _relative(link) and d.device_name == device
                    for d in self._get_instance().disks)
 
-    def _swap(self, snapshot_id: str, journal: Journal, hooks: Hooks, resumed: bool) -> VolumeRestore:
-        """Stop, detach the old disk, label it quarantine, attach the new one; put the old one back on failure.
-        Each step is journaled; a re-run (`resumed`) checks the real state before a step not marked done."""
+    def _plan(self, snapshot_id: str, journal: Journal, hooks: Hooks, resumed: bool,
+              checked: tuple[compute_v1.Snapshot, compute_v1.Disk] | None) -> Plan:
+        """The journaled steps, each with the command kept in the journal when the restore was checked, and the
+        service's stop (every run). A re-run (`resumed`) checks the real state before a step not marked done."""
         facts = journal.facts
-        new, old, old_link, device = str(facts["new"]), str(facts["old"]), str(facts["old_link"]), str(facts["device"])
-        like = compute_v1.AttachedDisk(device_name=device, mode=str(facts["mode"]))
-        done = VolumeRestore(snapshot_id, new, old, warnings=self._warnings(device))
-        done.steps.append(f"created disk {new} from snapshot {snapshot_id} in {self.zone}")
-        hooks.stop_service()
-        done.steps.append("service stopped")
-        if not journal.done("detach"):
-            fault_point("before:gcp-detach")
-            _note_step(journal, "detach")
-            try:
-                if not resumed or self._attached_at(old_link, device):
-                    self._detach(old, device)
-            except VolumeError:
-                hooks.start_service()  # the old disk is still attached
-                raise
-            fault_point("inside:gcp-detach")
-            journal.mark("detach")
-        done.steps.append(f"detached {old} (device {device})")
+        old, device, planned = str(facts["old"]), str(facts["device"]), facts.get("commands") or []
+        actions: dict[str, Callable[[], object]] = {
+            "create": lambda: self._create(snapshot_id, journal, hooks, resumed, checked),
+            "detach": lambda: self._detach_or_start(old, str(facts["old_link"]), device, hooks, resumed),
+            "label": lambda: self._set_labels(old, self._quarantine_labels(str(facts["new"]), str(facts["stamp"]))),
+            "attach": lambda: self._attach_new(facts, resumed)}
+        steps = steps_of(_STEPS, {name: [Command.from_dict(c)] for name, c in zip(_STEPS, planned)}, actions, _STEP)
+        steps.insert(1, Step(_STEP + "stop", "Stop the service (every run: a resumed one finds it stopped, or stops "
+                             "it again)", action=hooks.stop_service, always=True))
+        return Plan("gcp-restore", {"snapshot": snapshot_id, "old": old, "new": facts["new"]}, steps)
+
+    def _create(self, snapshot_id: str, journal: Journal, hooks: Hooks, resumed: bool,
+                checked: tuple[compute_v1.Snapshot, compute_v1.Disk] | None) -> dict[str, Any]:
+        """Create the new disk (a re-run reuses the one it made); its link is kept in the journal."""
+        assert checked is not None  # the restore is checked whenever the create is not done
+        new = str(journal.facts["new"])
+        link = self._create_disk(new, *checked, look_first=resumed)
+        hooks.progress(f"created disk {new} from {snapshot_id}")
+        return {"new_link": link}
+
+    def _detach_or_start(self, old: str, old_link: str, device: str, hooks: Hooks, resumed: bool) -> None:
+        """Detach the old disk (unless a re-run finds it detached); when that fails, start the service again."""
         try:
-            if not journal.done("label"):
-                fault_point("before:gcp-label")
-                _note_step(journal, "label")
-                self._set_labels(old, self._quarantine_labels(new, str(facts["stamp"])))
-                journal.mark("label")
-            done.steps.append(f"labelled {old} backout-quarantine (kept, not deleted)")
-            if not journal.done("attach"):
-                fault_point("before:gcp-attach")
-                _note_step(journal, "attach")
-                if not (resumed and self._attached_at(str(facts["new_link"]), device)):
-                    self._attach(str(facts["new_link"]), like)
-                fault_point("inside:gcp-attach")
-                journal.mark("attach")
+            if not resumed or self._attached_at(old_link, device):
+                self._detach(old, device)
+        except VolumeError:
+            hooks.start_service()  # the old disk is still attached
+            raise
+        fault_point("inside:gcp-detach")
+
+    def _attach_new(self, facts: dict[str, Any], resumed: bool) -> None:
+        """Attach the new disk under the old one's device name (unless a re-run finds it there)."""
+        link, device = str(facts["new_link"]), str(facts["device"])
+        if not (resumed and self._attached_at(link, device)):
+            self._attach(link, compute_v1.AttachedDisk(device_name=device, mode=str(facts["mode"])))
+        fault_point("inside:gcp-attach")
+
+    def _run(self, snapshot_id: str, journal: Journal, plan: Plan, hooks: Hooks) -> VolumeRestore:
+        """Run the plan: create, stop, detach the old disk, label it quarantine, attach the new one; put the old
+        one back when the label or the attach fails."""
+        try:
+            execute(plan, journal)
         except VolumeError as exc:
-            labelled = journal.done("label")
+            if failed_step(journal) not in (_STEP + "label", _STEP + "attach"):
+                raise
+            labelled = journal.done(_STEP + "label")
             journal.finish()  # settled below, one way or the other: nothing to resume
-            self._put_back(old, old_link, like, labelled, done, hooks, exc)
-        done.steps.append(f"attached {new} as device {device}")
-        return done
+            self._put_back(exc, journal.facts, labelled, hooks)
+        facts = journal.facts
+        new, old, device = str(facts["new"]), str(facts["old"]), str(facts["device"])
+        return VolumeRestore(snapshot_id, new, old, warnings=self._warnings(device), steps=[
+            f"created disk {new} from snapshot {snapshot_id} in {self.zone}", "service stopped",
+            f"detached {old} (device {device})", f"labelled {old} backout-quarantine (kept, not deleted)",
+            f"attached {new} as device {device}"])
 
     def _quarantine_labels(self, new_disk: str, stamp: str) -> dict[str, str]:
         return {label_key("quarantine"): label_value(stamp), label_key("replaced-by"): label_value(new_disk)}
@@ -644,21 +654,21 @@ class GcpVolume(VolumeProvider):
                                                      zone_set_labels_request_resource=body)
         self._wait(op, what, "compute.disks.setLabels", self._deadline())
 
-    def _put_back(self, old: str, old_link: str, like: compute_v1.AttachedDisk, labelled: bool,
-                  done: VolumeRestore, hooks: Hooks, cause: VolumeError) -> NoReturn:
+    def _put_back(self, cause: VolumeError, facts: dict[str, Any], labelled: bool, hooks: Hooks) -> NoReturn:
         """Re-attach the old disk and start the service again, then raise; the new disk is kept."""
+        old, device = str(facts["old"]), str(facts["device"])
         try:
-            self._attach(old_link, like)
+            self._attach(str(facts["old_link"]), compute_v1.AttachedDisk(device_name=device, mode=str(facts["mode"])))
         except VolumeError as again:
             raise VolumeError(f"{cause}; putting the old disk {old} back failed too ({again}): the service "
                               f"is stopped; attach it by hand: `gcloud compute instances attach-disk {self.instance} "
-                              f"--disk={old} --device-name={like.device_name} --zone={self.zone} "
+                              f"--disk={old} --device-name={device} --zone={self.zone} "
                               f"--project={self.project}`, then start the service") from None
         if labelled:
             self._unlabel(old)
         hooks.start_service()
         raise VolumeError(f"{cause}; the old disk {old} is attached again and the service started; the new "
-                          f"disk {done.new_volume} is kept (delete it when you no longer need it)") from None
+                          f"disk {facts['new']} is kept (delete it when you no longer need it)") from None
 
     def _unlabel(self, disk: str) -> None:
         """Best effort: the old disk is in use again, so it is not in quarantine any more."""
@@ -679,14 +689,13 @@ def _tags_of(snap: compute_v1.Snapshot) -> dict[str, str]:
     return {k.removeprefix("backout-"): v for k, v in snap.labels.items() if k.startswith("backout-")}
 
 
-_STEPS = ("create", "detach", "label", "attach")  # the journal's steps, one command each, in order
-
-
-def _note_step(journal: Journal, step: str) -> None:
-    """Note the command planned for `step` (kept in the journal when the restore was checked) as performed."""
-    planned = journal.facts.get("commands")
-    if planned:
-        note(Command.from_dict(planned[_STEPS.index(step)]))
+_STEPS = {  # the restore's journaled steps, one command each, in order (`gcp-<step>` in its journal and fault points)
+    "create": "Create the new disk from the snapshot (type and size of the old one)",
+    "detach": "Detach the old disk from the instance",
+    "label": "Label the old disk quarantine (kept, never deleted)",
+    "attach": "Attach the new disk under the same device name (on failure the old one goes back)",
+}
+_STEP = "gcp-"  # the prefix of the restore's step names
 
 
 def restore_commands(project: str, zone: str, instance: str, disk: compute_v1.Disk, snapshot_id: str,

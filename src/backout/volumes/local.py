@@ -23,6 +23,8 @@ after a crash finishes it):
           inodes in the journal tell which folder is which, so every rename is done once).
   record  quarantine.json in the quarantine folder (nothing in quarantine is ever deleted)
   start   hooks.start_service()
+The journal and the fault points name the steps `volume-stage`, `volume-stop` (run on every run, a
+resumed one too), `volume-swap` and `volume-record`.
 A mount point (a bind-mounted volume) cannot be renamed: then the same happens to each top-level
 entry inside it, with the staging and quarantine folders inside the mount (`.backout-*`, so every
 rename stays on its filesystem); snapshots and swaps leave `.backout-*` entries alone. The old
@@ -32,7 +34,6 @@ restored brain never sits beside a sidecar of the displaced one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -48,8 +49,9 @@ from backout.config import VolumeSettings
 from backout.errors import EXIT_ENVIRONMENT, EXIT_REFUSED, EXIT_USAGE
 from backout.fsutil import atomic_write_json, describe_os_error, ensure_private_dir, free_bytes, fsync_dir
 from backout.journal import Journal, fault_point
-from backout.commands import Command, note
-from backout.volumes.base import Hooks, VolumeError, VolumeProvider, VolumeRestore, VolumeSnapshot
+from backout.commands import Command
+from backout.plan import Plan, Step, steps_of
+from backout.volumes.base import Hooks, VolumeError, VolumeProvider, VolumeRestore, VolumeSnapshot, run_restore
 from backout.volumes.tree import (Entry, SourceChanged, apply_owners, can_reflink, copy_tree, exchange,
                                   file_bytes, is_mount_point, scan_tree, verify_tree)
 
@@ -58,7 +60,12 @@ __all__ = ["LocalVolume"]
 FORMAT = "backout-volume-snapshot/1"
 INTERNAL = ".backout-"  # prefix of backout's own folders inside a mounted volume
 _ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$")
-_STEPS = ("stage", "swap", "record")
+_STEPS = {  # the restore's journaled steps (`volume-<step>` in its journal and its fault points)
+    "stage": "Copy the snapshot beside the directory, with the recorded modes and owners; verify the copy",
+    "swap": "Put the staged copy in place of the directory, the displaced data into quarantine",
+    "record": "Say in the quarantine what it holds, for people and for salvage",
+}
+_STEP = "volume-"  # the prefix of the restore's step names
 _log = logging.getLogger(__name__)
 
 
@@ -213,8 +220,7 @@ class LocalVolume(VolumeProvider):
         """Stage a copy beside the directory, swap it in (the displaced data to quarantine), record; the caller
         stops the service before the swap and starts it after."""
         manifest = self.manifest(snapshot_id)
-        commands = self._commands(manifest, is_mount_point(self.path))
-        return [command for step in _STEPS for command in commands[step]]
+        return [command for step in self._plan(manifest, is_mount_point(self.path)).steps for command in step.commands]
 
     def _commands(self, manifest: dict[str, Any], contents: bool) -> dict[str, list[Command]]:
         """Each step's commands; `<time>` is the moment of the swap, which names the quarantine."""
@@ -251,7 +257,7 @@ class LocalVolume(VolumeProvider):
         manifest = self.manifest(snapshot_id)
         journal = self._journal(snapshot_id)
         try:
-            if not journal.done("stage"):
+            if not journal.done(_STEP + "stage"):
                 self._preflight(manifest)
             result = self._run(manifest, journal, hooks)
         except OSError as exc:
@@ -266,22 +272,15 @@ class LocalVolume(VolumeProvider):
         hooks.start_service()
         return result
 
-    def _journal_path(self) -> Path:
-        key = hashlib.sha256(str(self.path).encode()).hexdigest()[:12]
-        return self.state_dir / "journals" / f"volume-restore-{key}.json"
-
     def _journal(self, snapshot_id: str) -> Journal:
-        path = self._journal_path()
         operation = {"kind": "volume-restore", "snapshot": snapshot_id, "path": str(self.path)}
-        journal = Journal.open(path, operation)
-        if journal.operation["snapshot"] == snapshot_id:
-            return journal
-        if journal.data["done"]:
+        journal = Journal.for_slot(self.state_dir, "volume-restore", str(self.path), operation)
+        journal.rename_steps({step: _STEP + step for step in _STEPS})
+        if journal.operation["snapshot"] != snapshot_id:
             raise VolumeError(f"an interrupted restore of {journal.operation['snapshot']} over {self.path} is "
                               f"pending; finish it first (restore {journal.operation['snapshot']} again), "
-                              f"journal: {path}", EXIT_REFUSED)
-        journal.finish()  # refused before any step: nothing to resume
-        return Journal.open(path, operation)
+                              f"journal: {journal.path}", EXIT_REFUSED)
+        return journal
 
     def _preflight(self, manifest: dict[str, Any]) -> None:
         """Refusals before anything is stopped: a snapshot that fails verification, no room to stage it."""
@@ -299,28 +298,29 @@ class LocalVolume(VolumeProvider):
     def _run(self, manifest: dict[str, Any], journal: Journal, hooks: Hooks) -> VolumeRestore:
         snapshot_id = manifest["id"]
         result = VolumeRestore(snapshot_id, str(self.path), None)
-        commands = self._commands(manifest, bool(journal.facts.get("contents", is_mount_point(self.path))))
         actions: dict[str, Callable[[], dict[str, Any]]] = {
             "stage": lambda: self._stage(manifest, hooks),
             "swap": lambda: self._swap(snapshot_id, journal),
             "record": lambda: self._record(snapshot_id, journal),
         }
-        for step in _STEPS:
-            if step == "swap":  # every run: a resumed one finds the service stopped, or stops it again
-                hooks.progress(f"stopping the service to put {snapshot_id} in place of {self.path}")
-                hooks.stop_service()
-            if journal.done(step):
-                continue
-            fault_point(f"before:volume-{step}")
-            for command in commands[step]:
-                note(command)  # what plan_restore() shows, carried out by the action
-            journal.mark(step, **actions[step]())
-            result.steps.append(step)
-            fault_point(f"after:volume-{step}")
+        plan = self._plan(manifest, bool(journal.facts.get("contents", is_mount_point(self.path))), actions)
+        plan.steps.insert(1, Step(_STEP + "stop", "Stop the service (every run: a resumed one finds it stopped, or "
+                                  "stops it again)", action=lambda: self._stop(snapshot_id, hooks), always=True))
+        run_restore(plan, journal, result, _STEP)
         quarantine = journal.facts.get("quarantine")
         result.quarantined_volume = quarantine if quarantine and Path(quarantine).exists() else None
         result.warnings += journal.facts.get("owner_problems", [])
         return result
+
+    def _plan(self, manifest: dict[str, Any], contents: bool,
+              actions: dict[str, Callable[[], dict[str, Any]]] | None = None) -> Plan:
+        """The journaled steps with their commands; with `actions` (by step), the code that carries each out."""
+        return Plan("volume-restore", {"snapshot": manifest["id"], "path": str(self.path)},
+                    steps_of(_STEPS, self._commands(manifest, contents), actions, _STEP))
+
+    def _stop(self, snapshot_id: str, hooks: Hooks) -> None:
+        hooks.progress(f"stopping the service to put {snapshot_id} in place of {self.path}")
+        hooks.stop_service()
 
     def _stage(self, manifest: dict[str, Any], hooks: Hooks) -> dict[str, Any]:
         """Copy the snapshot beside the directory, with the recorded modes and owners, and verify the copy."""
