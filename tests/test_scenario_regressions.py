@@ -40,3 +40,15 @@ def test_switch_back_below_a_forward_only_migration_is_refused_and_production_ke
     assert ran.code == 3 and "nothing was stopped" in ran.err, ran.brief()
     assert state["running"]["version"] == "2.4.0" and state["health"]["ok"]
     assert acked <= episode_ids(dep.brain)
+
+
+@pytest.mark.xfail(strict=True, reason="switch proves the target starts (trial boot) before stopping anything: "
+                                       "pre-flight trial boot in progress")
+@pytest.mark.parametrize("build", ["2.4.0-crash", "2.4.0-health"])
+def test_switch_to_a_build_that_never_becomes_healthy_is_refused_and_production_keeps_serving(
+        dep: Deployment, build: str) -> None:
+    """Found by the scenarios: switch 2.3.1 -> switch 2.4.0-crash exits 1 after draining 2.3.1; nothing serves."""
+    ran = dep.run("switch", build, "--yes", "--json")
+    state = _status(dep)
+    assert ran.code == 3 and "nothing was stopped" in ran.err, ran.brief()
+    assert state["running"]["version"] == "2.3.1" and state["health"]["ok"]

@@ -291,6 +291,11 @@ class OperatorScenarios(RuleBasedStateMachine):
             return []
 
         self.expect.append(check)
+        then = data.draw(st.sampled_from(("finish", "abandon", "later")), label="then")
+        if then != "later":  # the operator acts at once: check the crashed state, then finish or abandon
+            self.invariants_hold()
+            if self.before().pending:
+                self.finish_pending(then)
 
     @precondition(lambda self: self.obs is not None and bool(self.obs.pending))
     @rule(how=st.sampled_from(("finish", "abandon")))
