@@ -42,8 +42,6 @@ def test_switch_back_below_a_forward_only_migration_is_refused_and_production_ke
     assert acked <= episode_ids(dep.brain)
 
 
-@pytest.mark.xfail(strict=True, reason="switch proves the target starts (trial boot) before stopping anything: "
-                                       "pre-flight trial boot in progress")
 @pytest.mark.parametrize("build", ["2.4.0-crash", "2.4.0-health"])
 def test_switch_to_a_build_that_never_becomes_healthy_is_refused_and_production_keeps_serving(
         dep: Deployment, build: str) -> None:
