@@ -323,8 +323,8 @@ print(json.dumps(provider.restore(snapshot, Hooks(lambda: None, lambda: None)).t
 """
 
 
-@pytest.mark.parametrize("point", ["before:ebs-create", "inside:ebs-create", "before:ebs-detach", "before:ebs-tag", "before:ebs-attach",
-                                   "inside:ebs-attach"])
+@pytest.mark.parametrize("point", ["before:ebs-create", "inside:ebs-create", "before:ebs-stop", "before:ebs-detach",
+                                   "before:ebs-tag", "before:ebs-attach", "inside:ebs-attach", "after:ebs-attach"])
 def test_kill_9_during_a_restore_then_rerun_finishes_it_with_one_new_volume(moto_url: str, ec2: Any, tmp_path: Path,
                                                                              point: str) -> None:
     """Real: a child process restoring against moto over HTTP is SIGKILLed at a named point

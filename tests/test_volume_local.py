@@ -26,7 +26,7 @@ from backout.volumes.factory import volume_for
 from backout.volumes.local import LocalVolume
 
 CHILD = Path(__file__).with_name("volume_child.py")
-SWAP_POINTS = [f"{when}:volume-{step}" for step in ("stage", "swap", "record") for when in ("before", "after")] \
+SWAP_POINTS = [f"{when}:volume-{step}" for step in ("stage", "stop", "swap", "record") for when in ("before", "after")] \
     + ["inside:volume-swap"]
 
 
