@@ -26,7 +26,6 @@ from backout.flows.check import base_url
 from backout.flows.drill_setup import BREAKS, Staging
 from backout.flows.drill_traffic import TrafficRecorder, burst
 from backout.flows.paths import rollback_journal
-from backout.ledger import Ledger
 from backout.signals.health import probe
 
 __all__ = ["Drill"]
@@ -114,11 +113,11 @@ class Drill:
 
     def upgrade_and_rollback(self) -> dict[str, Any] | None:
         """`backout upgrade BROKEN`: its watch window detects the failure and rolls back."""
-        # A drill upgrades to a broken build on purpose: an earlier drill left it judged bad on this staging.
-        again = ["--force"] if Ledger(self.target).standing(self.broken).standing == "bad" else []
+        # A drill upgrades to a broken build on purpose: --force takes it past the proof before the stop (a build
+        # that dies at boot is refused there) and past the judgement an earlier drill left on this staging.
         argv = [sys.executable, "-m", "backout", "upgrade", self.broken, "--yes", "--json", "--watch",
                 f"{self.watch_s:g}s", "--config", str(self.staging.config), "--deployment", self.target.deployment,
-                *again]
+                "--force"]
         child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                  env=self._env(fault=True))
         watchdog = threading.Timer(self.watch_s + 600, child.kill)  # a hung upgrade must not hang the drill

@@ -28,7 +28,7 @@ from backout.flows.switch import moved_on, brain_stamp, drain_facts, start_until
 from backout.fsutil import atomic_write_json, free_bytes
 from backout.history import Change, History, RestorePoint, config_hash, deployment_state, save_restore_point
 from backout.journal import Journal
-from backout.plan import Command, Plan, Step, execute, performed_commands, timeline
+from backout.plan import Command, Plan, Step, execute, failed_step, performed_commands, timeline
 from backout.progress import NO_PROGRESS, Progress
 from backout.runtime.base import Runtime
 from backout.runtime.trial import remember_trial, schema_key, trial_boot, trial_commands, trial_possible
@@ -238,7 +238,7 @@ class UpgradeRun:
         try:
             execute(self.plan(), self.journal, on_step)
         except Exception as exc:
-            failed = self._failed_step()
+            failed = failed_step(self.journal)
             History(self.target.state_dir).append(self._change("failed", str(exc)))
             if failed not in _ROLL_BACK_WHEN_FAILING:
                 if failed in ("baseline", "snapshot-online"):
@@ -248,10 +248,6 @@ class UpgradeRun:
             return self._roll_back(str(exc), on_rollback)
         self.journal.finish()
         return self.result("watching", "")
-
-    def _failed_step(self) -> str | None:
-        entries = timeline(self.journal)
-        return str(entries[-1]["step"]) if entries and entries[-1]["outcome"] != "ok" else None
 
     def _roll_back(self, why: str, on_rollback: Callable[[Step, str], None] | None) -> dict[str, Any]:
         """Back to the previous version at once; the upgrade's journal stays until the rollback's exists."""
