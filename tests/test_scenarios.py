@@ -136,12 +136,17 @@ class OperatorScenarios(RuleBasedStateMachine):
 
     # -- rules -------------------------------------------------------------------------------------
 
-    @initialize(version=st.sampled_from(("2.3.0", "2.3.1")), n=st.integers(1, 4))
-    def start(self, version: str, n: int) -> None:
-        """Start a good version and send a few turns."""
+    @initialize(version=st.sampled_from(("2.3.0", "2.3.1")), n=st.integers(1, 4),
+                upgraded_to=st.sampled_from((None, "2.4.0", "2.4.1")))
+    def start(self, version: str, n: int, upgraded_to: str | None) -> None:
+        """Start a good version and send a few turns; maybe upgrade at once (a restore point to go back to)."""
         ran = self.cmd("switch", version, "--yes", "--json")
         assert ran.code == 0, ran.brief()
         self.traffic(n)
+        if upgraded_to:
+            ran = self.cmd("upgrade", upgraded_to, "--yes", "--json", "--watch", "0")
+            assert ran.code == 0, ran.brief()
+            self.traffic(n)
 
     @rule(n=st.integers(1, 6))
     def send_turns(self, n: int) -> None:
@@ -155,7 +160,7 @@ class OperatorScenarios(RuleBasedStateMachine):
         ran = self.cmd("switch", version, "--yes", "--json", traffic=traffic)
         self.expect_moved_or_kept(ran, version, before)
 
-    @rule(version=st.sampled_from(VERSIONS), traffic=st.booleans())
+    @rule(version=st.one_of(st.sampled_from(GOOD), st.sampled_from(VERSIONS)), traffic=st.booleans())
     def upgrade(self, version: str, traffic: bool) -> None:
         """`backout upgrade VERSION --watch 2s`: promoted, rolled back by itself, or refused."""
         before = self.before()
@@ -181,6 +186,7 @@ class OperatorScenarios(RuleBasedStateMachine):
         self.expect_moved_or_kept(ran, extra[-1] if extra else "", before)
         self.learn_from(ran, before)
 
+    @precondition(lambda self: self.obs is not None and self.obs.running is not None)
     @rule()
     def stop(self) -> None:
         """`backout stop`: drained; every acknowledged turn is in the brain."""
@@ -303,10 +309,12 @@ class OperatorScenarios(RuleBasedStateMachine):
         """Run the command `status` prints to finish (`--resume`) or abandon an interrupted operation."""
         before = self.before()
         item = before.pending[0]
+        if not item.get(how):  # a restore is finished by running it again; it need not offer an abandon
+            how = "abandon" if how == "finish" else "finish"
         command = item.get(how)
         if not command:
             self.expect.append(lambda _obs: [f"`status` lists a pending {item.get('kind')} without a command "
-                                             f"to {how} it: {item}"])
+                                             f"that finishes or abandons it: {item}"])
             return
         self.step += 1
         STATS.steps += 1
