@@ -228,13 +228,13 @@ class Deployment:
             code, out, err = -999, _text(exc.stdout), _text(exc.stderr) + f"\n(timed out after {timeout}s)"
         return Ran(list(args), code, out, err, time.monotonic() - started, fault)
 
-    def run_printed(self, command: str) -> Ran:
+    def run_printed(self, command: str, json_output: bool = False) -> Ran:
         """Run a command exactly as backout printed it (`backout ...`), confirming with --yes."""
         import shlex
 
         words = shlex.split(command)
         assert words and words[0] == "backout", command
-        return self.run(*words[1:], "--yes")
+        return self.run(*words[1:], "--yes", *(("--json",) if json_output else ()))
 
     def observe(self) -> Observation:
         """status, rollback --dry-run and snapshot list, run side by side (all read-only)."""

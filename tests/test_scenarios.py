@@ -63,6 +63,7 @@ class OperatorScenarios(RuleBasedStateMachine):
         self.obs: Observation | None = None
         self.expect: list[Callable[[Observation], list[str]]] = []
         self.step = 0
+        self.crashed_from: str | None = None
         self.started = time.monotonic()
         STATS.scenarios += 1
 
@@ -284,6 +285,7 @@ class OperatorScenarios(RuleBasedStateMachine):
         ran = self.cmd(*args, fault=point, label=f"crash {kind}")
         if ran.code == -9:
             STATS.crashes_injected += 1
+            self.crashed_from = before.running
         else:
             self.expect_moved_or_kept(ran, "", before)
             self.learn_from(ran, before)
@@ -318,7 +320,7 @@ class OperatorScenarios(RuleBasedStateMachine):
             return
         self.step += 1
         STATS.steps += 1
-        ran = self.dep.run_printed(command)
+        ran = self.dep.run_printed(command, json_output=True)
         self.model.transcript.append(ran.brief() + f" (as printed by status: {command})")
         self.model.outputs.append(ran.out + "\n" + ran.err)
         STATS.paths[f"{how} {item.get('kind')}:{ran.code}"] += 1
@@ -341,8 +343,10 @@ class OperatorScenarios(RuleBasedStateMachine):
     def learn_from(self, ran: Ran, before: Observation) -> None:
         """A version rolled back from is judged bad: after `rollback`, and after an upgrade's own rollback."""
         if ran.argv[:1] == ["rollback"] and ran.code == 0:
-            result = (ran.doc() or {}).get("result") or {}
-            gone = result.get("from_version") or before.running
+            doc = ran.doc()
+            result = (doc.get("result") or {}) if isinstance(doc, dict) else {}
+            # a resumed rollback left from what ran when the killed one started, not from what runs now
+            gone = result.get("from_version") or (self.crashed_from if "--resume" in ran.argv else before.running)
             if gone and result.get("outcome", "rolled-back") == "rolled-back":
                 self.model.bad.add(gone)
         for event in ran.events():
