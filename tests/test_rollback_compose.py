@@ -99,7 +99,9 @@ def test_compose_upgrade_promoted_then_a_broken_build_rolled_back(project, docke
 
     out = backout("upgrade", "2.4.1", "--dry-run", *cfg, env=docker_env)
     assert out.returncode == 0 and "2.4.0 -> 2.4.1" in out.stderr + out.stdout
-    out = backout("upgrade", "2.4.0-health", "--yes", "--json", *cfg, env=docker_env, timeout=300)
+    # --force: the proof before the stop would refuse a build that is never healthy; past it, the failed
+    # start is rolled back at once.
+    out = backout("upgrade", "2.4.0-health", "--force", "--yes", "--json", *cfg, env=docker_env, timeout=300)
     events = [json.loads(line) for line in out.stdout.splitlines()]
     failed = next(e for e in events if e["event"] == "upgrade-failed")
     assert out.returncode == 1 and failed["rollback"]["to_version"] == "2.4.0", failed

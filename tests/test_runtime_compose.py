@@ -36,8 +36,11 @@ def test_compose_switch_paths_with_history_and_status(project, docker_env) -> No
     assert "ENGINE_VERSION=2.4.0" in (folder / ".env").read_text()
     assert "# versions are switched by backout" in (folder / ".env").read_text()
 
+    refused = backout("switch", "2.3.1", "--yes", *cfg, env=docker_env)  # the trial boot: it refuses the brain
+    assert refused.returncode == 3 and "nothing was stopped" in refused.stderr, refused.stderr
+    assert backout_json("status", *cfg, env=docker_env)["running"]["version"] == "2.4.0"
     started = time.monotonic()
-    out = backout("switch", "2.3.1", "--yes", "--json", *cfg, env=docker_env)
+    out = backout("switch", "2.3.1", "--force", "--yes", "--json", *cfg, env=docker_env)
     assert out.returncode == 1 and "MIGRATION_REQUIRED" in json.loads(out.stdout)["health"]["reason"]
     assert time.monotonic() - started < 30
     status = backout_json("status", *cfg, env=docker_env)

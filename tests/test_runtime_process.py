@@ -48,8 +48,12 @@ def test_switch_paths_status_and_history(deployment: Path) -> None:
     assert result["schema_before"]["head"] == "2" and result["schema_after"]["head"] == "4"  # 2.4.0 migrated
     assert result["drain"]["clean"] and result["drain"]["exit_code"] == 0
 
+    refused = backout("switch", "2.3.1", "--yes", *cfg, env=ENV)  # 2.3.1 cannot read the head-4 brain
+    assert refused.returncode == 3 and "nothing was stopped" in refused.stderr, refused.stderr
+    assert "MIGRATION_REQUIRED" in refused.stderr  # the trial boot's own log lines
+    assert backout_json("status", *cfg, env=ENV)["running"]["version"] == "2.4.0"
     started = time.monotonic()
-    out = backout("switch", "2.3.1", "--yes", *cfg, env=ENV)
+    out = backout("switch", "2.3.1", "--force", "--yes", *cfg, env=ENV)
     assert out.returncode == 1
     assert "MIGRATION_REQUIRED" in out.stdout and time.monotonic() - started < 15  # quickly, no hang
     assert "2.3.1" in out.stdout and "cannot read" in out.stdout  # the Engine's own log line explains
@@ -167,7 +171,9 @@ def test_migrate_step_runs_between_stop_and_start(tmp_path: Path) -> None:
     assert result["healthy"] and result["migrated"] and result["schema_after"]["head"] == "4"
     log = next(tmp_path.rglob("service.log")).read_text()
     assert "--- backout: migrate for 2.4.0" in log and '"applied": [3, 4]' in log
-    out = backout("switch", "2.3.1", "--yes", "--json", *cfg, env=env)  # its migrate refuses the newer brain
+    refused = backout("switch", "2.3.1", "--yes", "--json", *cfg, env=env)  # the proof: it cannot read the brain
+    assert refused.returncode == 3 and "nothing was stopped" in refused.stderr
+    out = backout("switch", "2.3.1", "--force", "--yes", "--json", *cfg, env=env)  # its migrate refuses the brain
     assert out.returncode == 1
     reason = json.loads(out.stdout)["health"]
     assert "migrate for 2.3.1 failed" in reason["reason"] and any("MIGRATION_REQUIRED" in line for line in reason["log_tail"])

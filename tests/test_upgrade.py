@@ -132,7 +132,9 @@ def test_no_room_for_the_restore_point_is_refused_before_the_stop(config: Path, 
 
 def test_a_version_that_crashes_at_boot_is_rolled_back_at_once(config: Path) -> None:
     turns(config, "before")
-    code, events = _upgrade(config, "2.4.0-crash")
+    refused = backout("upgrade", "2.4.0-crash", "--yes", *_cfg(config), env=ENV, timeout=300)
+    assert refused.returncode == 3 and "nothing was stopped" in refused.stderr  # it dies at boot on a copy
+    code, events = _upgrade(config, "2.4.0-crash", "--force")  # past the proof, a failed start rolls back at once
     assert code == 1
     failed = next(e for e in events if e["event"] == "upgrade-failed")
     assert failed["outcome"] == "rolled-back" and "did not become healthy" in failed["why"]
@@ -160,7 +162,7 @@ def test_crash_during_the_upgrade_then_resume(config: Path, point: str) -> None:
 
 def test_crash_during_the_upgrades_own_rollback_then_resume(config: Path) -> None:
     turns(config, "before")
-    out = backout("upgrade", "2.4.0-crash", "--yes", "--json", *_cfg(config),
+    out = backout("upgrade", "2.4.0-crash", "--force", "--yes", "--json", *_cfg(config),
                   env={**ENV, "BACKOUT_FAULT_AT": "before:restore"}, timeout=300)
     assert out.returncode == -9
     code, events = _upgrade(config, "2.4.0-crash", "--resume")
