@@ -95,9 +95,7 @@ class OperatorScenarios(RuleBasedStateMachine):
 
     @staticmethod
     def snapshot_id(obs: Observation, pick: int) -> str | None:
-        """The listed snapshot at index `pick` modulo their number (newest first), None when there is none.
-
-        Drawn as an index whatever the listing holds, so a replayed example draws the same data."""
+        """The listed snapshot at index `pick` modulo their number (an index keeps replays' draws stable)."""
         ids = [s["id"] for s in (obs.listing.doc() or {}).get("snapshots") or []]
         return ids[pick % len(ids)] if ids else None
 
