@@ -264,14 +264,8 @@ class Deployment:
         return sorted(p / "salvage" for p in root.iterdir() if (p / "salvage").is_dir()) if root.is_dir() else []
 
     def close(self) -> None:
-        """Stop whatever runs (also a service a killed run left behind)."""
+        """Stop whatever runs (also a service a killed run left behind: the runtime still knows it)."""
         self.run("stop", "--yes", timeout=120)
-        pid_file = self.state_dir / "deployments" / "engine" / "runtime" / "service.pid.json"
-        try:
-            pid = int(json.loads(pid_file.read_text()).get("pid"))
-            os.kill(pid, 9)
-        except (OSError, ValueError, TypeError, AttributeError):
-            pass
 
 
 class ComposeDeployment(Deployment):
