@@ -118,7 +118,7 @@ class OperatorScenarios(RuleBasedStateMachine):
             moved_to = after.running if after.running != was_running else None
             if moved_to in bad_before and not forced:
                 found.append(f"{what} moved the deployment onto {moved_to}, a version judged bad before")
-            if ran.code not in (0, 3, -9) and was_healthy and not after.healthy and not after.pending:
+            if ran.code not in (0, 3, -9) and was_healthy and not after.healthy and not after.pending and not forced:
                 found.append(f"{what} exited {ran.code} and left nothing serving (before: {was_running} healthy); "
                              f"production was stopped for a target that cannot serve")
             return found
@@ -158,6 +158,26 @@ class OperatorScenarios(RuleBasedStateMachine):
         before = self.before()
         ran = self.cmd("switch", version, "--yes", "--json", traffic=traffic)
         self.expect_moved_or_kept(ran, version, before)
+
+    @precondition(lambda self: bool(self.model.bad))
+    @rule(pick=st.integers(0, 5))
+    def switch_forced(self, pick: int) -> None:
+        """`backout switch VERSION --force` onto a version judged bad: allowed, and recorded in the history."""
+        before = self.before()
+        version = sorted(self.model.bad)[pick % len(self.model.bad)]
+        ran = self.cmd("switch", version, "--force", "--yes", "--json", label="switch --force")
+        if ran.code == 0:
+            self.model.forced.add(version)
+        self.expect_moved_or_kept(ran, version, before, forced=True)
+        history = self.dep.run("history", "--json")
+
+        def check(_after: Observation) -> list[str]:
+            entries = history.doc() if history.code == 0 else None
+            if ran.code == 0 and not (isinstance(entries, list) and entries and entries[-1].get("forced")):
+                return [f"`switch {version} --force` is not recorded as forced in the history"]
+            return []
+
+        self.expect.append(check)
 
     @rule(version=st.one_of(st.sampled_from(GOOD), st.sampled_from(VERSIONS)), traffic=st.booleans())
     def upgrade(self, version: str, traffic: bool) -> None:
