@@ -160,14 +160,13 @@ def human_age(seconds: float) -> str:
 
 
 def abandon_journal(target: Target, path: Path, what: str, yes: bool) -> None:
-    """`--abandon`: set an interrupted operation's journal aside (kept, renamed) under the deployment's lock."""
-    from backout.history import deployment_state
-    from backout.journal import Journal
-    from backout.lock import operation_lock
+    """`--abandon`: set an interrupted operation's journal aside (kept, renamed), saying where things are."""
+    from backout.flows.journals import abandon
 
     if not path.exists():
         fail(f"there is no interrupted {what} to abandon", EXIT_USAGE)
     confirm(f"set the interrupted {what} aside (the service stays as it is now)?", yes)
-    with handle_errors(), operation_lock(deployment_state(target.state_dir, target.deployment), f"abandon {what}"):
-        kept = Journal(path, {}).set_aside("abandoned")
-    typer.echo(f"set aside: {kept}; check `backout status` before anything else")
+    with handle_errors():
+        lines = abandon(target, path, what)
+    for line in lines:
+        typer.echo(line)

@@ -14,7 +14,7 @@ from backout.errors import EXIT_REFUSED, EXIT_USAGE, BackoutError
 from backout.journal import Journal
 from backout.ledger import Pending, pending_operations
 
-__all__ = ["PendingOperation", "refuse_if_pending", "resume_journal"]
+__all__ = ["PendingOperation", "abandon", "refuse_if_pending", "resume_journal"]
 
 
 class PendingOperation(BackoutError):
@@ -40,3 +40,49 @@ def resume_journal(path: Path, what: str) -> Journal:
     if not path.exists():
         raise BackoutError(f"there is no interrupted {what} to resume", EXIT_USAGE)
     return Journal.open(path, {})
+
+
+def abandon(target: Target, path: Path, what: str) -> list[str]:
+    """`--abandon`: set the journal aside (kept, renamed); lines that say where everything it moved is.
+
+    A rollback abandoned after its restore has put the bad window's rows in a quarantined brain (and
+    maybe a salvage bundle): they are named here and in the history, never left for nobody to find."""
+    from backout.history import Change, History, deployment_state
+    from backout.ledger import command_for
+    from backout.lock import operation_lock
+
+    if not path.exists():
+        raise BackoutError(f"there is no interrupted {what} to abandon", EXIT_USAGE)
+    with operation_lock(deployment_state(target.state_dir, target.deployment), f"abandon {what}"):
+        journal = Journal.open(path, {})
+        kept = journal.set_aside("abandoned")
+        lines = [f"set aside: {kept}"]
+        moved = _displaced(target, journal)
+        if moved:
+            decision = dict(journal.operation.get("decision") or {})
+            History(target.state_dir).append(Change(
+                deployment=target.deployment, kind=what, from_version=decision.get("from_version"),
+                to_version=decision.get("to_version"), outcome="abandoned", detail="; ".join(moved)))
+            lines += moved
+    lines.append(f"check `{command_for(target, 'status')}` before anything else")
+    return lines
+
+
+def _displaced(target: Target, journal: Journal) -> list[str]:
+    """Where an abandoned rollback left the brain it displaced, and the bad window's rows."""
+    from backout.ledger import command_for
+
+    facts, decision = journal.facts, dict(journal.operation.get("decision") or {})
+    quarantine = facts.get("quarantine") or (facts.get("volume_restore") or {}).get("quarantined_volume")
+    if not quarantine:
+        return []
+    out = [f"the brain it displaced, with the bad window's rows, is kept in {quarantine}"]
+    salvage = facts.get("salvage") or {}
+    snapshot = (decision.get("snapshot") or {}).get("id")
+    if salvage.get("folder"):
+        out.append(f"those rows were salvaged into {salvage['folder']}: replay them with "
+                   f"`{command_for(target, 'salvage', 'replay', str(decision.get('incident_id')))}`")
+    elif snapshot:
+        brain = Path(str(quarantine)) / target.brain.name
+        out.append(f"extract them with `{command_for(target, 'salvage', 'extract', '--snapshot', snapshot, '--from', str(brain))}`")
+    return out
