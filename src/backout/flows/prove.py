@@ -66,20 +66,20 @@ def prove_target(target: Target, runtime: Runtime, version: str, force: bool = F
         return Proof("NOT proven (--force)", forced)
     if not something_runs:
         return Proof(available.detail, forced)
+    if force:  # the operator insists: a trial would only delay what they asked for (and may take boot_timeout)
+        return Proof(f"{available.detail}; NOT proven to start (--force skipped the trial boot)",
+                     [*forced, "the trial boot was skipped"])
     why_not = trial_possible(target)
     if why_not is None:
-        return _trial(target, runtime, version, force, forced)
+        return _trial(target, runtime, version)
     if available.proven:
         return Proof(f"{available.detail} (no trial boot: {why_not})", forced)
-    if not force:
-        raise TargetRefused(f"cannot prove that {version} starts before stopping what runs: the runtime has no "
-                            f"availability check (set `check` in backout.toml) and no trial boot is possible "
-                            f"({why_not}); pass --force to switch without proof")
-    forced.append(f"not proven: {why_not}")
-    return Proof("NOT proven (--force)", forced)
+    raise TargetRefused(f"cannot prove that {version} starts before stopping what runs: the runtime has no "
+                        f"availability check (set `check` in backout.toml) and no trial boot is possible "
+                        f"({why_not}); pass --force to switch without proof")
 
 
-def _trial(target: Target, runtime: Runtime, version: str, force: bool, forced: list[str]) -> Proof:
+def _trial(target: Target, runtime: Runtime, version: str) -> Proof:
     """The proof by a trial boot on a throwaway copy of the brain (its schema alone, for a big one)."""
     key = schema_key(target.brain)
     trial = cached_trial(target, version, key)
@@ -88,10 +88,7 @@ def _trial(target: Target, runtime: Runtime, version: str, force: bool, forced: 
         if not (trial.skeleton and trial.healthy):  # a pass on the schema alone is no pass for a rollback
             remember_trial(target, version, key, trial, Redactor(secrets_of(target.require_settings())).obj)
     if not trial.healthy:
-        if not force:
-            hint = (f"; if the brain must go back too, `backout rollback --to {version}` restores it"
-                    if trial.refused else "")
-            raise TargetRefused(f"{version} does not start: a trial boot on a copy of the brain {trial.reason}{hint}",
-                                trial.log_tail)
-        forced.append(f"the trial boot failed: {trial.reason}")
-    return Proof(f"a trial boot on a copy of the brain: {trial.reason} ({trial.how})", forced, trial.to_dict())
+        hint = f"; if the brain must go back too, `backout rollback --to {version}` restores it" if trial.refused else ""
+        raise TargetRefused(f"{version} does not start: a trial boot on a copy of the brain {trial.reason}{hint}; "
+                            "pass --force to switch anyway", trial.log_tail)
+    return Proof(f"a trial boot on a copy of the brain: {trial.reason} ({trial.how})", [], trial.to_dict())
