@@ -52,10 +52,11 @@ def test_unfreeze_clears_a_rollback_and_freezing_wins_over_good(tmp_path: Path) 
     assert judged.standing == "bad" and "found a bug" in judged.why
 
 
-def test_forced_upgrades_do_not_vouch_for_the_version_they_left(tmp_path: Path) -> None:
+def test_an_upgrade_vouches_for_the_version_it_left_only_when_that_was_healthy(tmp_path: Path) -> None:
     t = _target(tmp_path)
-    _line(t, "upgrade", "2.3.1", "2.4.0", forced=True)
-    assert Ledger(t).standing("2.3.1").standing == "unknown"
+    _line(t, "upgrade", "2.3.1", "2.4.0", forced=True, from_healthy=False)
+    _line(t, "upgrade", "2.3.0", "2.4.0", forced=True, from_healthy=True)  # forced past the target's proof only
+    assert Ledger(t).standing("2.3.1").standing == "unknown" and Ledger(t).standing("2.3.0").standing == "good"
 
 
 def test_rollback_target_is_the_newest_good_version_before_the_running_one(tmp_path: Path) -> None:

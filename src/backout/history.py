@@ -43,7 +43,8 @@ class Change:
     health: dict[str, Any] | None = None
     duration_s: float | None = None
     detail: str = ""
-    forced: bool = False  # --force took it past a safety check (recorded so the ledger does not trust it)
+    forced: bool = False  # --force took it past a safety check
+    from_healthy: bool | None = None  # the version it left passed its health check first (upgrades)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (the history line)."""

@@ -84,7 +84,8 @@ def _judgement(entry: dict[str, Any]) -> list[Judgement]:
     frm, to = entry.get("from_version"), entry.get("to_version")
     out: list[Judgement] = []
     if kind == "upgrade":
-        if frm and not entry.get("forced"):
+        healthy = entry.get("from_healthy")
+        if frm and (healthy if healthy is not None else not entry.get("forced")):  # older lines: not forced
             out.append(Judgement(frm, "good", "healthy at the pre-flight of the upgrade that made it the restore point",
                                  at))
         if to and outcome == "failed" and entry.get("health"):  # it was started: not a refusal before the stop

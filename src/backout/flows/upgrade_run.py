@@ -226,7 +226,8 @@ class UpgradeRun:
                       schema_before={"head": final["schema_stamp"].get("head")} if final else None,
                       schema_after=self.facts.get("schema_after"), snapshot_before=final.get("id"),
                       drain=self.facts.get("drain"), health=self.facts.get("start"), detail=self.redactor.text(detail),
-                      forced=self.d.forced)
+                      forced=self.d.forced,
+                      from_healthy=bool(self.d.health_before is None or self.d.health_before.get("ok")))
 
     # -- running it ----------------------------------------------------------------------------
 
