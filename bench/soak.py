@@ -59,7 +59,8 @@ def render(scen: dict[str, Any], sweep: dict[str, Any], args: argparse.Namespace
         "",
         f"Machine: {machine}. Wall time {seconds / 60:.1f} min; process runtime, reference Engine; "
         f"scenario seed {args.seed}, sweep seed {args.seed}; pytest exit codes: scenarios {codes[0]}, "
-        f"sweep {codes[1]}.",
+        f"sweep {codes[1]}. Asked for: {args.scenarios} scenarios x up to {args.steps} steps, {args.trials} "
+        f"sweep trials" + ("" if args.scenarios >= 300 else " (a short run, not the full `make soak`)") + ".",
         "",
         "| | random operator scenarios | fault-injection sweep |",
         "|---|---:|---:|",
