@@ -72,3 +72,21 @@ def test_an_abandoned_rollback_names_where_the_bad_windows_turns_went(dep: Deplo
     kept = set().union(*(episode_ids(b, copy=True) for q in named for b in q.glob("*.sqlite")),
                        *(salvaged_ids(s / "salvage") for s in named if (s / "salvage").is_dir()))
     assert missing <= kept, f"{len(missing - kept)} acknowledged turns only in a quarantine nobody names: {told}"
+
+
+def test_a_snapshot_restore_over_an_interrupted_rollback_is_refused(dep: Deployment) -> None:
+    """Found by the scenarios: with a rollback killed after its journal, `snapshot restore` still runs."""
+    # Then two operations are pending and the rollback's `--resume`, as `status` prints it first,
+    # refuses ("an interrupted restore ... is pending; finish it first").
+    assert dep.run("upgrade", "2.4.0", "--yes", "--json", "--watch", "0").code == 0
+    assert dep.run("stop", "--yes", "--json").code == 0
+    made = dep.run("snapshot", "create", "--json")
+    assert made.code == 0, made.brief()
+    assert dep.run("rollback", "--yes", "--json", fault="before:drain").code == -9
+    assert [p["kind"] for p in _status(dep)["pending"]] == ["rollback"]
+    restore = dep.run("snapshot", "restore", made.doc()["id"], "--yes", "--json")
+    assert restore.code == 3 and "rollback" in restore.err, restore.brief()
+    pending = _status(dep)["pending"]
+    assert [p["kind"] for p in pending] == ["rollback"]
+    resumed = dep.run_printed(pending[0]["finish"])
+    assert resumed.code == 0, resumed.brief()

@@ -351,6 +351,9 @@ class OperatorScenarios(RuleBasedStateMachine):
         if ran.code == 2:
             problems.append(f"`{command}`, as `status` prints it, fails with a usage error: "
                             f"{ran.err.strip()[-200:]}")
+        if ran.code == 3 and "is pending" in ran.err:
+            problems.append(f"`{command}`, as `status` prints it, refuses because another operation is pending "
+                            f"(two operations were let in at once): {ran.err.strip()[-200:]}")
         self.expect.append(lambda _obs: problems)
         if how == "finish":
             self.expect_moved_or_kept(ran, "", before)
