@@ -8,6 +8,7 @@ from typing import Optional
 import httpx
 import typer
 
+from backout.flows.journals import refuse_if_pending
 from backout.brain.manifest import Manifest, SnapshotError, SnapshotStore
 from backout.brain.restore import RestoreRequest, restore_commands, restore_snapshot
 from backout.brain.restore import restore_journals
@@ -323,6 +324,8 @@ def restore(
                          service_stopped)
     with handle_errors():
         manifest = store.load(snapshot_id)
+        # An interrupted upgrade or rollback owns the brain until it is finished or abandoned.
+        refuse_if_pending(target, "restore", allow=("restore", "watch"))
     if dry_run:  # the very commands the restore performs (and records), with the snapshot's size and age
         commands = restore_commands(req)
         if as_json:
@@ -338,6 +341,7 @@ def restore(
     # One operation per deployment: no switch may start the service while the brain is replaced.
     with handle_errors(), operation_lock(deployment_state(target.state_dir, target.deployment), "restore"):
         _refuse_if_runtime_runs(target, service_stopped)
+        refuse_if_pending(target, "restore", allow=("restore", "watch"))  # again, under the lock
         with progress_bar(not as_json) as bar, recording() as performed:
             result = restore_snapshot(req, bar)
     if as_json:
