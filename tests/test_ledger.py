@@ -33,7 +33,9 @@ def test_each_kind_of_line_judges_what_it_should(tmp_path: Path) -> None:
     _line(t, "upgrade", "2.4.0", "2.4.0-crash", outcome="failed", health={"healthy": False}, detail="crashed")
     _line(t, "rollback", "2.4.0-errors", "2.4.0", reason="error rate 30%")
     _line(t, "verdict", None, "2.3.0", outcome="hold")
+    _line(t, "promote", "2.4.0", "2.4.2", reason="last verdict: inconclusive")  # not enough evidence: no vouching
     ledger = Ledger(t)
+    assert ledger.standing("2.4.2").standing == "unknown"
     standing = {v: ledger.standing(v).standing for v in ("2.3.0", "2.3.1", "2.4.0", "2.4.1", "2.4.0-crash",
                                                          "2.4.0-errors", "9.9.9")}
     assert standing == {"2.3.0": "good", "2.3.1": "good", "2.4.0": "good", "2.4.1": "unknown",  # refused before the stop

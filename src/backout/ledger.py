@@ -91,7 +91,11 @@ def _judgement(entry: dict[str, Any]) -> list[Judgement]:
         if to and outcome == "failed" and entry.get("health"):  # it was started: not a refusal before the stop
             out.append(Judgement(to, "bad", f"the upgrade to it failed: {entry.get('detail') or 'see the history'}", at))
     elif kind == "promote" and to and outcome == "ok":
-        out.append(Judgement(to, "good", "promoted at the end of its watch window", at))
+        said = str(entry.get("reason") or "")  # "last verdict: hold"; older lines say nothing
+        if not said or said.endswith(": hold"):
+            out.append(Judgement(to, "good", "promoted at the end of its watch window", at))
+        else:
+            out.append(Judgement(to, "unknown", f"promoted without a hold verdict ({said})", at))
     elif kind == "verdict" and to and outcome == "hold":
         out.append(Judgement(to, "good", "a hold verdict while it served", at))
     elif kind == "rollback":

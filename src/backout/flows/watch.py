@@ -62,11 +62,13 @@ def _evals(state: dict[str, Any]) -> EvalRun | None:
     return EvalRun(**data) if data else None
 
 
-def promote(target: Target, state: dict[str, Any]) -> str:
-    """The window ended without a roll-back verdict: record it, drop the staged copy, close the window."""
+def promote(target: Target, state: dict[str, Any], verdict: str = "none") -> str:
+    """The window ended without a roll-back verdict: record it (with the last verdict: only a hold vouches for the
+    version in the ledger), drop the staged copy, close the window."""
     History(target.state_dir).append(Change(
         deployment=target.deployment, kind="promote", from_version=state["previous"], to_version=state["version"],
-        outcome="ok", detail=f"watched for {time.time() - state['switched_at']:.0f}s without a roll-back verdict"))
+        outcome="ok", reason=f"last verdict: {verdict}",
+        detail=f"watched for {time.time() - state['switched_at']:.0f}s without a roll-back verdict"))
     point = state.get("restore_point") or {}
     if point.get("snapshot_id"):
         staged = staged_path(target.brain, point["snapshot_id"])
@@ -104,7 +106,7 @@ def _promote_if_current(target: Target, runtime: Runtime, state: dict[str, Any],
             detail = f"{current.version or 'nothing'} runs now, not {state['version']}: nothing to promote"
             on_event(WatchEvent("ended", 0.0, verdict, detail))
             return "ended", None
-        detail = promote(target, state)
+        detail = promote(target, state, str(verdict.get("decision") or "none"))
     on_event(WatchEvent("promoted", 0.0, verdict, detail))
     return "promoted", None
 
