@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["backout", "backout_json", "sha256_of"]
+__all__ = ["backout", "backout_json", "row_count", "sha256_of"]
 
 
 def backout(*args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None,
@@ -33,3 +33,14 @@ def sha256_of(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def row_count(db: Path, table: str = "conversations") -> int:
+    """Rows in one table of a brain, read-only."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    finally:
+        conn.close()

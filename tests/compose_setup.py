@@ -15,11 +15,21 @@ import pytest
 from backout_cli import backout
 from engine_proc import DEFAULT_KEY, free_port
 
-__all__ = ["COMPOSE", "compose_down", "docker_env", "init_compose", "make_project"]
+__all__ = ["COMPOSE", "COMPOSE_SETTINGS", "compose_down", "docker_env", "init_compose", "make_project"]
 
 ENV_FILE = Path("/run/backout-docker.env")
 NEEDED = ["2.3.0", "2.3.1", "2.4.0", "2.4.1", "2.4.0-errors", "2.4.0-crash", "2.4.0-drain"]
 
+
+# The rollback and notify settings the compose tests add to an `init`ed deployment named engine.
+COMPOSE_SETTINGS = """
+[deployments.engine.rollback]
+verify_window = "1s"
+smoke = { method = "GET", path = "/execute/replay?after=0" }
+
+[deployments.engine.notify]
+file = "notifications.jsonl"
+"""
 
 def docker_env_vars() -> dict[str, str]:
     env = {"ENGINE_API_KEY": DEFAULT_KEY}

@@ -272,7 +272,7 @@ class ComposeDeployment(Deployment):
     """The same, on the compose runtime: real Docker, the engine:<version> images, the brain on a volume."""
 
     def __init__(self, folder: Path, env: dict[str, str], extra: str = SETTINGS) -> None:
-        from compose_setup import init_compose, make_project
+        from compose_setup import COMPOSE_SETTINGS, init_compose, make_project
 
         folder.mkdir(parents=True, exist_ok=True)
         project, port = make_project(folder)
@@ -296,14 +296,6 @@ class ComposeDeployment(Deployment):
         compose_down(self.folder, self.extra_env)
 
 
-COMPOSE_SETTINGS = """
-[deployments.engine.rollback]
-verify_window = "1s"
-smoke = { method = "GET", path = "/execute/replay?after=0" }
-
-[deployments.engine.notify]
-file = "notifications.jsonl"
-"""
 
 
 def _text(data: bytes | str | None) -> str:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 from pathlib import Path
 
 import httpx
 import pytest
 
-from backout_cli import backout, backout_json, sha256_of
+from backout_cli import backout, backout_json, sha256_of, row_count
 
 FAULT_POINTS = [f"{when}:{step}" for step in ("stage", "checkpoint", "quarantine", "swap")
                 for when in ("before", "after")] + ["inside:swap"]
@@ -25,12 +24,6 @@ def _brain_with_turns(start_engine, release: str = "2.3.1", turns: int = 4):  # 
     return eng
 
 
-def _rows(db: Path, table: str = "conversations") -> int:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
-    finally:
-        conn.close()
 
 
 def _restored_from(brain: Path, snapshot: Path) -> bool:
@@ -66,7 +59,7 @@ def test_restore_refuses_while_the_service_runs_then_restores_and_quarantines(st
     quarantine = Path(result["quarantine"])
     assert quarantine.parent == state / "quarantine" and quarantine.name.endswith("-bad-2-4-0")
     assert sha256_of(quarantine / eng.brain.name) == displaced
-    assert _rows(quarantine / eng.brain.name) == _rows(eng.brain) + 6
+    assert row_count(quarantine / eng.brain.name) == row_count(eng.brain) + 6
     assert json.loads((quarantine / "quarantine.json").read_text())["replaced_by_snapshot"] == snap["id"]
     # The restored brain serves.
     eng2 = start_engine("2.3.1", brain=eng.brain)
@@ -101,7 +94,7 @@ def test_kill_9_at_any_step_then_rerun_finishes(start_engine, tmp_path: Path, fa
     eng.kill()  # a crashed service: its WAL may still hold commits
     old = {s: sha256_of(eng.brain.with_name(eng.brain.name + s))
            for s in ("", "-wal") if eng.brain.with_name(eng.brain.name + s).exists()}
-    old_rows = _rows(eng.brain)  # read-only: does not checkpoint
+    old_rows = row_count(eng.brain)  # read-only: does not checkpoint
 
     crashed = backout("snapshot", "restore", snap["id"], "--yes", "--service-stopped", *args, cwd=tmp_path,
                       env={"BACKOUT_FAULT_AT": fault})
@@ -113,7 +106,7 @@ def test_kill_9_at_any_step_then_rerun_finishes(start_engine, tmp_path: Path, fa
     assert _restored_from(eng.brain, into / f"{snap['id']}.sqlite")
     quarantined = list((tmp_path / ".backout" / "quarantine").glob(f"*/{eng.brain.name}"))
     assert len(quarantined) == 1, quarantined
-    assert _rows(quarantined[0]) == old_rows  # the displaced brain, bad-window rows included
+    assert row_count(quarantined[0]) == old_rows  # the displaced brain, bad-window rows included
     assert not list((tmp_path / ".backout" / "journals").glob("*.json"))
     assert not list(eng.brain.parent.glob(".*.tmp"))
     again = backout("snapshot", "restore", snap["id"], "--yes", "--service-stopped", *args, cwd=tmp_path)

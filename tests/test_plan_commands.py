@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from backout_cli import backout, backout_json
-from compose_setup import compose_down, docker_env_vars, init_compose
+from compose_setup import COMPOSE_SETTINGS, compose_down, docker_env_vars, init_compose
 from engine_proc import free_port
 from rollback_setup import ENV, init_process, prepare_bad_upgrade, turns
 
@@ -39,14 +39,6 @@ services:
       - ENGINE_TURN_MS=20
     volumes:
       - ./data:/data
-"""
-COMPOSE_SETTINGS = """
-[deployments.engine.rollback]
-verify_window = "1s"
-smoke = { method = "GET", path = "/execute/replay?after=0" }
-
-[deployments.engine.notify]
-file = "notifications.jsonl"
 """
 VOLUME = """
 [deployments.{name}.volume]

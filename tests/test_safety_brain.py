@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from backout.brain.snapshot import copy_live_brain
-from backout_cli import backout, backout_json, sha256_of
+from backout_cli import backout, backout_json, sha256_of, row_count
 from rollback_setup import ENV, init_process, prepare_bad_upgrade, turns
 
 
@@ -33,12 +33,6 @@ def _turns(eng, n: int, prefix: str) -> None:  # type: ignore[no-untyped-def]
             assert r.status_code == 200
 
 
-def _rows(db: Path, table: str = "conversations") -> int:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
-    finally:
-        conn.close()
 
 
 def _journal_mode(db: Path) -> str:
@@ -90,7 +84,7 @@ def test_a_symlinked_brain_is_snapshotted_with_its_wal_and_restored_in_place(sta
     eng = start_engine("2.3.1", brain=link)
     _turns(eng, 6, "a")
     assert Path(f"{real}-wal").exists() and not Path(f"{link}-wal").exists()  # SQLite keeps the WAL by the target
-    live = _rows(real)
+    live = row_count(real)
     cfg = tmp_path / "backout.toml"
     cfg.write_text('state_dir = "state"\n[deployments.engine]\nbrain = "link.sqlite"\n')
 
@@ -99,16 +93,16 @@ def test_a_symlinked_brain_is_snapshotted_with_its_wal_and_restored_in_place(sta
     assert snap["source"] == str(real.resolve())
     assert backout_json("status", "--config", str(cfg))["brain"]["files"].get("-wal", 0) > 0
     copy_live_brain(link, tmp_path / "trial.sqlite")  # what a trial boot starts on
-    assert _rows(tmp_path / "trial.sqlite") == live
+    assert row_count(tmp_path / "trial.sqlite") == live
 
     _turns(eng, 3, "late")  # the bad window
     assert eng.stop() == 0
-    displaced = _rows(real)
+    displaced = row_count(real)
     result = backout_json("snapshot", "restore", snap["id"], "--yes", "--config", str(cfg))
     assert link.is_symlink() and link.resolve() == real.resolve()  # the link is kept, the target replaced
-    assert _rows(real) == live
+    assert row_count(real) == live
     kept = Path(result["quarantine"]) / "brain.sqlite"
-    assert not kept.is_symlink() and _rows(kept) == displaced  # the displaced brain, not a dangling link
+    assert not kept.is_symlink() and row_count(kept) == displaced  # the displaced brain, not a dangling link
     assert not list(tmp_path.glob(".link.sqlite*"))
     _intact(real, "wal")
 
@@ -124,7 +118,7 @@ def test_restore_keeps_the_brains_journal_mode(start_engine, tmp_path: Path) -> 
     _intact(brain, "wal")
     backout_json("snapshot", "restore", snap["id"], "--yes", *args, cwd=tmp_path)
     _intact(brain, "wal")
-    assert _rows(brain) == snap["tables"]["conversations"]["rows"]
+    assert row_count(brain) == snap["tables"]["conversations"]["rows"]
     assert snap["journal_mode"] == "wal"  # recorded at snapshot time
 
     # A manifest written before the journal mode was recorded: the displaced brain's mode is kept.
@@ -338,7 +332,7 @@ def test_service_stopped_never_overrides_a_running_service(tmp_path: Path) -> No
         backout_json("stop", "--yes", *cfg, env=ENV)
         _intact(brain, "wal")
         done = backout_json("snapshot", "restore", snap["id"], "--yes", "--service-stopped", *cfg, env=ENV)
-        assert done["quarantine"] and _rows(brain) == snap["tables"]["conversations"]["rows"]
+        assert done["quarantine"] and row_count(brain) == snap["tables"]["conversations"]["rows"]
         _intact(brain, "wal")
     finally:
         backout("stop", "--yes", *cfg, env=ENV)

@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from backout_cli import row_count
+
 from backout.commands import recording
 from backout.config import VolumeSettings, resolve_target
 from backout.errors import EXIT_ENVIRONMENT, EXIT_REFUSED, EXIT_USAGE
@@ -34,12 +36,6 @@ def _volume(path: Path, state: Path) -> LocalVolume:
     return LocalVolume(VolumeSettings(provider="local", path=path), "engine", state)
 
 
-def _rows(db: Path, table: str = "conversations") -> int:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
-    finally:
-        conn.close()
 
 
 def _tasks(db: Path) -> set[str]:
@@ -65,19 +61,19 @@ def _brain_folder(folder: Path, rows: int) -> Path:
     conn = sqlite3.connect(folder / "brain.sqlite")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("CREATE TABLE conversations (id INTEGER PRIMARY KEY, body TEXT)")
-    _add_rows(conn, rows)
+    _addrow_count(conn, rows)
     conn.close()
     return folder / "brain.sqlite"
 
 
-def _add_rows(conn: sqlite3.Connection, n: int) -> None:
+def _addrow_count(conn: sqlite3.Connection, n: int) -> None:
     conn.executemany("INSERT INTO conversations (body) VALUES (?)", [(f"row {i}",) for i in range(n)])
     conn.commit()
 
 
-def _more_rows(brain: Path, n: int) -> None:
+def _morerow_count(brain: Path, n: int) -> None:
     conn = sqlite3.connect(brain)
-    _add_rows(conn, n)
+    _addrow_count(conn, n)
     conn.close()
 
 
@@ -106,7 +102,7 @@ def test_snapshot_then_restore_with_the_engine_running_on_the_volume(start_engin
     _turns(eng, "before", 3)
     code = eng.stop()
     assert code == 0, f"exit {code}: {eng.logs()[-3000:]}"  # drained: the brain on disk is consistent
-    kept = _rows(eng.brain)
+    kept = row_count(eng.brain)
     volume = _volume(folder, state)
     snap = volume.snapshot({"version": "2.3.1", "restore-point": "rp-1"})
     manifest = volume.manifest(snap.id)
@@ -144,7 +140,7 @@ def test_snapshot_then_restore_with_the_engine_running_on_the_volume(start_engin
     assert calls == ["stop", "start"] and result.steps == ["stage", "swap", "record"]
     assert httpx.get(f"{eng.url}/health").json()["status"] == "ok"
     assert eng.stop() == 0
-    assert _rows(folder / "brain.sqlite") == kept
+    assert row_count(folder / "brain.sqlite") == kept
     assert _tasks(folder / "brain.sqlite") == {"before0", "before1", "before2"}
     quarantine = Path(result.quarantined_volume or "")
     assert quarantine.parent == folder.parent and quarantine.name.startswith("vol.quarantine-")
@@ -167,14 +163,14 @@ def test_a_corrupt_snapshot_is_refused_before_the_service_is_stopped(tmp_path: P
         byte = f.read(1)
         f.seek(200)
         f.write(bytes([byte[0] ^ 0xFF]))
-    _more_rows(brain, 5)
+    _morerow_count(brain, 5)
     stopped: list[bool] = []
     with pytest.raises(VolumeError) as err:
         volume.restore(snap.id, Hooks(lambda: stopped.append(True), lambda: stopped.append(False)))
     assert err.value.exit_code == EXIT_REFUSED and "brain.sqlite: sha256 differs" in str(err.value)
     assert "nothing was stopped" in str(err.value) and stopped == []
     assert volume.verify(snap.id) == ["brain.sqlite: sha256 differs from the manifest"]
-    assert _rows(brain) == 15 and not list(tmp_path.glob("vol.quarantine-*"))
+    assert row_count(brain) == 15 and not list(tmp_path.glob("vol.quarantine-*"))
     assert not list((state / "journals").glob("*.json"))  # nothing pending
 
 
@@ -212,23 +208,23 @@ def test_kill_9_during_restore_then_rerun_finishes_it(tmp_path: Path, point: str
     folder, state = tmp_path / "vol", tmp_path / "state"
     brain = _brain_folder(folder, 10)
     snap = _volume(folder, state).snapshot({})
-    _more_rows(brain, 7)
+    _morerow_count(brain, 7)
     flags = ["--no-exchange"] if exchange == "no-exchange" else []
 
     crashed = _child(*flags, "restore", str(folder), str(state), snap.id, fault=point)
     assert crashed.returncode == -9, crashed.stdout + crashed.stderr
     if folder.exists():  # old or new, whole; missing only between the two renames of the fallback
-        assert _rows(brain) in (10, 17)
+        assert row_count(brain) in (10, 17)
     else:
         assert (exchange, point) == ("no-exchange", "inside:volume-swap")
 
     again = _child(*flags, "restore", str(folder), str(state), snap.id)
     assert again.returncode == 0, again.stdout + again.stderr
     result = json.loads(again.stdout)
-    assert _rows(brain) == 10
+    assert row_count(brain) == 10
     quarantines = list(tmp_path.glob("vol.quarantine-*"))
     assert [str(q) for q in quarantines] == [result["quarantined_volume"]]
-    assert _rows(quarantines[0] / "brain.sqlite") == 17
+    assert row_count(quarantines[0] / "brain.sqlite") == 17
     assert (quarantines[0] / "quarantine.json").exists()
     assert not list(tmp_path.glob(".vol.restore-*")) and not list((state / "journals").glob("*.json"))
 
@@ -237,7 +233,7 @@ def test_a_pending_restore_of_another_snapshot_is_refused(tmp_path: Path) -> Non
     folder, state = tmp_path / "vol", tmp_path / "state"
     brain = _brain_folder(folder, 4)
     first = _volume(folder, state).snapshot({})
-    _more_rows(brain, 1)
+    _morerow_count(brain, 1)
     second = _volume(folder, state).snapshot({})
     crashed = _child("restore", str(folder), str(state), first.id, fault="after:volume-stage")
     assert crashed.returncode == -9
@@ -245,7 +241,7 @@ def test_a_pending_restore_of_another_snapshot_is_refused(tmp_path: Path) -> Non
         _volume(folder, state).restore(second.id, Hooks(lambda: None, lambda: None))
     assert err.value.exit_code == EXIT_REFUSED and f"restore of {first.id}" in str(err.value)
     _volume(folder, state).restore(first.id, Hooks(lambda: None, lambda: None))
-    assert _rows(brain) == 4
+    assert row_count(brain) == 4
 
 
 def test_a_journal_with_the_earlier_step_names_is_resumed(tmp_path: Path) -> None:
@@ -255,7 +251,7 @@ def test_a_journal_with_the_earlier_step_names_is_resumed(tmp_path: Path) -> Non
     folder, state = tmp_path / "vol", tmp_path / "state"
     brain = _brain_folder(folder, 4)
     snap = _volume(folder, state).snapshot({})
-    _more_rows(brain, 2)
+    _morerow_count(brain, 2)
     crashed = _child("restore", str(folder), str(state), snap.id, fault="after:volume-swap")
     assert crashed.returncode == -9
     [path] = (state / "journals").glob("volume-restore-*.json")
@@ -264,7 +260,7 @@ def test_a_journal_with_the_earlier_step_names_is_resumed(tmp_path: Path) -> Non
     path.write_text(json.dumps({**journal, "done": ["stage", "swap"], "timeline": []}))
     calls: list[str] = []
     result = _volume(folder, state).restore(snap.id, Hooks(lambda: calls.append("stop"), lambda: calls.append("start")))
-    assert result.steps == ["record"] and calls == ["stop", "start"] and _rows(brain) == 4
+    assert result.steps == ["record"] and calls == ["stop", "start"] and row_count(brain) == 4
     assert json.loads((Path(result.quarantined_volume or "") / "quarantine.json").read_text())["replaced_by_snapshot"] \
         == snap.id
 
@@ -279,7 +275,7 @@ def test_a_mount_point_gets_its_contents_swapped(tmp_path: Path) -> None:
     made = _child("--bind", "snapshot", str(folder), str(state), namespace=True)
     assert made.returncode == 0, made.stderr
     snap_id = json.loads(made.stdout)["id"]
-    _more_rows(brain, 4)
+    _morerow_count(brain, 4)
     (folder / "late.txt").write_text("written in the bad window\n")
     (folder / "brain.sqlite-wal").write_bytes(b"stale sidecar of the displaced brain")
 
@@ -298,7 +294,7 @@ def test_a_mount_point_gets_its_contents_swapped(tmp_path: Path) -> None:
     assert json.loads((quarantine / "quarantine.json").read_text())["contents_of_mount_point"] is True
     displaced = tmp_path / "displaced.sqlite"  # read a copy: the garbage -wal beside it is no real WAL
     shutil.copyfile(quarantine / "brain.sqlite", displaced)
-    assert _rows(brain) == 6 and _rows(displaced) == 10
+    assert row_count(brain) == 6 and row_count(displaced) == 10
     # A later snapshot leaves backout's own folders (the quarantine) out.
     again = _child("--bind", "snapshot", str(folder), str(state), namespace=True)
     manifest = json.loads((state / "volume-snapshots" / json.loads(again.stdout)["id"] / "manifest.json").read_text())
