@@ -11,25 +11,17 @@ from pathlib import Path
 import pytest
 
 from backout_cli import backout, backout_json
-from compose_setup import init_compose
+from compose_setup import COMPOSE_SETTINGS, init_compose
 from rollback_setup import counts, notifications, prepare_bad_upgrade, turns
 
 pytestmark = pytest.mark.docker
 
-SETTINGS = """
-[deployments.engine.rollback]
-verify_window = "1s"
-smoke = { method = "GET", path = "/execute/replay?after=0" }
-
-[deployments.engine.notify]
-file = "notifications.jsonl"
-"""
 
 
 def _config(folder: Path, env: dict[str, str]) -> Path:
     config = init_compose(folder, env)
     text = config.read_text().replace("[deployments.engine]\n", '[deployments.engine]\napi_key = { env = "ENGINE_API_KEY" }\n', 1)
-    config.write_text(text + SETTINGS)
+    config.write_text(text + COMPOSE_SETTINGS)
     return config
 
 

@@ -283,13 +283,14 @@ def pending_operations(target: Target) -> list[Pending]:
 
     out: list[Pending] = []
     upgrade, rollback = upgrade_journal(target), rollback_journal(target)
-    if upgrade.exists():
-        decision, facts = _journal_decision(upgrade)
+    upgrading = upgrade.exists()
+    decision, facts = _journal_decision(upgrade) if upgrading else ({}, {})
+    if upgrading:
         during = " (in its own rollback)" if facts.get("rolling_back") else ""
         out.append(Pending("upgrade", f"an interrupted upgrade from {decision.get('from_version')} to "
                            f"{decision.get('to_version')}{during}", command_for(target, "upgrade", "--resume"),
                            command_for(target, "upgrade", "--abandon"), str(upgrade)))
-    if rollback.exists() and not (upgrade.exists() and _journal_decision(upgrade)[1].get("rolling_back")):
+    if rollback.exists() and not facts.get("rolling_back"):  # an upgrade in its own rollback resumes both
         decision, _ = _journal_decision(rollback)
         out.append(Pending("rollback", f"an interrupted rollback from {decision.get('from_version')} to "
                            f"{decision.get('to_version')} (incident {decision.get('incident_id')})",
