@@ -15,6 +15,7 @@ from backout.config import Target
 from backout.freeze import frozen_versions
 from backout.history import History
 from backout.ledger import Ledger, NoRollback, Running, pending_operations, running_version
+from backout.runtime.base import Runtime
 from backout.runtime.factory import runtime_for
 from backout.signals.health import probe
 
@@ -36,7 +37,7 @@ def _snapshots(target: Target) -> dict[str, Any]:
             "max_age_seconds": target.max_age.total_seconds()}
 
 
-def _restore_point(target: Target, ledger: Ledger, verify: bool) -> dict[str, Any] | None:
+def _restore_point(target: Target, ledger: Ledger, runtime: Runtime | None, verify: bool) -> dict[str, Any] | None:
     point = ledger.point
     if point is None:
         return None
@@ -44,9 +45,7 @@ def _restore_point(target: Target, ledger: Ledger, verify: bool) -> dict[str, An
     snapshot_ok = store.db_path(point.snapshot_id).exists() and store.manifest_path(point.snapshot_id).exists()
     if verify and snapshot_ok:
         snapshot_ok = verify_snapshot(store, point.snapshot_id).ok
-    version_ok = None
-    if target.settings is not None and target.settings.runtime is not None:
-        version_ok = runtime_for(target).is_available(point.version).ok
+    version_ok = runtime.is_available(point.version).ok if runtime is not None else None
     judged = ledger.standing(point.version)
     return {**point.to_dict(), "snapshot_present": snapshot_ok, "snapshot_verified": verify and snapshot_ok,
             "version_available": version_ok, "standing": judged.to_dict(),
@@ -79,16 +78,17 @@ def collect_status(target: Target, verify: bool = False) -> dict[str, Any]:
     """Everything `backout status` shows, as data."""
     out: dict[str, Any] = {"deployment": target.deployment, "brain": _brain(target), "snapshots": _snapshots(target)}
     ledger = Ledger(target)
-    if target.settings is not None and target.settings.runtime is not None:
-        out["runtime"] = target.settings.runtime
-        running = running_version(target, runtime_for(target))
+    runtime = runtime_for(target) if target.settings is not None and target.settings.runtime is not None else None
+    if runtime is not None:
+        out["runtime"] = runtime.name
+        running = running_version(target, runtime)
         out["running"] = running.to_dict()
         out["frozen"] = sorted(frozen_versions(target))
         out["rollback_target"] = _rollback_target(target, ledger, running)
     out["pending"] = [p.to_dict() for p in pending_operations(target)]
     if target.health_url:
         out["health"] = probe(target.health_url, timeout=5).to_dict()
-    out["restore_point"] = _restore_point(target, ledger, verify)
+    out["restore_point"] = _restore_point(target, ledger, runtime, verify)
     out["versions"] = [j.to_dict() for j in ledger.judgements()]
     changes = History(target.state_dir).entries(target.deployment)
     out["last_change"] = changes[-1] if changes else None
