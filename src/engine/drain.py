@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import signal
 import time
+from collections import deque
+from typing import Any
 from types import FrameType
 
 import uvicorn
@@ -25,12 +27,17 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.core = core
         self.drain_deadline: float | None = None
+        # Log lines the signal handler asked for. A handler runs between two bytecodes of whatever
+        # the main thread was doing, possibly inside JsonLog.emit with its lock held, so it must
+        # not log itself (that deadlocked: a drain that never started); on_tick writes them.
+        self._notes: deque[tuple[str, str, dict[str, Any]]] = deque()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """Signal handler: SIGTERM/SIGINT begin the drain; a second SIGINT forces exit."""
         core = self.core
         if core.release.bug == "drain" and sig == signal.SIGTERM:
-            core.log.warning("SIGTERM ignored", version=core.release.version, code="DRAIN_IGNORED")
+            self._notes.append(("WARNING", "SIGTERM ignored",
+                                {"version": core.release.version, "code": "DRAIN_IGNORED"}))
             return
         if self.drain_deadline is not None:
             if sig == signal.SIGINT:
@@ -41,11 +48,15 @@ class DrainingServer(uvicorn.Server):
         self.drain_deadline = time.monotonic() + core.settings.drain_timeout
         if core.phase in ("ready", "starting"):
             core.phase = "draining"
-        core.log.info("drain started", signal=signal.Signals(sig).name, in_flight=len(core.turns),
-                      drain_timeout_s=core.settings.drain_timeout)
+        self._notes.append(("INFO", "drain started", {"signal": signal.Signals(sig).name,
+                                                      "in_flight": len(core.turns),
+                                                      "drain_timeout_s": core.settings.drain_timeout}))
 
     async def on_tick(self, counter: int) -> bool:
         """Called by uvicorn's main loop every 0.1 s; ends the loop once the drain is done."""
+        while self._notes:
+            level, message, fields = self._notes.popleft()
+            self.core.log.emit(level, message, **fields)
         if self.drain_deadline is not None and not self.should_exit:
             if not self.core.turns:
                 self.core.log.info("drain complete", in_flight=0)
