@@ -25,7 +25,6 @@ NEEDED = ["2.3.0", "2.3.1", "2.4.0", "2.4.1", "2.4.0-errors", "2.4.0-crash", "2.
 COMPOSE_SETTINGS = """
 [deployments.engine.rollback]
 verify_window = "1s"
-smoke = { method = "GET", path = "/execute/replay?after=0" }
 
 [deployments.engine.notify]
 file = "notifications.jsonl"

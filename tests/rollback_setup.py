@@ -20,7 +20,6 @@ api_key = {{ env = "ENGINE_API_KEY" }}
 
 [deployments.{name}.rollback]
 verify_window = "1s"
-smoke = {{ method = "GET", path = "/execute/replay?after=0" }}
 
 [deployments.{name}.notify]
 file = "notifications.jsonl"

@@ -101,7 +101,6 @@ check_every = "2s"
 
 [deployments.engine.rollback]
 verify_window = "3s"
-smoke = {{ method = "GET", path = "/execute/replay?after=0" }}
 """
 
 

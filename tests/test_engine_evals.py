@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from backout.profiles.engine import TURN_PATH
 from engine.evals import (CASES, CaseResult, SuiteResult, load_regression_cases, run_suite, write_json,
                           write_junit)
 from engine_proc import DEFAULT_KEY, EngineProcess, engine_cli, free_port
@@ -149,7 +150,7 @@ def regression_dir(tmp_path: Path) -> Path:
     crash = {"id": "20261127T020000Z-2.4.0-crash", "from_version": "2.4.0-crash",
              "verdict": {"trigger": "health"}}
     for record in (errors, crash):
-        assert write_regression_case(tmp_path, record) is not None
+        assert write_regression_case(tmp_path, record, turn_path=TURN_PATH) is not None
     folder = tmp_path / "regression"
     (folder / "listed.json").write_text(json.dumps(
         {"name": "regression_listed", "kind": "health", "cases": ["health_ok", "no_such_case"]}))
@@ -181,7 +182,7 @@ def test_regression_case_reruns_its_listed_cases(engines: dict[str, EngineProces
 
     record = {"id": "evals-incident", "from_version": "2.4.0-eval",
               "failed_eval_cases": sorted(FACT_CASES)}
-    path = write_regression_case(tmp_path, record)
+    path = write_regression_case(tmp_path, record, turn_path=TURN_PATH)
     assert path is not None
     extra = load_regression_cases([path.parent])
     bad = run_suite(engines["2.4.0-eval"].url, DEFAULT_KEY, only=["health_ok"], extra=extra)

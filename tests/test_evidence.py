@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from engine_proc import free_port
 
+from backout.profiles.engine import TURN_PATH
 from backout.config import Deployment, TrackerSettings
 from backout.evidence import (
     REDACTED,
@@ -103,12 +104,12 @@ def incident(**overrides: Any) -> dict[str, Any]:
         "rows_since_snapshot": {"episodes": 40, "knowledge_store": 12},
         "salvage": {"folder": "/var/lib/backout/incidents/x/salvage", "total": 52,
                     "tables": {"episodes": 40, "knowledge_store": 12}},
-        "mcp_calls": [
+        "effects": {"table": "mcp_calls", "rows": [
             {"id": 7, "task_id": "t-17", "tool": "mcp.email", "action": "send", "target": "Jordan",
              "status": "ok", "created_at": "2026-11-27T01:03:00+00:00"},
             {"id": 8, "task_id": "t-21", "tool": "mcp.delete", "action": "delete",
              "target": "draft|q3", "status": "ok", "created_at": "2026-11-27T01:09:00+00:00"},
-        ],
+        ]},
         "failed_requests": [
             {"ts": "2026-11-27T01:10:00+00:00", "status": 500, "task_id": "t-17",
              "path": "/execute", "code": "INTERNAL_ERROR"},
@@ -360,11 +361,12 @@ def test_postmortem_has_every_section(tmp_path: Path) -> None:
         assert secret not in text
 
 
-def test_postmortem_renders_mcp_calls_and_salvage_tables() -> None:
+def test_postmortem_renders_the_effects_table_and_salvage_tables() -> None:
     text = render_postmortem(incident(), Redactor())
-    assert "No rollback undoes these; check each." in text
-    assert "| 7 | 2026-11-27T01:03:00+00:00 | t-17 | mcp.email | send | Jordan | ok |" in text
-    assert ("| 8 | 2026-11-27T01:09:00+00:00 | t-21 | mcp.delete | delete | draft\\|q3 | ok |"
+    assert "Rows of `mcp_calls` written during the bad window" in text and "check each." in text
+    assert "| id | task_id | tool | action | target | status | created_at |" in text
+    assert "| 7 | t-17 | mcp.email | send | Jordan | ok | 2026-11-27T01:03:00+00:00 |" in text
+    assert ("| 8 | t-21 | mcp.delete | delete | draft\\|q3 | ok | 2026-11-27T01:09:00+00:00 |"
             in text)  # a pipe in a cell is escaped
     assert "Salvaged: 52 row(s), kept in `/var/lib/backout/incidents/x/salvage`." in text
     assert "| episodes | 40 |" in text and "| knowledge_store | 12 |" in text
@@ -381,11 +383,14 @@ def test_postmortem_next_steps() -> None:
     assert "`regression/regression_20261127t011500z_2_4_0_errors.json`" in steps
 
 
-def test_postmortem_of_image_rollback_without_mcp_calls() -> None:
-    text = render_postmortem(incident(layer="image", salvage=None, snapshot=None, mcp_calls=[],
+def test_postmortem_of_image_rollback_without_effects() -> None:
+    text = render_postmortem(incident(layer="image", salvage=None, snapshot=None,
+                                      effects={"table": "mcp_calls", "rows": []},
                                       trial=None, outcome="rolled-back"), Redactor())
     assert "Only the image was swapped back; the brain was kept as it was." in text
-    assert "No MCP call was recorded during the bad window." in text
+    assert "Nothing was recorded in `mcp_calls` during the bad window." in text
+    generic = render_postmortem(incident(effects={"table": None, "rows": []}), Redactor())
+    assert "names no effects table" in generic
     assert "Nothing needed salvaging" in text and "salvage replay" not in text
     kept = render_postmortem(incident(layer="image", salvage=None), Redactor())
     assert ("snapshot `20261127T005900Z-2.3.1` of version 2.3.1 (16 min 0 s old) was not needed"
@@ -411,7 +416,7 @@ def read_case(path: Path | None) -> dict[str, Any]:
 
 
 def test_regression_case_for_an_errors_trigger(tmp_path: Path) -> None:
-    path = write_regression_case(tmp_path, incident())
+    path = write_regression_case(tmp_path, incident(), turn_path=TURN_PATH)
     case = read_case(path)
     assert path == tmp_path / "regression" / "regression_20261127t011500z_2_4_0_errors.json"
     assert case["format"] == FORMAT and case["name"] == case_name(incident()) == path.stem
@@ -435,7 +440,7 @@ def test_regression_case_for_an_evals_trigger(tmp_path: Path) -> None:
     record = incident(failed_requests=[], failed_eval_cases=["fact_simple_statement",
                                                              "fact_two_in_one_message"],
                       verdict={"decision": "roll-back", "triggers": ["evals"], "reason": "evals"})
-    case = read_case(write_regression_case(tmp_path, record))
+    case = read_case(write_regression_case(tmp_path, record, turn_path=TURN_PATH))
     assert (case["kind"], case["trigger"]) == ("health", "evals")
     assert case["cases"] == ["fact_simple_statement", "fact_two_in_one_message"]
     assert case["requests"] == [] and case["expect"] == {"status": 200, "health": "ok"}
@@ -445,7 +450,7 @@ def test_regression_case_for_a_crash_at_boot(tmp_path: Path) -> None:
     record = incident(id="20261127T020000Z-2.4.0-crash", from_version="2.4.0-crash",
                       failed_requests=[], failed_eval_cases=[],
                       verdict={"decision": "roll-back", "trigger": "health", "reason": "exit 1"})
-    case = read_case(write_regression_case(tmp_path, record))
+    case = read_case(write_regression_case(tmp_path, record, turn_path=TURN_PATH))
     assert (case["name"], case["kind"], case["trigger"]) == \
         ("regression_20261127t020000z_2_4_0_crash", "health", "health")
     assert case["requests"] == [] and case["cases"] == []

@@ -20,7 +20,7 @@ def test_readme_rollback_example_validates() -> None:
     data["deployments"]["engine"]["brain"] = "brain.sqlite"
     engine = Config.model_validate(data).deployments["engine"]
     assert engine.notify.slack[0].webhook.env == "SLACK_WEBHOOK_URL" and engine.tracker is not None
-    assert engine.rollback.smoke is not None and engine.notify.statuspage is not None
+    assert engine.profile.name == "engine" and engine.notify.statuspage is not None
 
 
 def test_readme_upgrade_example_validates() -> None:

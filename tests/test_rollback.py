@@ -50,7 +50,7 @@ def _check_brain_rollback_end_state(config: Path, snap: dict, result: dict, writ
     summary = json.loads((incident / "salvage" / "summary.json").read_text())
     salvaged = {t["table"]: t["added"] + t["changed"] for t in summary["tables"]}
     assert salvaged.get("knowledge_store", 0) >= written and salvaged.get("mcp_calls", 0) >= written, salvaged
-    assert len(result["mcp_calls"]) >= written
+    assert result["effects"]["table"] == "mcp_calls" and len(result["effects"]["rows"]) >= written
     assert (incident / "postmortem.md").exists() and (incident / "diagnostics.tar.gz").exists()
     assert not (config.parent / ".backout" / "deployments" / "engine" / "rollback.journal.json").exists()
 
@@ -71,7 +71,7 @@ def test_brain_rollback_after_forward_only_migration(config: Path) -> None:
     result = json.loads(out.stdout)["result"]
     assert result["layer"] == "brain" and result["outcome"] == "rolled-back"
     assert result["drain"]["clean"] and result["verify"]["ok"]
-    assert all(c["action"] == "email" for c in result["mcp_calls"]), result["mcp_calls"]
+    assert all(c["action"] == "email" for c in result["effects"]["rows"]), result["effects"]
     assert set(result["timings"]) == set(STEPS)
     _check_brain_rollback_end_state(config, snap, result, written)
     sent = notifications(config)

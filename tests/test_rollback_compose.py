@@ -48,7 +48,7 @@ def test_compose_brain_rollback_from_a_broken_build(project, docker_env) -> None
     assert all(now[t] >= m["rows"] for t, m in snap["tables"].items())  # every pre-upgrade row
     summary = json.loads((Path(result["incident_folder"]) / "salvage" / "summary.json").read_text())
     salvaged = {t["table"]: t["added"] + t["changed"] for t in summary["tables"]}
-    assert salvaged.get("knowledge_store", 0) >= written and len(result["mcp_calls"]) >= written
+    assert salvaged.get("knowledge_store", 0) >= written and len(result["effects"]["rows"]) >= written
     assert backout_json("status", "--config", str(config), env=docker_env)["running"]["version"] == "2.3.1"
     assert "ENGINE_VERSION=2.3.1" in (folder / ".env").read_text()
     assert notifications(config)[-1]["kind"] == "rollback-succeeded"

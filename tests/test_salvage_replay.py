@@ -19,7 +19,7 @@ from engine_proc import DEFAULT_KEY, EngineProcess
 
 from backout.brain.replay import (
     LEFT_OUT_LEDGER,
-    LEFT_OUT_MCP,
+    LEFT_OUT_EFFECTS,
     REASON_CHANGED,
     REASON_KEY_TAKEN,
     REASON_TABLE_MISSING,
@@ -31,8 +31,8 @@ KEY_ENV = {"ENGINE_API_KEY": DEFAULT_KEY}
 # -- laying out an incident as a brain rollback leaves it ----------------------------------------
 
 
-def _write_config(folder: Path, brain: Path, health_url: str | None = None) -> Path:
-    lines = ['state_dir = ".backout"', "", "[deployments.app]", f'brain = "{brain}"']
+def _write_config(folder: Path, brain: Path, health_url: str | None = None, *extra: str) -> Path:
+    lines = ['state_dir = ".backout"', "", "[deployments.app]", f'brain = "{brain}"', *extra]
     if health_url:
         lines += [f'health_url = "{health_url}"', 'api_key = { env = "ENGINE_API_KEY" }']
     path = folder / "backout.toml"
@@ -71,6 +71,7 @@ def _restore_and_extract(folder: Path, snapshot_id: str, incident_id: str, brain
             "total": report["total"],
             "tables": {t["table"]: t["added"] + t["changed"] for t in report["tables"]},
         },
+        "effects": {"table": "mcp_calls", "rows": []},  # the engine profile's effects table, as a rollback records it
     }
     (incident / "incident.json").write_text(json.dumps(record, indent=2))
     return incident / "salvage"
@@ -135,7 +136,7 @@ def test_replay_brings_the_bad_window_back_through_the_engine(start_engine, tmp_
 
     shown = backout_json("salvage", "show", "inc-1", cwd=tmp_path)
     assert shown["bundle"] == str(bundle) and shown["schema_diff_kind"] == "breaking"
-    assert shown["mcp_calls"] == 4 and shown["replay_command"] == "backout salvage replay inc-1"
+    assert shown["effects"] == {"table": "mcp_calls", "rows": 4} and shown["replay_command"] == "backout salvage replay inc-1"
     assert {t["table"]: t["added"] for t in shown["tables"]}["episodes"] == 4
     text = backout("salvage", "show", "inc-1", cwd=tmp_path)
     assert text.returncode == 0 and "mcp_calls: 4" in text.stdout and "breaking" in text.stdout
@@ -291,7 +292,8 @@ def _query(path: Path, sql: str) -> list[tuple[Any, ...]]:
 def test_sql_replay_into_a_plain_brain(tmp_path: Path) -> None:
     brain = tmp_path / "app.sqlite"
     _plain_brain(brain)
-    _write_config(tmp_path, brain)
+    # A generic service names its own table of external effects: never replayed.
+    _write_config(tmp_path, brain, None, 'profile = { effects_table = "mcp_calls" }')
     snapshot_id = _snapshot(tmp_path)
     _bad_window(brain)
     _restore_and_extract(tmp_path, snapshot_id, "inc-sql", brain)
@@ -323,7 +325,7 @@ def test_sql_replay_into_a_plain_brain(tmp_path: Path) -> None:
     ]
     assert tables["later"]["reasons"][0]["reason"] == REASON_TABLE_MISSING
     assert tables["notes"]["replayed"] == 2
-    assert tables["mcp_calls"]["left_out_reason"] == LEFT_OUT_MCP
+    assert tables["mcp_calls"]["left_out_reason"] == LEFT_OUT_EFFECTS
     assert tables["schema_migrations"]["left_out_reason"] == LEFT_OUT_LEDGER
     assert "could not be replayed" in first.stderr and "columns gone: color" in first.stderr
 

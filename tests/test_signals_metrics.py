@@ -13,8 +13,9 @@ from typing import Callable, Iterator, TypeVar
 import httpx
 import pytest
 
+from backout.profiles.engine import INCREASE_QUERIES
+from backout.profiles.engine import PROFILE as ENGINE
 from backout.signals.metrics import (
-    INCREASE_QUERIES,
     LogSource,
     MetricsSourceError,
     PrometheusSource,
@@ -28,6 +29,10 @@ from engine.traffic import TrafficPlan, TrafficSummary, run_traffic
 from engine_proc import EngineProcess, free_port
 
 PROMETHEUS = Path("/usr/bin/prometheus")
+# The engine profile's metric names and queries (a source's defaults are generic ones).
+_ENGINE_SCRAPE = {"path": ENGINE.request_path, "requests_metric": ENGINE.prometheus.requests_metric,
+                  "duration_metric": ENGINE.prometheus.duration_metric}
+_ENGINE_QUERIES = (str(ENGINE.prometheus.errors), str(ENGINE.prometheus.latency), str(ENGINE.prometheus.total))
 T = TypeVar("T")
 
 
@@ -69,7 +74,7 @@ def percentile(values: list[float], pct: float) -> float:
 def test_log_source_counts_requests_errors_and_latency(engine: EngineProcess) -> None:
     since = time.time()
     summary = send(engine, turns=60, seed=1)
-    source = LogSource(lines_from_file(engine.log_path))
+    source = LogSource(lines_from_file(engine.log_path), counts=ENGINE.counts)
     samples = eventually(lambda: source.samples(since, time.time()), lambda s: len(s) >= summary.sent)
 
     assert len(samples) == summary.sent
@@ -87,7 +92,7 @@ def test_log_source_counts_requests_errors_and_latency(engine: EngineProcess) ->
 
     # a range before the traffic holds none of it; other paths on request
     assert source.samples(since - 60, since) == []
-    everything = LogSource(lines_from_file(engine.log_path), path_filter=None).samples(since, time.time())
+    everything = LogSource(lines_from_file(engine.log_path)).samples(since, time.time())
     assert {"/execute", "/feedback"} <= {s.path for s in everything}
 
 
@@ -135,7 +140,7 @@ def test_metrics_endpoint_accepts_the_key_as_bearer_token(engine: EngineProcess)
 
 def test_scrape_source_deltas_match_the_turns_sent(engine: EngineProcess, tmp_path: Path) -> None:
     state = tmp_path / "scrapes.json"
-    source = ScrapeSource(engine.url + "/metrics", engine.headers, state_file=state)
+    source = ScrapeSource(engine.url + "/metrics", engine.headers, state_file=state, **_ENGINE_SCRAPE)
     first = source.scrape()
     summary = send(engine, turns=50, seed=2)
     samples = eventually(lambda: source.samples(first.ts, time.time()),
@@ -150,7 +155,7 @@ def test_scrape_source_deltas_match_the_turns_sent(engine: EngineProcess, tmp_pa
     assert state.stat().st_mode & 0o777 == 0o600
 
     # another run reads the remembered scrapes from the state file and sees only new requests
-    later = ScrapeSource(engine.url + "/metrics", engine.headers, state_file=state)
+    later = ScrapeSource(engine.url + "/metrics", engine.headers, state_file=state, **_ENGINE_SCRAPE)
     assert len(later.history) == len(source.history) >= 2
     mark = later.history[-1].ts  # a window that starts at a reading is exact
     second = send(engine, turns=20, seed=3)
@@ -248,7 +253,7 @@ def test_prometheus_source_counts_match_the_traffic(engine: EngineProcess, prome
     _scraped_after(prometheus, time.time() + 0.1)
     until = time.time()
 
-    samples = PrometheusSource(prometheus, step=2.0).samples(since, until)
+    samples = PrometheusSource(prometheus, *_ENGINE_QUERIES, path=ENGINE.request_path or "", step=2.0).samples(since, until)
     assert len(samples) == summary.sent
     assert errors(samples) == summary.by_status[500]
     assert {s.status for s in samples} == {200, 500}
@@ -256,7 +261,7 @@ def test_prometheus_source_counts_match_the_traffic(engine: EngineProcess, prome
     ok = [s.duration_ms for s in samples if not s.error]
     assert 50 <= percentile(ok, 50) <= 100 and max(ok) <= 12_800
     # a range before the traffic is empty
-    assert PrometheusSource(prometheus).samples(since - 3, since - 0.5) == []
+    assert PrometheusSource(prometheus, *_ENGINE_QUERIES).samples(since - 3, since - 0.5) == []
 
     # per-step increase() instead (approximate: Prometheus extrapolates to the window's edges and
     # misses what falls between two windows), here one window around a second burst, with latency
@@ -276,6 +281,6 @@ def test_prometheus_source_counts_match_the_traffic(engine: EngineProcess, prome
     durations = [s.duration_ms for s in wide]
     assert 50 <= percentile(durations, 50) <= 100 and max(durations) <= 12_800, sorted(set(durations))
 
-    bad = PrometheusSource(prometheus, total_query="sum(")
+    bad = PrometheusSource(prometheus, *_ENGINE_QUERIES[:2], total_query="sum(")
     with pytest.raises(MetricsSourceError, match="refused the query"):
         bad.samples(since, until)

@@ -7,13 +7,18 @@ import re
 import tomllib
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from backout.errors import BackoutError
 from backout.fsutil import check_component
+
+if TYPE_CHECKING:
+    from backout.profiles import Detected, Profile
+    from backout.signals.health import HealthProbe
 
 __all__ = [
     "Config",
@@ -21,6 +26,7 @@ __all__ = [
     "Deployment",
     "DrillSettings",
     "NotifySettings",
+    "ProfileChoice",
     "RollbackSettings",
     "SalvageSettings",
     "SecretSource",
@@ -118,13 +124,20 @@ class EvalSettings(_Model):
 
 
 class VerdictSettings(_Model):
-    """How the rollback verdict is computed (thresholds default to the runbook's)."""
+    """How the rollback verdict is computed (thresholds default to the runbook's). Which requests count,
+    and the Prometheus queries, are the service profile's (profile.request_path, profile.prometheus)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "path" in data:
+            raise ValueError("`verdict.path` moved to the service profile: write profile.request_path")
+        return data
 
     source: Literal["logs", "scrape", "prometheus"] = "logs"
     scrape_url: str | None = None  # for source = "scrape", e.g. http://127.0.0.1:8000/metrics
-    scrape_key_env: str | None = None  # env var holding the key for the scrape (sent as X-Engine-Key)
-    prometheus_url: str | None = None  # for source = "prometheus"
-    path: str = "/execute"  # which requests count
+    scrape_key_env: str | None = None  # env var holding the key for the scrape (sent in the profile's key header)
+    prometheus_url: str | None = None  # for source = "prometheus"; the queries are the profile's
     health_failures: int = Field(3, ge=1)
     health_duration: Duration = timedelta(seconds=30)  # detection within a minute (bench/RESULTS.md)
     window: Duration = timedelta(seconds=20)
@@ -233,22 +246,20 @@ class TrackerSettings(_Model):
         return self
 
 
-class SmokeRequest(_Model):
-    """One request a trial boot makes after health is ok (health alone may pass on a brain it cannot use)."""
-
-    method: Literal["GET", "POST"] = "GET"
-    path: str  # e.g. "/execute/replay?after=0"
-    body: dict[str, Any] | None = None
-    expect_status: int = 200  # the deployment's api_key is sent when it has one
-
-
 class RollbackSettings(_Model):
     """How a rollback chooses its layer and checks the result."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "smoke" in data:
+            raise ValueError("`rollback.smoke` moved to the service profile: write it as a list, "
+                             "[[deployments.NAME.profile.smoke]] with method, path, expect_status")
+        return data
 
     additive_tolerant: bool = False  # older versions are known to read brains with newer additive migrations
     trial_port: int | None = Field(None, ge=1, le=65535)  # spare port for the trial boot (default: a free one)
     trial_port_env: str | None = None  # compose: the variable that sets the service's port, e.g. ENGINE_PORT
-    smoke: SmokeRequest | None = None
     verify_window: Duration = timedelta(seconds=10)  # how long errors are watched after the target is healthy
 
 
@@ -308,13 +319,54 @@ class DrillSettings(_Model):
     traffic_rate: float = Field(8.0, gt=0, le=200)  # turns per second kept running through the drill
 
 
+class ProfileChoice(BaseModel):
+    """`profile = "alembic"`, or a [deployments.NAME.profile] table: `name` (omitted: detected from the
+    brain) and any field of the profile to override (see backout.profiles.model.Profile)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_alone(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _valid(self) -> "ProfileChoice":
+        from backout.profiles import ProfileError, profile_named
+        from backout.profiles.model import merge
+
+        try:
+            merge(profile_named(self.name or "generic"), self.overrides())
+        except ProfileError as exc:
+            raise ValueError(str(exc)) from None
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"{where}: {first['msg']}") from None
+        return self
+
+    def overrides(self) -> dict[str, Any]:
+        """The profile fields this deployment sets itself."""
+        return dict(self.model_extra or {})
+
+
 class Deployment(_Model):
     """One service that backout manages."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "api_key_header" in data:
+            raise ValueError("`api_key_header` moved to the service profile: write profile.api_key_header "
+                             "(and profile.api_key_prefix, e.g. \"Bearer \")")
+        return data
+
     brain: Path
     health_url: str | None = None
-    api_key: SecretSource | None = None  # the service's API key, for smoke requests and salvage replay
-    api_key_header: str = "X-Engine-Key"
+    api_key: SecretSource | None = None  # the service's API key, sent in the profile's api_key_header
+    profile: ProfileChoice = Field(default_factory=lambda: ProfileChoice())
     staging: bool = False
     runtime: Literal["process", "compose"] | None = None
     drain_timeout: Duration = timedelta(seconds=30)
@@ -453,6 +505,31 @@ class Target:
     staging: bool = False
     config_path: Path | None = None
     settings: Deployment | None = None  # the whole deployment section, when there is a config
+
+    @cached_property
+    def detected_profile(self) -> "Detected":
+        """The service profile, and how it was chosen (named, or detected from the brain)."""
+        from backout.profiles import resolve
+
+        choice = self.settings.profile if self.settings is not None else ProfileChoice()
+        return resolve(choice.name, choice.overrides(), self.brain)
+
+    @property
+    def profile(self) -> "Profile":
+        """The service profile: everything service-specific (see backout.profiles)."""
+        return self.detected_profile.profile
+
+    def api_headers(self) -> dict[str, str]:
+        """The service's API key in the profile's header (none without a configured key)."""
+        key = self.settings.api_key if self.settings is not None else None
+        return self.profile.api_headers(key.value() if key is not None else None)
+
+    def probe(self, timeout: float = 10.0) -> "HealthProbe":
+        """One look at the health URL, judged by the profile's rule (the URL must be set)."""
+        from backout.signals.health import probe
+
+        assert self.health_url is not None
+        return probe(self.health_url, timeout=timeout, rule=self.profile.health)
 
     def require_settings(self) -> Deployment:
         """The deployment's configuration; ConfigError when running without a backout.toml."""

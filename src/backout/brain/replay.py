@@ -5,8 +5,8 @@ Two ways in. An Engine bundle (`memory-import.json`) goes through the running En
 replaying twice adds nothing. Any other bundle (or no service URL) is replayed with SQL straight
 into the live brain: rows marked "added" are inserted when the live schema still has their columns
 and their key is free; rows marked "changed" are never overwritten, only reported. Nothing is
-guessed: every row that is not replayed is counted with its reason, and `mcp_calls` (effects
-outside the brain) and migration ledgers are never replayed.
+guessed: every row that is not replayed is counted with its reason, and the service profile's
+effects table (effects outside the brain) and migration ledgers are never replayed.
 """
 
 from __future__ import annotations
@@ -30,11 +30,13 @@ from backout.brain.salvage import (
 )
 from backout.brain.tables import quote_ident
 from backout.errors import EXIT_ENVIRONMENT, EXIT_USAGE, BackoutError
+from backout.profiles import generic
+from backout.profiles.model import Profile
 
 __all__ = [
-    "IMPORT_PATH",
     "MAX_REQUEST_BYTES",
     "KeyRefused",
+    "LEFT_OUT_EFFECTS",
     "NotReplayed",
     "ReplayError",
     "ReplayReport",
@@ -44,7 +46,6 @@ __all__ = [
     "split_memory_import",
 ]
 
-IMPORT_PATH = "/memory/import"
 MAX_REQUEST_BYTES = 1024 * 1024  # the Engine answers 413 to larger request bodies
 KEYS_KEPT = 100  # keys listed per reason; the count is always complete
 
@@ -54,15 +55,14 @@ REASON_UNIQUE = "a unique constraint matches another row in the live brain; revi
 REASON_TABLE_MISSING = "table missing in the live brain"
 REASON_TOO_LARGE = "row alone is larger than the service's request limit"
 REASON_DANGLING_EDGE = "an end of the edge is missing from the salvaged brain"
-LEFT_OUT_MCP = (
-    "MCP calls had effects outside the brain (sent emails, deleted resources): never replayed; "
+LEFT_OUT_EFFECTS = (
+    "its rows record effects outside the brain (sent emails, deleted resources): never replayed; "
     "list them in the rollback report"
 )
 LEFT_OUT_LEDGER = "migration ledger: the live brain's own migrations decide it; never replayed"
 LEFT_OUT_SHADOW = "shadow table of a virtual table: rebuilt from its source table; never replayed"
 LEFT_OUT_NOT_IMPORTED = "not carried by POST /memory/import (the rows stay in {file})"
 
-_LEDGER_TABLES = frozenset({"schema_migrations", "alembic_version"})
 _ATTEMPTS = 3
 _RETRY_PAUSE_S = 0.5
 _TIMEOUT = httpx.Timeout(60.0, connect=5.0)
@@ -181,7 +181,7 @@ class ReplayReport:
 
     @property
     def left_out(self) -> int:
-        """Rows never replayed by design (mcp_calls, migration ledgers, what the API omits)."""
+        """Rows never replayed by design (the effects table, migration ledgers, what the API omits)."""
         return sum(t.left_out.rows for t in self.tables if t.left_out)
 
     @property
@@ -219,7 +219,7 @@ class ReplayReport:
             sent = "would send" if self.dry_run else "sent"
             return (
                 f"{verb} into {self.destination} ({sent} {self.requests} request"
-                f"{'s' if self.requests != 1 else ''} to {IMPORT_PATH}, each under 1 MiB)"
+                f"{'s' if self.requests != 1 else ''} to its import endpoint, each under 1 MiB)"
             )
         return f"{verb} into {self.destination} (SQL, one transaction per table)"
 
@@ -279,24 +279,26 @@ def replay_bundle(
     *,
     base_url: str | None,
     api_key: str | None,
-    key_header: str,
     brain: Path | None,
+    profile: Profile = generic.PROFILE,
     dry_run: bool = False,
     max_request_bytes: int = MAX_REQUEST_BYTES,
 ) -> ReplayReport:
-    """Replay a salvage bundle into the live service (Engine API) or its brain (SQL)."""
+    """Replay a salvage bundle into the live service (its import API, when the profile has one) or its
+    brain (SQL)."""
     bundle_dir = Path(bundle_dir)
     summary = _load_summary(bundle_dir)
-    if (bundle_dir / MEMORY_IMPORT_FILE).is_file() and base_url:
+    api = profile.replay == "engine-import" and profile.import_path
+    if api and (bundle_dir / MEMORY_IMPORT_FILE).is_file() and base_url:
         bundle = _load_memory_import(bundle_dir)
-        client = _EngineClient(base_url, api_key, key_header)
+        client = _EngineClient(base_url, api_key, profile)
         return _replay_engine(bundle_dir, summary, bundle, client, dry_run, max_request_bytes)
     if brain is None:
         raise ReplayError(
             "nothing to replay into: this bundle needs the live brain (set `brain` "
             "for the deployment in backout.toml) or, for the Engine, its health_url"
         )
-    return _replay_sql(bundle_dir, summary, Path(brain), dry_run)
+    return _replay_sql(bundle_dir, summary, Path(brain), dry_run, profile)
 
 
 def _load_summary(bundle_dir: Path) -> dict[str, Any]:
@@ -335,10 +337,10 @@ def _load_memory_import(bundle_dir: Path) -> dict[str, Any]:
     return bundle
 
 
-def _left_out_reason(table: str) -> str | None:
-    if table == "mcp_calls":
-        return LEFT_OUT_MCP
-    if table.lower() in _LEDGER_TABLES:
+def _left_out_reason(table: str, profile: Profile) -> str | None:
+    if table == profile.effects_table:
+        return LEFT_OUT_EFFECTS
+    if table.lower() in profile.ledger_tables():
         return LEFT_OUT_LEDGER
     return None
 
@@ -420,12 +422,12 @@ def _items(bundle: dict[str, Any], path: tuple[str, ...]) -> list[Any]:
 class _EngineClient:
     """POST /memory/import with a timeout and a short retry on connection errors and 5xx."""
 
-    def __init__(self, base_url: str, api_key: str | None, key_header: str) -> None:
+    def __init__(self, base_url: str, api_key: str | None, profile: Profile) -> None:
         self.url = base_url.rstrip("/")
         self.api_key = api_key
-        self.headers = {"Content-Type": "application/json"}
-        if api_key:
-            self.headers[key_header] = api_key
+        self.profile = profile
+        self.path = str(profile.import_path)
+        self.headers = {"Content-Type": "application/json", **profile.api_headers(api_key)}
 
     def import_all(self, bodies: list[bytes]) -> dict[str, int]:
         """Send every body in order; the rows the Engine added, summed per store."""
@@ -440,7 +442,7 @@ class _EngineClient:
         progress = f"{done} of {total} requests were imported before this; replaying again is safe"
         for attempt in range(_ATTEMPTS):
             try:
-                resp = client.post(IMPORT_PATH, content=body)
+                resp = client.post(self.path, content=body)
             except httpx.TransportError as exc:
                 if attempt + 1 < _ATTEMPTS:
                     time.sleep(_RETRY_PAUSE_S * 2**attempt)
@@ -449,7 +451,7 @@ class _EngineClient:
                     f"the service at {self.url} is not answering ({exc!r}): "
                     f"start it first, then replay again ({progress})"
                 ) from None
-            if resp.status_code >= 500 and _retryable(resp) and attempt + 1 < _ATTEMPTS:
+            if resp.status_code >= 500 and _retryable(resp, self.profile) and attempt + 1 < _ATTEMPTS:
                 time.sleep(_RETRY_PAUSE_S * 2**attempt)
                 continue
             return self._answer(resp, progress)
@@ -477,13 +479,17 @@ class _EngineClient:
             return {str(k): int(v) for k, v in added.items()}
         except (ValueError, KeyError, TypeError, AttributeError):
             raise ReplayError(
-                f"unexpected answer from {self.url}{IMPORT_PATH}: {resp.text[:200]!r}"
+                f"unexpected answer from {self.url}{self.path}: {resp.text[:200]!r}"
             ) from None
 
 
-def _retryable(resp: httpx.Response) -> bool:
-    """MIGRATION_REQUIRED will not go away by waiting; draining or starting will."""
-    return "MIGRATION_REQUIRED" not in resp.text
+def _retryable(resp: httpx.Response, profile: Profile) -> bool:
+    """A refused database (the profile's refusal codes) will not go away by waiting; draining or starting will."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return True
+    return profile.refusal_code(body) is None
 
 
 def _error_text(resp: httpx.Response) -> str:
@@ -505,7 +511,7 @@ def _replay_engine(
     splitter = _Splitter(bundle, limit)
     bodies, too_large = splitter.split()
     added = {} if dry_run else client.import_all(bodies)
-    tables = _engine_tables(summary, splitter.sent, too_large, added, dry_run)
+    tables = _engine_tables(summary, splitter.sent, too_large, added, dry_run, client.profile)
     return ReplayReport(bundle_dir, "engine", client.url, dry_run, tables, len(bodies))
 
 
@@ -515,6 +521,7 @@ def _engine_tables(
     too_large: dict[str, int],
     added: dict[str, int],
     dry_run: bool,
+    profile: Profile,
 ) -> list[TableReplay]:
     tables: list[TableReplay] = []
     carried = {table: answer for _, answer, table in _ENGINE_STORES}
@@ -533,7 +540,7 @@ def _engine_tables(
         edges.skip(REASON_DANGLING_EDGE)
     for entry in summary["tables"]:
         if entry["table"] not in carried and _salvaged_rows(entry):
-            reason = _left_out_reason(entry["table"]) or LEFT_OUT_NOT_IMPORTED.format(
+            reason = _left_out_reason(entry["table"], profile) or LEFT_OUT_NOT_IMPORTED.format(
                 file=entry["file"]
             )
             rows = _salvaged_rows(entry)
@@ -545,7 +552,7 @@ def _engine_tables(
 
 
 def _replay_sql(
-    bundle_dir: Path, summary: dict[str, Any], brain: Path, dry_run: bool
+    bundle_dir: Path, summary: dict[str, Any], brain: Path, dry_run: bool, profile: Profile
 ) -> ReplayReport:
     conn = _open_live_brain(brain)
     entries = {e["table"]: e for e in summary["tables"]}
@@ -553,7 +560,7 @@ def _replay_sql(
     table = ""
     try:
         for table, rows in groupby(read_bundle(bundle_dir), key=lambda pair: pair[0]):
-            _replay_table(conn, entries[table], (row for _, row in rows), tables[table], dry_run)
+            _replay_table(conn, entries[table], (row for _, row in rows), tables[table], dry_run, profile)
     except (ValueError, KeyError) as exc:
         raise ReplayError(
             f"salvage bundle {bundle_dir} is corrupt at {table or 'its start'} "
@@ -589,9 +596,10 @@ def _replay_table(
     rows: Iterator[dict[str, Any]],
     result: TableReplay,
     dry_run: bool,
+    profile: Profile,
 ) -> None:
     table, columns = entry["table"], list(entry["columns"])
-    left_out = _left_out_reason(table) or (LEFT_OUT_SHADOW if _is_shadow(conn, table) else None)
+    left_out = _left_out_reason(table, profile) or (LEFT_OUT_SHADOW if _is_shadow(conn, table) else None)
     refusal = None if left_out else _refusal(conn, table, columns)
     if left_out or refusal:
         _pass_over(rows, result, left_out, refusal)

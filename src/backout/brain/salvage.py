@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from backout.brain.tables import TableMark, connect_readonly, has_rowid, quote_ident, user_tables
+from backout.profiles import engine
 
 __all__ = [
     "ENGINE_BUNDLE_FORMAT",
@@ -39,15 +40,7 @@ __all__ = [
     "salvage",
 ]
 
-ENGINE_MEMORY_TABLES = (
-    "episodes",
-    "knowledge_store",
-    "social_graph_nodes",
-    "social_graph_edges",
-    "conversations",
-    "learning_signals",
-    "mcp_calls",
-)
+ENGINE_MEMORY_TABLES = engine.MEMORY_TABLES  # listed first in a bundle
 # Columns (compared case-insensitively) whose text value says when a row was last written.
 TIMESTAMP_COLUMNS = frozenset(
     {"updated_at", "modified_at", "changed_at", "last_seen", "created_at", "ts", "timestamp"}
@@ -65,8 +58,9 @@ _REPLAY_NOTE = (
     "/memory/import (or engine Brain.import_bundle); it skips rows already present, so importing "
     "twice is safe (the HTTP API refuses bodies over 1 MiB: split large bundles). Other tables: "
     "insert rows marked 'added' and upsert rows marked 'changed' by primary key, after checking "
-    "schema_diff (columns are those of the newer schema). mcp_calls had effects outside the brain: "
-    "list them in the rollback report, never replay them."
+    "schema_diff (columns are those of the newer schema). Rows of the service's effects table "
+    "(the Engine's tool calls) had effects outside the brain: list them in the rollback report, never "
+    "replay them."
 )
 
 Progress = Callable[[int, int], None]

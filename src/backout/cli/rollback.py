@@ -155,11 +155,12 @@ def _print_result(result: dict[str, Any]) -> None:
         typer.echo(f"  salvaged        {s['total']} rows -> {s['folder']}")
     if result.get("quarantine"):
         typer.echo(f"  quarantine      {result['quarantine']}")
-    calls = result.get("mcp_calls") or []
-    typer.echo(f"  external        {len(calls)} mcp_calls in the bad window (no rollback undoes them)")
-    for call in calls[:10]:
-        typer.echo(f"                  {call.get('created_at')} {call.get('tool')}.{call.get('action')} "
-                   f"{call.get('target') or ''} ({call.get('status')})")
+    effects = result.get("effects") or {}
+    if effects.get("table"):
+        typer.echo(f"  external        {len(effects.get('rows') or [])} {effects['table']} rows in the bad window "
+                   "(no rollback undoes them)")
+    for row in (effects.get("rows") or [])[:10]:  # the effects table's own columns, in its order
+        typer.echo("                  " + " ".join(str(v) for k, v in row.items() if k != "id" and v is not None)[:150])
     verify = result.get("verify") or {}
     for part in ("errors", "evals"):
         if verify.get(part):

@@ -135,7 +135,7 @@ def show(
     as_json: bool = JsonOpt,
     config: Path | None = ConfigOpt,
 ) -> None:
-    """Show an incident's salvage: tables, rows, the bundle, the schema diff, MCP calls."""
+    """Show an incident's salvage: tables, rows, the bundle, the schema diff, external effects."""
     incident, folder = _load_incident(_state_dir(config), incident_id)
     bundle = _bundle_dir(incident, folder)
     summary = _summary(bundle) if bundle is not None else None
@@ -158,7 +158,8 @@ def replay(
     """Replay an incident's salvage into the running service (Engine API) or its brain (SQL).
 
     Rows already present are skipped, so replaying twice is safe. Rows changed since the
-    snapshot are never overwritten: they are listed for review. mcp_calls are never replayed.
+    snapshot are never overwritten: they are listed for review. The profile's effects table (effects
+    outside the brain) and migration ledgers are never replayed.
     Exit 0 when every row was replayed or already present, 1 when some could not be."""
     incident, folder = _load_incident(_state_dir(config), incident_id)
     bundle = _bundle_dir(incident, folder)
@@ -188,9 +189,9 @@ def replay(
 
 
 def _run_replay(target: Target, bundle: Path, dry_run: bool) -> ReplayReport:
-    url, key, header = _service(target)
+    url, key = _service(target)
     return replay_bundle(
-        bundle, base_url=url, api_key=key, key_header=header, brain=target.brain, dry_run=dry_run
+        bundle, base_url=url, api_key=key, brain=target.brain, profile=target.profile, dry_run=dry_run
     )
 
 
@@ -262,8 +263,8 @@ def _target_for(config: Path | None, deployment: str | None, incident: dict[str,
     return target_from(config, str(name) if name else None, None)
 
 
-def _service(target: Target) -> tuple[str | None, str | None, str]:
-    """(base URL, API key, key header): replay uses the API when there is a health URL."""
+def _service(target: Target) -> tuple[str | None, str | None]:
+    """(base URL, API key): replay uses the service's import API when there is a health URL."""
     from backout.flows.check import base_url
 
     settings = target.settings
@@ -271,8 +272,7 @@ def _service(target: Target) -> tuple[str | None, str | None, str]:
         key = settings.api_key.value() if settings and settings.api_key else None
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
-    header = settings.api_key_header if settings else "X-Engine-Key"
-    return (base_url(target) if target.health_url else None), key, header
+    return (base_url(target) if target.health_url else None), key
 
 
 # -- output --------------------------------------------------------------------------------------
@@ -282,7 +282,8 @@ def _show_facts(
     incident_id: str, incident: dict[str, Any], bundle: Path | None, summary: dict[str, Any] | None
 ) -> dict[str, Any]:
     tables = (summary or {}).get("tables", [])
-    mcp: dict[str, Any] = next((t for t in tables if t.get("table") == "mcp_calls"), {})
+    effects_table = (incident.get("effects") or {}).get("table")
+    effects: dict[str, Any] = next((t for t in tables if effects_table and t.get("table") == effects_table), {})
     snapshot = incident.get("snapshot") or {}
     kind = ((summary or {}).get("schema_diff") or {}).get("kind")
     return {
@@ -299,7 +300,7 @@ def _show_facts(
             if t.get("added") or t.get("changed")
         ],
         "schema_diff_kind": kind,
-        "mcp_calls": int(mcp.get("added", 0)) + int(mcp.get("changed", 0)),
+        "effects": {"table": effects_table, "rows": int(effects.get("added", 0)) + int(effects.get("changed", 0))},
         "engine_bundle": bool((summary or {}).get("memory_import")),
         "replay_command": f"backout salvage replay {incident_id}" if bundle else None,
     }
@@ -321,7 +322,8 @@ def _render_show(facts: dict[str, Any], summary: dict[str, Any] | None) -> str:
         f"total: {facts['total']} rows in {facts['bundle']}"
         + (" (with memory-import.json for the Engine)" if facts["engine_bundle"] else ""),
         f"schema diff: {facts['schema_diff_kind'] or 'not recorded'}",
-        f"mcp_calls: {facts['mcp_calls']} (effects outside the brain; never replayed)",
+        (f"{facts['effects']['table']}: {facts['effects']['rows']} (effects outside the brain; never replayed)"
+         if facts["effects"]["table"] else "external effects: the service's profile names no effects table"),
         f"replay: {facts['replay_command']} --dry-run, then without --dry-run",
     ]
     return "\n".join(lines)

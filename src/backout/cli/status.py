@@ -17,7 +17,6 @@ from backout.history import History
 from backout.ledger import Ledger, NoRollback, Running, pending_operations, running_version
 from backout.runtime.base import Runtime
 from backout.runtime.factory import runtime_for
-from backout.signals.health import probe
 
 __all__ = ["status", "collect_status"]
 
@@ -87,7 +86,7 @@ def collect_status(target: Target, verify: bool = False) -> dict[str, Any]:
         out["rollback_target"] = _rollback_target(target, ledger, running)
     out["pending"] = [p.to_dict() for p in pending_operations(target)]
     if target.health_url:
-        out["health"] = probe(target.health_url, timeout=5).to_dict()
+        out["health"] = target.probe(timeout=5).to_dict()
     out["restore_point"] = _restore_point(target, ledger, runtime, verify)
     out["versions"] = [j.to_dict() for j in ledger.judgements()]
     changes = History(target.state_dir).entries(target.deployment)

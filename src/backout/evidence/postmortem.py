@@ -59,7 +59,7 @@ def _view(inc: dict[str, Any]) -> dict[str, Any]:
         "failed_eval_cases": [_cell(c) for c in _list(inc.get("failed_eval_cases"))],
         "layer": _layer(inc),
         "data": _data(inc),
-        "mcp_calls": [_mcp_call(c) for c in _list(inc.get("mcp_calls"))],
+        "effects": _effects(_dict(inc.get("effects"))),
         "verify": _verify(_dict(inc.get("verify"))),
         "notifications": [_notification(n) for n in _list(inc.get("notifications"))],
         "status_page": _status_page(inc.get("status_page")),
@@ -149,10 +149,15 @@ def _table_counts(value: Any) -> list[dict[str, str]]:
     return [{"table": _cell(t), "rows": _cell(n)} for t, n in sorted(_dict(value).items())]
 
 
-def _mcp_call(c: Any) -> dict[str, str]:
-    c = _dict(c)
-    return {k: _cell(c.get(k)) for k in ("id", "created_at", "task_id", "tool", "action", "target",
-                                          "status")}
+_EFFECT_COLUMNS = 8  # a wider table would not read in a postmortem; the incident JSON has every column
+
+
+def _effects(effects: dict[str, Any]) -> dict[str, Any]:
+    """The effects table's name, the columns shown (those of the first row) and the rows as cells."""
+    rows = [_dict(r) for r in _list(effects.get("rows"))]
+    columns = [str(c) for c in rows[0]][:_EFFECT_COLUMNS] if rows else []
+    return {"table": effects.get("table"), "columns": columns,
+            "rows": [[_cell(r.get(c)) for c in columns] for r in rows]}
 
 
 def _verify(v: dict[str, Any]) -> list[dict[str, str]]:

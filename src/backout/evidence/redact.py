@@ -38,7 +38,7 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # "api_key": "value" (JSON) and 'api_key': 'value' (Python reprs)
     (re.compile(rf"""(["'])({_NAME})\1(\s*:\s*)(["'])(?:\\.|(?!\4).)*\4""", re.IGNORECASE),
      rf"\1\2\1\3\4{REDACTED}\4"),
-    # Authorization: Bearer xyz / X-Engine-Key: xyz / token: xyz (headers, YAML, log text)
+    # Authorization: Bearer xyz / X-Service-Key: xyz / token: xyz (headers, YAML, log text)
     (re.compile(rf"({_NAME})([ \t]*:[ \t]*)({_SCHEME}){_BARE}", re.IGNORECASE),
      rf"\1\2\3{REDACTED}"),
     # password="xyz", secret='xyz'

@@ -21,7 +21,7 @@
       "created_at": "2026-11-27T01:16:02+00:00"
     }
 
-kind "turn": POST /execute MAX_REQUESTS times, cycling over the tasks whose turns failed, each
+kind "turn" (services whose profile names a `turn_path`, e.g. the Engine's turns): POST to `path` MAX_REQUESTS times, cycling over the tasks whose turns failed, each
 under the original task id plus a fresh suffix (request bodies are not logged, so the message is
 a neutral probe that triggers no tool call), expecting `expect.status` and a stream ending in
 `thread_lifecycle: completed`. A failure tied to one task's stored state is not reproduced by a
@@ -58,26 +58,28 @@ def case_name(incident: dict[str, Any]) -> str | None:
     return f"regression_{slug}" if slug else None
 
 
-def regression_case(incident: dict[str, Any]) -> dict[str, Any] | None:
-    """The regression case of an incident as a dict; None when there is nothing to test against."""
+def regression_case(incident: dict[str, Any], turn_path: str | None = None) -> dict[str, Any] | None:
+    """The regression case of an incident as a dict; None when there is nothing to test against.
+    Failed requests to `turn_path` (the profile's) become a "turn" case; without one, a "health" case."""
     name = case_name(incident)
     if name is None or not incident.get("from_version"):
         return None
-    requests = _requests(incident.get("failed_requests") or [])
+    requests = _requests(incident.get("failed_requests") or [], turn_path) if turn_path else []
     kind = "turn" if requests else "health"
     expect = {"status": 200, **({"lifecycle": "completed"} if requests else {"health": "ok"})}
     return {"format": FORMAT, "name": name, "incident": incident.get("id"),
             "deployment": incident.get("deployment"), "version": incident.get("from_version"),
             "good_version": incident.get("to_version"), "trigger": _trigger(incident),
             "reason": incident.get("reason"), "kind": kind, "requests": requests, "expect": expect,
+            **({"path": turn_path} if requests else {}),
             "cases": _cases(incident.get("failed_eval_cases") or []),
             "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
-def write_regression_case(folder: Path, incident: dict[str, Any],
-                          redactor: Redactor | None = None) -> Path | None:
+def write_regression_case(folder: Path, incident: dict[str, Any], redactor: Redactor | None = None,
+                          turn_path: str | None = None) -> Path | None:
     """Write `folder/regression/<name>.json` (0600); None (no file) when nothing can be tested."""
-    case = regression_case(incident)
+    case = regression_case(incident, turn_path)
     if case is None:
         return None
     case = (redactor or Redactor()).obj(case)  # the reason may quote a log line
@@ -95,19 +97,19 @@ def _trigger(incident: dict[str, Any]) -> str | None:
     return str(triggers[0]) if triggers else None
 
 
-def _requests(failed: list[Any]) -> list[dict[str, str]]:
+def _requests(failed: list[Any], turn_path: str) -> list[dict[str, str]]:
     """MAX_REQUESTS probes over the distinct tasks whose turns failed server-side (none: [])."""
     tasks = list(dict.fromkeys(str(row.get("task_id") or "regression") for row in failed
-                               if isinstance(row, dict) and _is_failed_turn(row)))
+                               if isinstance(row, dict) and _is_failed_turn(row, turn_path)))
     # A failure that hits a share of turns needs several tries to show again: cycle the tasks.
     return [{"task_id": tasks[i % len(tasks)], "message": PROBE_MESSAGE}
             for i in range(MAX_REQUESTS)] if tasks else []
 
 
-def _is_failed_turn(row: dict[str, Any]) -> bool:
-    """A /execute request that failed on the server's side (5xx, or no answer at all)."""
+def _is_failed_turn(row: dict[str, Any], turn_path: str) -> bool:
+    """A request to `turn_path` that failed on the server's side (5xx, or no answer at all)."""
     path, status = row.get("path"), row.get("status")
-    is_turn = path is None or str(path).split("?")[0].rstrip("/").endswith("/execute")
+    is_turn = not path or str(path).split("?")[0].rstrip("/") == turn_path.rstrip("/")
     try:
         server_side = status is None or int(status) >= 500 or int(status) == 0
     except (TypeError, ValueError):

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from backout.brain.tables import connect_readonly
+from backout.brain.tables import connect_readonly, quote_ident
 from backout.config import Target
 from backout.errors import BackoutError
 from backout.flows.check import observe, policy_of, request_samples, state_files
@@ -17,7 +17,7 @@ from backout.runtime.base import Runtime
 from backout.signals.decide import decide
 from backout.signals.stats import percentile
 
-__all__ = ["bad_window_facts", "epoch", "mcp_calls_since"]
+__all__ = ["bad_window_facts", "effects_since", "epoch"]
 
 _KEEP_FAILED = 20
 
@@ -76,9 +76,11 @@ def bad_window_facts(target: Target, runtime: Runtime, since_iso: str | None, re
             "failed_requests": failed, "failed_eval_cases": list((verdict or {}).get("failed_eval_cases", []))}
 
 
-def mcp_calls_since(brain: Path, max_rowid: int | None, since_iso: str | None) -> list[dict[str, Any]]:
-    """`mcp_calls` rows made in the bad window (after the snapshot's mark, else since the switch)."""
-    if not brain.exists():
+def effects_since(brain: Path, table: str | None, max_rowid: int | None,
+                  since_iso: str | None) -> list[dict[str, Any]]:
+    """Rows of the profile's effects table (effects outside the database, e.g. the Engine's tool calls)
+    made in the bad window: after the snapshot's mark, else since the switch. None without such a table."""
+    if table is None or not brain.exists():
         return []
     try:
         conn = connect_readonly(brain)
@@ -86,14 +88,15 @@ def mcp_calls_since(brain: Path, max_rowid: int | None, since_iso: str | None) -
         return []
     try:
         conn.row_factory = sqlite3.Row
+        name = quote_ident(table)
         if max_rowid is not None:
-            rows = conn.execute("SELECT * FROM mcp_calls WHERE rowid > ? ORDER BY rowid", (max_rowid,)).fetchall()
+            rows = conn.execute(f"SELECT * FROM {name} WHERE rowid > ? ORDER BY rowid", (max_rowid,)).fetchall()
         elif since_iso:
-            rows = conn.execute("SELECT * FROM mcp_calls WHERE created_at >= ? ORDER BY rowid", (since_iso,)).fetchall()
+            rows = conn.execute(f"SELECT * FROM {name} WHERE created_at >= ? ORDER BY rowid", (since_iso,)).fetchall()
         else:
             rows = []
         return [dict(r) for r in rows]
     except sqlite3.DatabaseError:
-        return []  # no mcp_calls table: this service records no external effects
+        return []  # no such table (yet), or no created_at column: nothing to list
     finally:
         conn.close()

@@ -17,7 +17,6 @@ from backout.runtime.base import Runtime
 from backout.signals.baseline import Baseline, StateFiles
 from backout.signals.decide import decide
 from backout.signals.evals import run_evals
-from backout.signals.health import probe
 from backout.signals.model import EvalRun, ExpectedChanges, HealthSample, Observations, Policy, RequestSample, Verdict
 
 if TYPE_CHECKING:
@@ -47,20 +46,28 @@ def policy_of(settings: Deployment) -> Policy:
 
 
 def request_samples(target: Target, runtime: Runtime, since: float, until: float) -> list[RequestSample]:
-    """Requests between two times, from the configured source (the service's logs by default)."""
+    """Requests between two times, from the configured source (the service's logs by default); which
+    requests count, the metric names and the queries are the service profile's."""
     from backout.signals import metrics
 
     v = target.require_settings().verdict
+    profile = target.profile
     if v.source == "prometheus":
-        if not v.prometheus_url:
-            raise BackoutError("verdict.source = 'prometheus' needs verdict.prometheus_url", EXIT_USAGE)
-        return metrics.PrometheusSource(v.prometheus_url, path=v.path).samples(since, until)
+        q = profile.prometheus
+        if not v.prometheus_url or not (q.total and q.errors and q.latency):
+            raise BackoutError("verdict.source = 'prometheus' needs verdict.prometheus_url and the queries "
+                               "profile.prometheus.total, .errors and .latency (the engine profile has them)",
+                               EXIT_USAGE)
+        return metrics.PrometheusSource(v.prometheus_url, q.errors, q.latency, q.total,
+                                        path=profile.request_path or "").samples(since, until)
     if v.source == "scrape":
         url = v.scrape_url or base_url(target) + "/metrics"
-        headers = {"X-Engine-Key": os.environ.get(v.scrape_key_env, "")} if v.scrape_key_env else {}
-        return metrics.ScrapeSource(url, headers, path=v.path,
+        headers = profile.api_headers(os.environ.get(v.scrape_key_env, "")) if v.scrape_key_env else {}
+        return metrics.ScrapeSource(url, headers, path=profile.request_path,
+                                    requests_metric=profile.prometheus.requests_metric,
+                                    duration_metric=profile.prometheus.duration_metric,
                                     state_file=state_files(target).folder / "scrape.json").samples(since, until)
-    return metrics.LogSource(lambda start: runtime.logs(since=start), path_filter=v.path).samples(since, until)
+    return metrics.LogSource(lambda start: runtime.logs(since=start), counts=profile.counts).samples(since, until)
 
 
 def expected_changes(settings: Deployment, version: str | None) -> ExpectedChanges:
@@ -88,7 +95,7 @@ def expected_changes(settings: Deployment, version: str | None) -> ExpectedChang
 def _probe(target: Target) -> HealthSample | None:
     if not target.health_url:
         return None
-    p = probe(target.health_url, timeout=10)
+    p = target.probe(timeout=10)
     return HealthSample(time.time(), p.ok, p.status_code, tuple(p.failing), p.reason())
 
 

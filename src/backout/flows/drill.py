@@ -26,7 +26,6 @@ from backout.flows.check import base_url
 from backout.flows.drill_setup import BREAKS, Staging
 from backout.flows.drill_traffic import TrafficRecorder, burst
 from backout.flows.paths import rollback_journal
-from backout.signals.health import probe
 
 __all__ = ["Drill"]
 
@@ -96,7 +95,7 @@ class Drill:
                 out = self.backout("switch", self.production, "--yes", "--json")
                 if out.returncode != 0:
                     raise DrillFailed("bring-up", f"{self.production} did not start: {_last(out)}")
-            p["detail"] += f", health {probe(str(self.target.health_url)).reason()}"
+            p["detail"] += f", health {self.target.probe().reason()}"
 
     def seed(self) -> None:
         """Realistic memory (people, facts, episodes, feedback), then traffic for the rest of the drill."""

@@ -13,7 +13,6 @@ from backout.brain.manifest import SnapshotStore
 from backout.brain.salvage import SUMMARY_FILE
 from backout.brain.tables import connect_readonly, quote_ident, user_tables
 from backout.flows.drill import Drill, rows_kept
-from backout.signals.health import probe
 
 __all__ = ["drill_checks", "table_rows"]
 
@@ -94,7 +93,7 @@ def _replay(drill: Drill, rollback: dict[str, Any]) -> dict[str, Any]:
         return _check("bad-window rows replayable", False, lines[-1] if lines else f"exit {out.returncode}")
     return _check("bad-window rows replayable", out.returncode == 0,
                   f"replayed into {drill.production}: {totals['replayed']} rows, {totals['already_present']} already "
-                  f"there, {totals['not_replayed']} not replayable, {totals['left_out']} left out (mcp_calls, ledgers)")
+                  f"there, {totals['not_replayed']} not replayable, {totals['left_out']} left out (external effects, ledgers)")
 
 
 def _salvage_check(rollback: dict[str, Any], tables: list[dict[str, Any]]) -> dict[str, Any]:
@@ -108,7 +107,7 @@ def _salvage_check(rollback: dict[str, Any], tables: list[dict[str, Any]]) -> di
 
 
 def _recovered_check(drill: Drill, rollback: dict[str, Any]) -> dict[str, Any]:
-    health = probe(str(drill.target.health_url), timeout=10)
+    health = drill.target.probe(timeout=10)
     verify = rollback.get("verify") or {}
     ok = health.ok and rollback.get("outcome") == "rolled-back" and bool(verify.get("ok"))
     return _check("restored service healthy and verified, evals green", ok,

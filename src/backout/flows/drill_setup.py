@@ -35,6 +35,7 @@ state_dir = ".backout"
 brain = "brain.sqlite"
 health_url = "http://127.0.0.1:{port}/health"
 api_key = {{ env = "ENGINE_API_KEY" }}
+profile = "engine"
 runtime = "process"
 staging = true
 drain_timeout = "5s"
@@ -66,7 +67,6 @@ rto = "2m"
 
 [deployments.staging.rollback]
 verify_window = "3s"
-smoke = {{ method = "GET", path = "/execute/replay?after=0" }}
 
 [deployments.staging.notify]
 file = "notifications.jsonl"

@@ -21,7 +21,7 @@ from backout.brain.salvage import SUMMARY_FILE, SalvageError, salvage
 from backout.config import Target
 from backout.evidence import (DiagnosticsInput, Redactor, collect_diagnostics, file_ticket, migration_history,
                               secrets_of, write_postmortem, write_regression_case)
-from backout.flows.badwindow import epoch, mcp_calls_since
+from backout.flows.badwindow import effects_since, epoch
 from backout.flows.paths import rollback_journal, upgrade_journal, watch_state
 from backout.flows.switch import moved_on, drain_facts, start_until_healthy
 from backout.flows.check import base_url, policy_of, request_samples, state_files
@@ -39,7 +39,6 @@ from backout.progress import NO_PROGRESS, Progress
 from backout.commands import Command, perform
 from backout.runtime.base import Runtime
 from backout.signals.evals import run_evals
-from backout.signals.health import probe
 
 __all__ = ["RollbackRun", "incident_folder", "new_journal", "rollback_now"]
 
@@ -125,7 +124,7 @@ class RollbackRun:
                     action=self.restore)
 
     def _salvage_step(self) -> Step:
-        return Step("salvage", "Salvage the bad window's rows from the quarantined brain; list its mcp_calls",
+        return Step("salvage", "Salvage the bad window's rows from the quarantined brain; list its external effects",
                     files=[str(self.folder / "salvage")], action=self.salvage)
 
     def _start_step(self) -> Step:
@@ -188,11 +187,12 @@ class RollbackRun:
         logs = self.runtime.logs(since=datetime.fromtimestamp(since, timezone.utc))
         health = [s.__dict__ | {"failing": list(s.failing)} for s in state_files(self.target).health_since(since)]
         if self.target.health_url:
-            health.append({"ts": time.time(), **probe(self.target.health_url, timeout=5).to_dict()})
+            health.append({"ts": time.time(), **self.target.probe(timeout=5).to_dict()})
         snap = self.d.snapshot
-        mark = (SnapshotStore(self.target.snapshot_dir).load(snap.id).tables.get("mcp_calls", {}).get("max_rowid")
+        table = self.target.profile.effects_table
+        mark = (SnapshotStore(self.target.snapshot_dir).load(snap.id).tables.get(table or "", {}).get("max_rowid")
                 if snap else None)
-        calls = mcp_calls_since(self.target.brain, mark, self.d.bad_window.start)
+        calls = effects_since(self.target.brain, table, mark, self.d.bad_window.start)
         tarball = collect_diagnostics(self.folder, DiagnosticsInput(
             incident_id=self.d.incident_id, deployment=self.target.deployment, logs=logs, health=health,
             verdict=self.d.signals.verdict, baseline=self.d.signals.baseline,
@@ -200,7 +200,7 @@ class RollbackRun:
             schema_diff=self.d.schema.diff, migrations=migration_history(self.target.brain),
             versions=self._versions(), extra={"signals": self.d.signals, "trial": self.d.trial}),
             self.redactor)
-        return {"diagnostics": str(tarball), "mcp_calls": calls, "log_lines": len(logs)}
+        return {"diagnostics": str(tarball), "effects": _effects(table, calls), "log_lines": len(logs)}
 
     def _versions(self) -> dict[str, Any]:
         out: dict[str, Any] = {"from": self.d.from_version, "to": self.d.to_version, "runtime": self.runtime.name}
@@ -347,9 +347,11 @@ class RollbackRun:
                                   f"`backout salvage extract --snapshot {manifest.id} --from {newer}`"}
         summary = json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
         tables = {t["table"]: t["added"] + t["changed"] for t in summary.get("tables", []) if t["added"] + t["changed"]}
-        calls = mcp_calls_since(newer, manifest.tables.get("mcp_calls", {}).get("max_rowid") or 0, None)
+        table = self.target.profile.effects_table
+        calls = effects_since(newer, table, manifest.tables.get(table or "", {}).get("max_rowid") or 0, None)
         return {"salvage": {"folder": str(out), "total": summary.get("total", 0), "tables": tables},
-                "mcp_calls": calls, "detail": f"{summary.get('total', 0)} rows salvaged, {len(calls)} mcp_calls"}
+                "effects": _effects(table, calls),
+                "detail": f"{summary.get('total', 0)} rows salvaged, {len(calls)} external effects"}
 
     def start(self) -> dict[str, Any]:
         """Start the target (unless a resumed run already did) and wait for health."""
@@ -361,7 +363,7 @@ class RollbackRun:
         healthy_at = float(self.facts.get("healthy_at") or time.time())
         window = self.settings.rollback.verify_window.total_seconds()
         time.sleep(max(0.0, healthy_at + window - time.time()))
-        health = probe(self.target.health_url, timeout=10).to_dict() if self.target.health_url else None
+        health = self.target.probe(timeout=10).to_dict() if self.target.health_url else None
         errors = self._errors_recovered(healthy_at)
         evals = self._evals_green()
         ok = (health is None or health["ok"]) and errors["ok"] and evals["ok"]
@@ -433,7 +435,7 @@ class RollbackRun:
         incident = self.incident("rolled-back" if self.verified() else "rolled-back-unverified")
         self.save_incident(incident)
         path = write_postmortem(self.folder, incident, self.redactor)
-        case = write_regression_case(self.folder, incident, self.redactor)
+        case = write_regression_case(self.folder, incident, self.redactor, turn_path=self.target.profile.turn_path)
         ticket = None
         if self.settings.tracker is not None:
             title = f"Postmortem: {self.target.deployment} rolled back from {self.d.from_version} to {self.d.to_version}"
@@ -474,7 +476,7 @@ class RollbackRun:
             "bad_window": d.bad_window.to_dict(), "verdict": d.signals.verdict,
             "signals": {k: signals[k] for k in ("window", "baseline", "impact")},
             "rows_since_snapshot": d.rows_since_snapshot, "salvage": f.get("salvage"),
-            "mcp_calls": f.get("mcp_calls", []), "failed_requests": d.signals.failed_requests,
+            "effects": f.get("effects") or _effects(None, []), "failed_requests": d.signals.failed_requests,
             "failed_eval_cases": d.signals.failed_eval_cases, "timeline": timeline(self.journal),
             "drain": f.get("drain"), "verify": f.get("verify"), "notifications": f.get("notifications", []),
             "status_page": f.get("status_page"), "quarantine": f.get("quarantine"),
@@ -496,8 +498,9 @@ class RollbackRun:
                       "fix the cause, then `backout rollback --resume` tries the start again"]
         if self.facts.get("salvage"):
             steps.append(f"replay the salvaged rows once fixed: `backout salvage replay {d.incident_id}`")
-        if self.facts.get("mcp_calls"):
-            steps.append(f"check the {len(self.facts['mcp_calls'])} external effects (mcp_calls) of the bad window")
+        effects = self.facts.get("effects") or {}
+        if effects.get("rows"):
+            steps.append(f"check the {len(effects['rows'])} external effects ({effects['table']}) of the bad window")
         steps.append(f"fix {d.from_version}, then `backout unfreeze {d.from_version} --reason …`")
         return steps
 
@@ -536,8 +539,13 @@ class RollbackRun:
                 "layer_reason": self.d.layer_reason, "snapshot": self.d.snapshot.to_dict() if self.d.snapshot else None,
                 "timings": {e["step"]: e["seconds"] for e in incident["timeline"]},
                 "total_seconds": round(time.time() - self.d.decided_at, 3),
-                **{k: incident[k] for k in ("drain", "verify", "salvage", "mcp_calls", "quarantine", "status_page",
+                **{k: incident[k] for k in ("drain", "verify", "salvage", "effects", "quarantine", "status_page",
                                             "notifications", "next_steps")}}
+
+
+def _effects(table: str | None, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The bad window's external effects: the profile's effects table and its rows (none without one)."""
+    return {"table": table, "rows": rows}
 
 
 def _age(seconds: float) -> str:

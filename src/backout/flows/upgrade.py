@@ -20,7 +20,6 @@ from backout.flows.journals import refuse_if_pending
 from backout.flows.prove import prove_target
 from backout.fsutil import free_bytes
 from backout.runtime.base import Runtime
-from backout.signals.health import probe
 
 __all__ = ["UpgradeRefused", "preflight", "restore_throughput"]
 
@@ -63,7 +62,7 @@ def _current(target: Target, runtime: Runtime, force: bool) -> tuple[str, dict[s
     if not current.running or not current.version:
         raise UpgradeRefused(f"nothing is running on {target.deployment}: an upgrade starts from a running version "
                              "(use `backout switch VERSION` for a first start)")
-    health = probe(target.health_url, timeout=10).to_dict() if target.health_url else None
+    health = target.probe(timeout=10).to_dict() if target.health_url else None
     if health and not health["ok"] and not force:
         raise UpgradeRefused(f"{current.version} is not healthy ({health['reason']}): fix it first, or pass --force")
     return current.version, health

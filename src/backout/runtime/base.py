@@ -11,10 +11,11 @@ from typing import Any
 
 from backout.commands import Command
 from backout.errors import EXIT_ENVIRONMENT, BackoutError
+from backout.profiles import generic
+from backout.profiles.model import Profile
 from backout.signals.health import HealthProbe, probe
 
-__all__ = ["Availability", "Command", "Current", "HealthWait", "Runtime", "RuntimeFailure", "StopResult",
-           "not_retryable"]
+__all__ = ["Availability", "Command", "Current", "HealthWait", "Runtime", "RuntimeFailure", "StopResult"]
 
 
 class RuntimeFailure(BackoutError):
@@ -84,10 +85,12 @@ class Runtime(abc.ABC):
     """Switches one deployment between versions. Adapters build their commands as data."""
 
     name: str = ""
+    _LOG_LOOK_EVERY = 1.0  # seconds between two looks at the logs for a refusal while waiting for health
 
-    def __init__(self, health_url: str | None, brain: Path) -> None:
+    def __init__(self, health_url: str | None, brain: Path, profile: Profile = generic.PROFILE) -> None:
         self.health_url = health_url
         self.brain = brain
+        self.profile = profile  # how health is judged and what a refused database looks like
         self.started_at: datetime | None = None  # set by start(): the logs of this start begin here
 
     def start_logs(self, tail: int = 20) -> list[str]:
@@ -141,7 +144,9 @@ class Runtime(abc.ABC):
 
     def health_probe(self, timeout: float) -> HealthProbe | None:
         """One look at the service's health; None when the runtime knows no more than "running"."""
-        return probe(self.health_url, timeout=timeout) if self.health_url is not None else None
+        if self.health_url is None:
+            return None
+        return probe(self.health_url, timeout=timeout, rule=self.profile.health)
 
     poll_interval = 0.2  # seconds between two health probes
 
@@ -151,28 +156,29 @@ class Runtime(abc.ABC):
         `deadline` is a time.monotonic() value. The one health loop of every runtime and trial boot."""
         start = time.monotonic()
         last: HealthProbe | None = None
+        looked = start
         while True:
             code = self.exited()
             if code is not None:
+                tail = self.start_logs()
+                said = self.profile.refusal_line(tail, self.brain.name, exited=code != 0)
                 return HealthWait(False, time.monotonic() - start, last,
-                                  f"exited with code {code} before it was healthy", self.start_logs())
+                                  f"exited with code {code} before it was healthy"
+                                  + (f"; it refused the database: {said}" if said else ""), tail)
             last = self.health_probe(timeout=min(10.0, max(0.5, deadline - time.monotonic())))
             if last is None:
                 return HealthWait(True, time.monotonic() - start, None, "running (no health URL configured)")
             if last.ok:
                 return HealthWait(True, time.monotonic() - start, last, "healthy")
-            if not_retryable(last):
-                return HealthWait(False, time.monotonic() - start, last,
-                                  f"refuses to serve: {last.reason()}", self.start_logs())
+            said = last.reason() if self.profile.refusal_code(last.body) else None
+            if said is None and self.profile.refusal.log_patterns and time.monotonic() - looked >= self._LOG_LOOK_EVERY:
+                looked = time.monotonic()
+                said = self.profile.refusal_line(self.start_logs(tail=50))
+            if said is not None:
+                return HealthWait(False, time.monotonic() - start, last, f"refuses to serve: {said}",
+                                  self.start_logs())
             if time.monotonic() >= deadline:
                 return HealthWait(False, time.monotonic() - start, last,
                                   f"not healthy in time: {last.reason()}", self.start_logs())
             time.sleep(self.poll_interval)
 
-
-def not_retryable(p: HealthProbe) -> bool:
-    """A brain the version cannot read will not heal by waiting (the Engine's MIGRATION_* codes)."""
-    body = p.body if isinstance(p.body, dict) else {}
-    error = body.get("error")
-    code = error.get("code") if isinstance(error, dict) else None
-    return bool(code and str(code).startswith("MIGRATION_"))

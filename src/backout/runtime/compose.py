@@ -20,6 +20,8 @@ import httpx
 from backout.config import ComposeSettings, ConfigError
 from backout.errors import EXIT_ENVIRONMENT, EXIT_USAGE
 from backout.commands import Command, note, perform
+from backout.profiles import generic
+from backout.profiles.model import Profile
 from backout.runtime.base import Availability, Current, Runtime, RuntimeFailure, StopResult
 from backout.runtime.compose_file import (image_for, load_compose, read_env_file, replace_file_text, service_of,
                                           set_image_tag, split_image, write_env_variable)
@@ -39,8 +41,8 @@ class ComposeRuntime(Runtime):
     poll_interval = 0.5  # each look at the container is two docker calls
 
     def __init__(self, settings: ComposeSettings, brain: Path, health_url: str | None, state: Path,
-                 override: Path | None = None) -> None:
-        super().__init__(health_url, brain)
+                 override: Path | None = None, profile: Profile = generic.PROFILE) -> None:
+        super().__init__(health_url, brain, profile)
         self.settings = settings
         self.override = override  # a second compose file that pins the image (a trial boot): no version edit
         self.state = state

@@ -17,8 +17,8 @@ def runtime_for(target: Target) -> Runtime:
         from backout.runtime.compose import ComposeRuntime
 
         assert settings.compose is not None
-        return ComposeRuntime(settings.compose, target.brain, target.health_url, state)
+        return ComposeRuntime(settings.compose, target.brain, target.health_url, state, profile=target.profile)
     from backout.runtime.process import ProcessRuntime
 
     assert settings.process is not None
-    return ProcessRuntime(settings.process, target.brain, target.health_url, state)
+    return ProcessRuntime(settings.process, target.brain, target.health_url, state, profile=target.profile)

@@ -21,6 +21,8 @@ from backout.config import ProcessSettings
 from backout.errors import EXIT_REFUSED, EXIT_USAGE
 from backout.fsutil import atomic_write_json, ensure_private_dir
 from backout.commands import SPAWN, Command, perform, run_command
+from backout.profiles import generic
+from backout.profiles.model import Profile
 from backout.runtime.base import Availability, Current, Runtime, RuntimeFailure, StopResult
 from backout.runtime.env import env_names, service_env
 
@@ -84,8 +86,9 @@ class ProcessRuntime(Runtime):
 
     name = "process"
 
-    def __init__(self, settings: ProcessSettings, brain: Path, health_url: str | None, state: Path) -> None:
-        super().__init__(health_url, brain)
+    def __init__(self, settings: ProcessSettings, brain: Path, health_url: str | None, state: Path,
+                 profile: Profile = generic.PROFILE) -> None:
+        super().__init__(health_url, brain, profile)
         self.settings = settings
         self.state = state
         self.pid_file = state / "service.pid.json"

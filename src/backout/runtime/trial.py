@@ -1,8 +1,8 @@
 """Trial boot: can an older version serve the brain as it is now? Start it and see.
 
 The target version is started against a throwaway copy of the current brain, on a spare port (a
-process) or in a temporary compose project (a container), then its health and one smoke request
-are checked. The live service and its brain are never touched; the copy is removed afterwards.
+process) or in a temporary compose project (a container), then its health and the profile's smoke
+requests (reads and writes: the copy is thrown away) are checked. The live service and its brain are never touched; the copy is removed afterwards.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
-
 from backout.brain.skeleton import copy_brain_skeleton
 from backout.brain.snapshot import copy_live_brain
 from backout.config import ConfigError, Deployment, Target
@@ -32,6 +30,7 @@ from backout.commands import Command, isolated, note
 from backout.runtime.base import HealthWait, Runtime, RuntimeFailure
 from backout.runtime.compose import ComposeRuntime, project_name
 from backout.runtime.env import env_names
+from backout.runtime.smoke import run_smoke
 
 __all__ = ["TrialResult", "cached_trial", "clean_stale_trials", "remember_trial", "schema_key", "trial_boot",
            "trial_commands", "trial_possible"]
@@ -242,34 +241,25 @@ def _trial_on(target: Target, runtime: Runtime, version: str, skeleton: bool) ->
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _judge(wait: HealthWait, url: str, settings: Deployment, how: str, smoke_it: bool = True) -> TrialResult:
+def _judge(wait: HealthWait, url: str, target: Target, how: str, smoke_it: bool = True) -> TrialResult:
     health = wait.last.to_dict() if wait.last else None
     if not wait.healthy:
         refused = wait.reason.startswith(("refuses to serve", "exited with code"))
         return TrialResult(False, wait.reason, wait.seconds, how, health, None, wait.log_tail, refused=refused)
-    smoke = _smoke(url, settings) if smoke_it else None
+    smoke = run_smoke(url, target.profile.smoke, target.api_headers()) if smoke_it else None
     if smoke is not None and not smoke["ok"]:
-        return TrialResult(False, f"healthy, but the smoke request failed: {smoke['detail']}", wait.seconds, how,
-                           health, smoke)
-    said = "healthy" + (" and the smoke request passed" if smoke else " (no smoke request configured)")
-    return TrialResult(True, said, wait.seconds, how, health, smoke)
-
-
-def _smoke(health_url: str, settings: Deployment) -> dict[str, Any] | None:
-    smoke = settings.rollback.smoke
+        # Health passes on this schema but a real read or write fails on the server's side: the version
+        # cannot use this brain (a 4xx says more about the request or the key than about the brain).
+        failed = smoke["requests"][-1].get("status") or 0
+        return TrialResult(False, f"healthy, but a smoke request failed: {smoke['detail']}", wait.seconds, how,
+                           health, smoke, refused=failed >= 500)
     if smoke is None:
-        return None
-    parts = urlsplit(health_url)
-    url = f"{parts.scheme}://{parts.netloc}{smoke.path}"
-    headers = {settings.api_key_header: settings.api_key.value()} if settings.api_key else {}
-    try:
-        response = httpx.request(smoke.method, url, json=smoke.body, headers=headers, timeout=15)
-    except httpx.HTTPError as exc:
-        return {"ok": False, "request": f"{smoke.method} {smoke.path}", "detail": f"no answer ({type(exc).__name__})"}
-    ok = response.status_code == smoke.expect_status
-    return {"ok": ok, "request": f"{smoke.method} {smoke.path}", "status": response.status_code,
-            "detail": f"HTTP {response.status_code}" + ("" if ok else f" (expected {smoke.expect_status}): "
-                                                        f"{response.text[:200]}")}
+        said = "healthy (no smoke requests in the profile)"
+    elif smoke.get("skipped"):
+        said = f"healthy ({smoke['detail']})"
+    else:
+        said = f"healthy and {len(smoke['requests'])} smoke request(s) passed"
+    return TrialResult(True, said, wait.seconds, how, health, smoke)
 
 
 def _deadline(settings: Deployment) -> float:
@@ -282,11 +272,12 @@ def _trial_process(target: Target, version: str, copy: Path, port: int, url: str
 
     settings = target.require_settings()
     assert settings.process is not None
-    trial = ProcessRuntime(settings.process.model_copy(update={"port": port}), copy, url, folder / "runtime")
+    trial = ProcessRuntime(settings.process.model_copy(update={"port": port}), copy, url, folder / "runtime",
+                           profile=target.profile)
     how = f"process on port {port} against a copy of the brain"
     try:
         trial.start(version)
-        return _judge(trial.wait_healthy(_deadline(settings)), url, settings, how, smoke)
+        return _judge(trial.wait_healthy(_deadline(settings)), url, target, how, smoke)
     except RuntimeFailure as exc:
         return TrialResult(False, str(exc), 0.0, how, log_tail=exc.log_tail)
     finally:
@@ -296,7 +287,7 @@ def _trial_process(target: Target, version: str, copy: Path, port: int, url: str
 def trial_commands(target: Target, version: str) -> list[Command]:
     """What a trial boot of `version` runs, for plans (its folder, port and copy are chosen when it runs)."""
     settings = target.require_settings()
-    judge = ("wait for health" + (" and the smoke request" if settings.rollback.smoke else "") +
+    judge = ("wait for health" + (" and the smoke requests" if target.profile.smoke else "") +
              ", then stop it and remove the copy")
     if settings.runtime == "process":
         from backout.runtime.process import template_argv
@@ -318,7 +309,8 @@ def _trial_runtime(target: Target, project: str, override: Path, brain: Path, st
     """The live compose runtime's twin for a trial: its own project, the image and brain copy pinned by `override`."""
     settings = target.require_settings()
     assert settings.compose is not None
-    return ComposeRuntime(settings.compose.model_copy(update={"project": project}), brain, url, state, override=override)
+    return ComposeRuntime(settings.compose.model_copy(update={"project": project}), brain, url, state, override=override,
+                          profile=target.profile)
 
 
 def _trial_container(target: Target, runtime: Runtime, version: str, copy: Path, port: int, url: str,
@@ -342,7 +334,7 @@ def _trial_container(target: Target, runtime: Runtime, version: str, copy: Path,
     how = f"container in compose project {project}, port {port}, against a copy of the brain"
     try:
         trial.start(version)
-        return _judge(trial.wait_healthy(_deadline(settings)), url, settings, how, smoke)
+        return _judge(trial.wait_healthy(_deadline(settings)), url, target, how, smoke)
     except RuntimeFailure as exc:
         return TrialResult(False, str(exc), 0.0, how, log_tail=exc.log_tail)
     finally:

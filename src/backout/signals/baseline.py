@@ -27,8 +27,8 @@ def rows_to_requests(rows: list[list[Any]]) -> list[RequestSample]:
     out = []
     for row in rows:
         ts, status, ms, *rest = row
-        task, code, path = (rest + [None, None, "/execute"])[:3]
-        out.append(RequestSample(float(ts), int(status), float(ms), task, path or "/execute", code))
+        task, code, path = (rest + [None, None, ""])[:3]
+        out.append(RequestSample(float(ts), int(status), float(ms), task, path or "", code))
     return out
 
 

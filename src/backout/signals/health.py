@@ -1,4 +1,4 @@
-"""One probe of a health URL, judged the way the Engine's orchestrator judges it."""
+"""One probe of a health URL, judged by the service profile's health rule."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
+from backout.profiles.model import HealthRule
 
 __all__ = ["HealthProbe", "probe"]
 
@@ -26,7 +28,7 @@ class HealthProbe:
             return "healthy"
         if self.status_code is None:
             return f"no answer ({self.error})"
-        status = self.body.get("status") if isinstance(self.body, dict) else None
+        status = self.body.get("status") if isinstance(self.body, dict) else None  # the usual spelling
         error = self.body.get("error") if isinstance(self.body, dict) else None
         code = error.get("code") if isinstance(error, dict) else None
         parts = [f"HTTP {self.status_code}"]
@@ -44,10 +46,9 @@ class HealthProbe:
                 "failing": self.failing, "reason": self.reason()}
 
 
-def probe(url: str, timeout: float = 10.0) -> HealthProbe:
-    """GET `url`: a timeout, any non-2xx, or a 2xx whose body has `status` != "ok" is a failure.
-
-    A 2xx without a `status` field (services without the Engine's body shape) is healthy."""
+def probe(url: str, timeout: float = 10.0, rule: HealthRule = HealthRule()) -> HealthProbe:
+    """GET `url`: a timeout or any non-2xx is a failure; so is a 2xx whose JSON body has the rule's status
+    field with a value outside its ok values (a body without the field is healthy unless required)."""
     try:
         response = httpx.get(url, timeout=timeout)
     except httpx.HTTPError as exc:
@@ -57,9 +58,14 @@ def probe(url: str, timeout: float = 10.0) -> HealthProbe:
     except ValueError:
         body = response.text[:500]
     failing = []
-    if isinstance(body, dict) and isinstance(body.get("subsystems"), dict):
-        failing = [k for k, v in body["subsystems"].items() if v != "ok"]
+    subsystems = body.get(rule.subsystems_field) if isinstance(body, dict) and rule.subsystems_field else None
+    if isinstance(subsystems, dict):
+        failing = [k for k, v in subsystems.items() if v != "ok"]
     ok = 200 <= response.status_code < 300
-    if ok and isinstance(body, dict) and "status" in body:
-        ok = body["status"] == "ok"
+    if ok and rule.status_field is not None:
+        has = isinstance(body, dict) and rule.status_field in body
+        if has:
+            ok = str(body[rule.status_field]) in rule.ok_values
+        elif rule.status_required:
+            ok = False
     return HealthProbe(ok, response.status_code, body, None, failing)

@@ -53,7 +53,6 @@ from backout.fsutil import atomic_write_json
 from backout.signals.model import RequestSample
 
 __all__ = [
-    "DEFAULT_ERROR_QUERY", "DEFAULT_LATENCY_QUERY", "DEFAULT_TOTAL_QUERY", "INCREASE_QUERIES",
     "LogSource", "MetricsSourceError", "PrometheusSource", "RequestSource", "Scrape", "ScrapeSource",
     "lines_from_file", "parse_request_line", "parse_scrape",
 ]
@@ -111,14 +110,14 @@ class LogSource:
     """Request samples from the service's JSON log lines: exact, one per request line.
 
     `lines(since)` returns the log lines from about `since` on (a Runtime's `logs` method fits);
-    lines that are not JSON, or not a request, are skipped. Only requests to `path_filter` are
-    kept (None: every path).
+    lines that are not JSON, or not a request, are skipped. Only requests `counts(path)` accepts
+    are kept (None: every request; a service profile's `counts` fits).
     """
 
     def __init__(self, lines: Callable[[datetime | None], list[str]],
-                 path_filter: str | None = "/execute") -> None:
+                 counts: Callable[[str | None], bool] | None = None) -> None:
         self.lines = lines
-        self.path_filter = path_filter
+        self.counts = counts
 
     def samples(self, since: float, until: float) -> list[RequestSample]:
         """Requests logged as finished in [since, until), oldest first."""
@@ -128,7 +127,7 @@ class LogSource:
             sample = parse_request_line(line)
             if sample is None or not since <= sample.ts < until:
                 continue
-            if self.path_filter is not None and sample.path != self.path_filter:
+            if self.counts is not None and not self.counts(sample.path):
                 continue
             found.append(sample)
         found.sort(key=lambda s: s.ts)
@@ -141,7 +140,7 @@ def parse_request_line(line: str) -> RequestSample | None:
     A request line has a time, an HTTP status and a duration. Understood: the Engine's own lines
     (`ts`, `status`, `duration_ms`, `path`, `task_id`, `code`) and the usual spellings of other
     services (`timestamp`/`time`, `status_code`, `latency_ms`, `duration` in seconds, a duration
-    text such as "12.5ms", an access-log `request` like "GET /execute HTTP/1.1"). A prefix before
+    text such as "12.5ms", an access-log `request` like "GET /items HTTP/1.1"). A prefix before
     the JSON object (`docker compose logs` without --no-log-prefix) is ignored.
     """
     record = _json_object(line)
@@ -250,7 +249,7 @@ def _path(record: Mapping[str, Any]) -> str | None:
             parts = urlsplit(value)
             return parts.path or "/"
     request = record.get("request")
-    if isinstance(request, str):  # an access-log style "GET /execute?x=1 HTTP/1.1"
+    if isinstance(request, str):  # an access-log style "GET /items?x=1 HTTP/1.1"
         words = request.split()
         if len(words) >= 2 and words[1].startswith("/"):
             return urlsplit(words[1]).path
@@ -367,9 +366,9 @@ class Scrape:
                    {str(k): float(v) for k, v in data.get("buckets", {}).items()})
 
 
-def parse_scrape(text: str, ts: float, path: str | None = "/execute",
-                 requests_metric: str = "engine_requests_total",
-                 duration_metric: str = "engine_request_duration_seconds") -> Scrape:
+def parse_scrape(text: str, ts: float, path: str | None = None,
+                 requests_metric: str = "http_requests_total",
+                 duration_metric: str = "http_request_duration_seconds") -> Scrape:
     """Read request counts by status and the duration buckets of `path` (None: all paths) from a
     Prometheus text exposition, summed over every other label."""
     request_names = {requests_metric, requests_metric + "_total"}
@@ -430,9 +429,9 @@ class ScrapeSource:
     """
 
     def __init__(self, url: str, headers: Mapping[str, str] | None = None, *,
-                 path: str | None = "/execute", state_file: Path | None = None,
-                 requests_metric: str = "engine_requests_total",
-                 duration_metric: str = "engine_request_duration_seconds",
+                 path: str | None = None, state_file: Path | None = None,
+                 requests_metric: str = "http_requests_total",
+                 duration_metric: str = "http_request_duration_seconds",
                  timeout: float = 5.0, keep_seconds: float = 6 * 3600.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.url = url
@@ -455,7 +454,7 @@ class ScrapeSource:
                                      "the metrics URL right?") from None
         if resp.status_code in (401, 403):
             raise MetricsSourceError(f"{self.url} refused the scrape (HTTP {resp.status_code}); check the "
-                                     "key header given to the scrape source (e.g. X-Engine-Key)")
+                                     "key header given to the scrape source (the profile's api_key_header)")
         if resp.status_code != 200:
             raise MetricsSourceError(f"{self.url} answered HTTP {resp.status_code} to a scrape")
         try:
@@ -521,21 +520,6 @@ class ScrapeSource:
 
 # -- a Prometheus server ----------------------------------------------------------------------------
 
-# Defaults for the Engine's metrics, read as cumulative counters: the source takes differences
-# between consecutive steps itself, which is exact (increase() extrapolates to the window edges and
-# misses the first count of a series that appears, such as the first 500 of a new version).
-DEFAULT_TOTAL_QUERY = 'engine_requests_total{path="/execute"}'
-DEFAULT_ERROR_QUERY = 'engine_requests_total{path="/execute",status=~"5.."}'
-DEFAULT_LATENCY_QUERY = 'engine_request_duration_seconds_bucket{path="/execute"}'
-
-# The same as per-window increases (mode="increase"), for recording rules and dashboards' habits;
-# `$window` is replaced by the step. Approximate: see PrometheusSource.
-INCREASE_QUERIES: dict[str, str] = {
-    "total_query": 'sum by (status) (increase(engine_requests_total{path="/execute"}[$window]))',
-    "error_query": 'sum by (status) (increase(engine_requests_total{path="/execute",status=~"5.."}[$window]))',
-    "latency_query": 'sum by (le) (increase(engine_request_duration_seconds_bucket{path="/execute"}[$window]))',
-}
-
 Mode = Literal["cumulative", "increase"]
 _MAX_POINTS = 10_000  # Prometheus refuses ranges of more than 11 000 points per series
 
@@ -557,13 +541,12 @@ class PrometheusSource:
     inside the range counts from zero). Exact at step resolution.
 
     mode="increase": the queries already give per-step counts (use `$window` for the step, see
-    INCREASE_QUERIES); fractions are rounded with their remainders carried over. Approximate
+    the engine profile's INCREASE_QUERIES); fractions are rounded with their remainders carried over. Approximate
     per step, since Prometheus extrapolates increase() to the window's edges.
     """
 
-    def __init__(self, base_url: str, error_query: str = DEFAULT_ERROR_QUERY,
-                 latency_query: str = DEFAULT_LATENCY_QUERY, total_query: str = DEFAULT_TOTAL_QUERY, *,
-                 mode: Mode = "cumulative", step: float = 5.0, path: str = "/execute",
+    def __init__(self, base_url: str, error_query: str, latency_query: str, total_query: str, *,
+                 mode: Mode = "cumulative", step: float = 5.0, path: str = "",
                  headers: Mapping[str, str] | None = None, latency_scale: float = 1000.0,
                  timeout: float = 10.0) -> None:
         if mode not in ("cumulative", "increase"):

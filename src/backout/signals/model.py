@@ -24,7 +24,7 @@ class RequestSample:
     status: int
     duration_ms: float
     task_id: str | None = None
-    path: str = "/execute"
+    path: str = ""
     code: str | None = None  # the error code, when the service names one
 
     @property

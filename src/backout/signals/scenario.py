@@ -22,7 +22,7 @@ Format (every time is in seconds relative to the switch, t=0; all keys but "labe
     }
 
 REQUESTS is a list of rows [ts, status, ms, task_id, code, path] (trailing fields may be left
-out: task_id null, code null, path "/execute") — the rows of backout.signals.baseline — or
+out: task_id null, code null, path "") — the rows of backout.signals.baseline — or
 {"rows": [...], "generate": GEN or [GEN, ...]} (either key optional; several generators overlap in
 time, e.g. a main stream plus a trickle of one failing request shape). GEN is deterministic for a
 given seed:
@@ -31,7 +31,7 @@ given seed:
                   "error_rate": 0.004, "latency_ms": [40, 8],   # normal(mean, sd), at least 1 ms
                   "seed": 1, "tasks": 20,              # task ids t1..t20 (0: no task ids)
                   "poisoned_task_share": 0.0, "poisoned_task": "poisoned",  # that share always fails
-                  "error_code": "INTERNAL_ERROR", "status": 500, "path": "/execute",   # of the errors
+                  "error_code": "INTERNAL_ERROR", "status": 500, "path": "/items",   # of the errors
                   "phases": [{"seconds": 60}, {"seconds": 120, "error_rate": 0.3}]}}
 
 Phases run one after the other; each takes the generator's keys, overridden by its own. A phase
@@ -73,7 +73,7 @@ SCENARIO_POLICY = Policy(window_seconds=60.0, health_seconds=180.0)
 _DECISIONS = ("roll-back", "hold", "inconclusive")
 _GENERATOR_DEFAULTS: dict[str, Any] = {
     "rps": 1.0, "count": None, "error_rate": 0.0, "latency_ms": [40, 8], "seed": 0, "tasks": 20,
-    "poisoned_task_share": 0.0, "poisoned_task": "poisoned", "error_code": "INTERNAL_ERROR", "path": "/execute",
+    "poisoned_task_share": 0.0, "poisoned_task": "poisoned", "error_code": "INTERNAL_ERROR", "path": "",
     "status": 500,
 }
 
@@ -298,7 +298,7 @@ def record_scenario(obs: Observations, label: Decision, path: str | os.PathLike[
     return path
 
 
-_ROW_DEFAULTS: tuple[Any, ...] = (None, None, "/execute")  # task_id, code, path
+_ROW_DEFAULTS: tuple[Any, ...] = (None, None, "")  # task_id, code, path
 
 
 def _request_rows(requests: Sequence[RequestSample], ref: float) -> list[list[Any]]:
