@@ -87,7 +87,7 @@ def make_project(tmp_path: Path, image: str = "engine:${ENGINE_VERSION}", versio
 
 
 def init_compose(folder: Path, env: dict[str, str], *extra: str) -> Path:
-    out = backout("init", "--runtime", "compose", "--compose-file", "compose.yml", "--service", "engine",
+    out = backout("init", "--runtime", "compose", "--profile", "engine", "--compose-file", "compose.yml", "--service", "engine",
                   "--pass-env", "ENGINE_API_KEY", *extra, cwd=folder, env=env)
     assert out.returncode == 0, out.stderr
     text = (folder / "backout.toml").read_text().replace('drain_timeout = "30s"', 'drain_timeout = "10s"')

@@ -30,7 +30,7 @@ def init_process(folder: Path, extra: str = "") -> Path:
     """`backout init` a process deployment named after the folder, with rollback settings; the config path."""
     port = free_port()
     command = f"{BIN}/engine serve --release {{version}} --brain {{brain}} --port {{port}}"
-    out = backout("init", "--runtime", "process", "--command", command,
+    out = backout("init", "--runtime", "process", "--profile", "engine", "--command", command,
                   "--check", f"{BIN}/engine releases --changelog {{version}}", "--port", str(port),
                   "--brain", "brain.sqlite", "--health-url", f"http://127.0.0.1:{port}/health",
                   "--pass-env", "ENGINE_API_KEY", "--env", "ENGINE_TURN_MS=20", cwd=folder)

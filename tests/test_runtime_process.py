@@ -20,7 +20,7 @@ ENV = {"ENGINE_API_KEY": DEFAULT_KEY}
 
 def _init(folder: Path, port: int, extra: list[str] | None = None, command: str | None = None) -> Path:
     command = command or f"{BIN}/engine serve --release {{version}} --brain {{brain}} --port {{port}}"
-    out = backout("init", "--runtime", "process", "--command", command,
+    out = backout("init", "--runtime", "process", "--profile", "engine", "--command", command,
                   "--check", f"{BIN}/engine releases --changelog {{version}}", "--port", str(port),
                   "--brain", "brain.sqlite", "--health-url", f"http://127.0.0.1:{port}/health",
                   "--pass-env", "ENGINE_API_KEY", "--env", "ENGINE_TURN_MS=20", *(extra or []), cwd=folder)

@@ -201,7 +201,7 @@ def _made_by_backout(root: Path, service_files: set[str]) -> Iterator[Path]:
 def test_folders_0700_and_files_0600_under_umask_000(tmp_path: Path) -> None:
     port = free_port()
     with _umask(0o000):
-        out = backout("init", "--runtime", "process",
+        out = backout("init", "--runtime", "process", "--profile", "engine",
                       "--command", f"{BIN}/engine serve --release {{version}} --brain {{brain}} --port {{port}}",
                       "--check", f"{BIN}/engine releases --changelog {{version}}", "--port", str(port),
                       "--brain", "data/brain.sqlite", "--health-url", f"http://127.0.0.1:{port}/health",

@@ -30,7 +30,7 @@ WINDOW = 8  # seconds per metric window in these tests
 def _deployment(folder: Path) -> tuple[Path, str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    out = backout("init", "--runtime", "process", "--port", str(port), "--brain", "brain.sqlite",
+    out = backout("init", "--runtime", "process", "--profile", "engine", "--port", str(port), "--brain", "brain.sqlite",
                   "--command", f"{BIN}/engine serve --release {{version}} --brain {{brain}} --port {{port}}",
                   "--check", f"{BIN}/engine releases --changelog {{version}}", "--health-url", f"{url}/health",
                   "--pass-env", "ENGINE_API_KEY", "--env", "ENGINE_TURN_MS=200", cwd=folder)

@@ -34,7 +34,7 @@ __all__ = [
     "stamp",
 ]
 
-HeadSource = Literal["schema_migrations", "alembic_version", "user_version"]
+HeadSource = Literal["schema_migrations", "alembic_version", "django_migrations", "user_version"]
 ChangeKind = Literal["additive", "breaking"]
 ObjectKind = Literal["table", "column", "index", "view", "trigger"]
 DiffKind = Literal["none", "additive", "breaking"]
@@ -222,7 +222,7 @@ class SchemaStamp:
     user_version: int
     ledger: dict[
         str, Any
-    ]  # {"schema_migrations": str|None, "alembic_version": str|None, "user_version": int}
+    ]  # {"schema_migrations": str|None, "alembic_version": str|None, "django_migrations": str|None, "user_version": int}
     fingerprint: str
     tables: dict[str, list[ColumnInfo]] = field(default_factory=dict)
     without_rowid: list[str] = field(default_factory=list)
@@ -422,8 +422,21 @@ def _ledger(conn: sqlite3.Connection, tables: dict[str, list[ColumnInfo]]) -> di
         # Several rows mean several alembic branch heads; all of them together are the head.
         heads = sorted(str(r[0]) for r in rows if r[0] is not None)
         ledger["alembic_version"] = ",".join(heads) or None
+    if "django_migrations" in by_lower:
+        ledger["django_migrations"] = _django_head(conn, by_lower["django_migrations"])
     ledger["user_version"] = int(conn.execute("PRAGMA user_version").fetchone()[0])
     return ledger
+
+
+def _django_head(conn: sqlite3.Connection, table: str) -> str | None:
+    """Django's head: the newest migration of every app ("app.0003_name", sorted by app), since each app
+    migrates on its own; names start with a zero-padded number, so the greatest name is the newest."""
+    try:
+        rows = conn.execute(f"SELECT app, max(name) FROM {quote_ident(table)} GROUP BY app ORDER BY app")
+        heads = [f"{app}.{name}" for app, name in rows if app and name]
+    except sqlite3.DatabaseError:
+        return None  # not Django's table after all
+    return ",".join(heads) or None
 
 
 def _ledger_key(columns: list[ColumnInfo]) -> str | None:
@@ -452,6 +465,8 @@ def _head(ledger: dict[str, Any]) -> tuple[str | None, HeadSource | None]:
         return str(ledger["schema_migrations"]), "schema_migrations"
     if ledger.get("alembic_version") is not None:
         return str(ledger["alembic_version"]), "alembic_version"
+    if ledger.get("django_migrations") is not None:
+        return str(ledger["django_migrations"]), "django_migrations"
     if ledger.get("user_version"):
         return str(ledger["user_version"]), "user_version"
     return None, None

@@ -8,7 +8,7 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
@@ -27,6 +27,10 @@ _SECRET_NAME = re.compile(r"(?:^|_)(?:(?:API|ACCESS|SECRET|PRIVATE|MASTER|SIGNIN
 # Values shaped like secrets: credentials in a URL, PEM keys, well-known token prefixes, JWTs.
 _SECRET_VALUE = re.compile(r"://[^/\s:@]*:[^/\s@]+@|-----BEGIN|^(?:sk|rk)[-_]|^(?:ghp|gho|ghs|ghu|github_pat|"
                            r"glpat|xox[abposr])[-_]|^AKIA[0-9A-Z]{16}$|^eyJ[\w-]+\.[\w-]+\.")
+
+
+if TYPE_CHECKING:
+    from backout.profiles import Detected
 
 
 def _q(value: object) -> str:
@@ -62,7 +66,8 @@ def _env_pairs(pairs: list[str], check_secrets: bool = False) -> dict[str, str]:
 
 
 def render_config(name: str, brain: str, health_url: str | None, runtime: str, section: dict[str, object],
-                  env: dict[str, str], pass_env: list[str], env_files: dict[str, str], staging: bool) -> str:
+                  env: dict[str, str], pass_env: list[str], env_files: dict[str, str], staging: bool,
+                  profile: str = "generic", profile_how: str = "") -> str:
     """The text of a commented backout.toml for one deployment."""
     lines = [
         "# backout.toml — written by `backout init`; relative paths are relative to this file.",
@@ -71,6 +76,7 @@ def render_config(name: str, brain: str, health_url: str | None, runtime: str, s
         f"[deployments.{name}]",
         f"brain = {_q(brain)}   # the SQLite file (with its -wal/-shm) as seen from this host",
         (f"health_url = {_q(health_url)}" if health_url else "# health_url = \"http://127.0.0.1:8000/health\""),
+        f"profile = {_q(profile)}   # {profile_how or 'the service profile'}; engine, alembic, django or generic",
         f"runtime = {_q(runtime)}",
         f"staging = {'true' if staging else 'false'}   # drills refuse non-staging deployments unless told",
         'drain_timeout = "30s"   # SIGTERM, then this long to drain, then kill',
@@ -97,6 +103,18 @@ def render_config(name: str, brain: str, health_url: str | None, runtime: str, s
     return "\n".join(lines)
 
 
+def _profile(name: str | None, brain: Path) -> "Detected":
+    """The named profile, or the one the brain's tables show (generic without a brain)."""
+    from backout.profiles import Detected, ProfileError, detect, profile_named
+
+    if name is None:
+        return detect(brain)
+    try:
+        return Detected(profile_named(name), "named with --profile")
+    except ProfileError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
 def init(
     runtime: str = typer.Option("process", "--runtime", help="process (local command) or compose."),
     name: str = typer.Option("engine", "--name", help="Deployment name."),
@@ -113,6 +131,8 @@ def init(
     env_file: list[str] = typer.Option([], "--env-file", help="Secret read from a file: NAME=PATH (repeatable)."),
     staging: bool = typer.Option(False, "--staging", help="Mark the deployment as staging (drills run on it)."),
     output: Path = typer.Option(Path(CONFIG_NAME), "--output", "-o", help="Where to write the config."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="Service profile: engine, alembic, django or "
+                                          "generic (default: detected from the brain's tables)."),
     force: bool = typer.Option(False, "--force", "--yes", "-y", help="Overwrite an existing file."),
     dry_run: bool = DryRunOpt,
     as_json: bool = typer.Option(False, "--json", help="Print what was detected as JSON."),
@@ -145,11 +165,15 @@ def init(
                    "version_variable": found.version_variable, "migrate": migrate}
     else:
         fail(f"--runtime must be process or compose, not {runtime!r}", EXIT_USAGE)
+    chosen = _profile(profile, Path(str(brain)) if Path(str(brain)).is_absolute() else output.parent / str(brain))
     text = render_config(name, str(brain), health_url, runtime, section, _env_pairs(env, check_secrets=True),
-                         pass_env, files, staging)
+                         pass_env, files, staging, chosen.profile.name, chosen.how)
+    if not as_json:
+        typer.echo(f"profile: {chosen.profile.name} ({chosen.how})", err=True)
     if as_json or dry_run:
         emit_json({"path": str(output), "dry_run": dry_run, "runtime": runtime, "brain": brain,
-                   "health_url": health_url, runtime: section}) if as_json else typer.echo(text)
+                   "health_url": health_url, "profile": {"name": chosen.profile.name, "how": chosen.how},
+                   runtime: section}) if as_json else typer.echo(text)
         if dry_run:
             return
     if os.path.lexists(output) and not force:

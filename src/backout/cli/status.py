@@ -76,6 +76,8 @@ def _last_drill(target: Target) -> dict[str, Any] | None:
 def collect_status(target: Target, verify: bool = False) -> dict[str, Any]:
     """Everything `backout status` shows, as data."""
     out: dict[str, Any] = {"deployment": target.deployment, "brain": _brain(target), "snapshots": _snapshots(target)}
+    found = target.detected_profile
+    out["profile"] = {"name": found.profile.name, "how": found.how}
     ledger = Ledger(target)
     runtime = runtime_for(target) if target.settings is not None and target.settings.runtime is not None else None
     if runtime is not None:
@@ -130,6 +132,7 @@ def status(
         typer.echo(f"health       {data['health']['reason']}")
     b = data["brain"]
     typer.echo(f"brain        {b['path']} ({human_bytes(b['bytes']) if b['exists'] else 'missing'})")
+    typer.echo(f"profile      {data['profile']['name']} ({data['profile']['how']})")
     s = data["snapshots"]
     if s["newest"]:
         flag = "  STALE" if s["stale"] else ""

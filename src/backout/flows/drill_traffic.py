@@ -6,12 +6,23 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
-from engine.client import TurnResult
-from engine.traffic import PlannedTurn, TrafficPlan, run_traffic
+from backout.errors import EXIT_ENVIRONMENT, BackoutError
 
-__all__ = ["Turn", "TrafficRecorder", "burst"]
+__all__ = ["Turn", "TrafficRecorder", "burst", "engine_traffic"]
+
+
+def engine_traffic() -> ModuleType:
+    """The reference Engine's traffic generator: the Engine's turns are what the default drill sends. The
+    Engine is an optional part of backout; a clear error says how to get it when it is missing."""
+    try:
+        from engine import traffic
+    except ImportError:
+        raise BackoutError("this drill sends the Engine's turns, and the reference Engine is not installed; "
+                           "install backout with its reference Engine (the `engine` package of its source tree)", EXIT_ENVIRONMENT) from None
+    return traffic
 
 
 @dataclass(frozen=True)
@@ -38,13 +49,15 @@ class TrafficRecorder:
 
     def start(self) -> "TrafficRecorder":
         """Begin sending (in a thread)."""
-        plan = TrafficPlan(url=self.url, key=self.key, rate=self.rate, duration=3600, seed=int(time.time()),
-                           conversations=50, timeout=30)
-        self._thread = threading.Thread(target=run_traffic, args=(plan, self._record, self._stop), daemon=True)
+        traffic = engine_traffic()
+        plan = traffic.TrafficPlan(url=self.url, key=self.key, rate=self.rate, duration=3600, seed=int(time.time()),
+                                   conversations=50, timeout=30)
+        self._thread = threading.Thread(target=traffic.run_traffic, args=(plan, self._record, self._stop),
+                                        daemon=True)
         self._thread.start()
         return self
 
-    def _record(self, turn: PlannedTurn, result: TurnResult, at: float) -> None:
+    def _record(self, turn: Any, result: Any, at: float) -> None:  # engine.traffic's PlannedTurn, TurnResult
         self.turns.append(Turn(at, turn.task_id, result.status, result.ok, result.latency_ms))
 
     def stop(self) -> None:
@@ -74,6 +87,7 @@ class TrafficRecorder:
 
 def burst(url: str, key: str, turns: int, rate: float = 40.0) -> int:
     """Send `turns` turns quickly (realistic memory for the drill to protect); how many succeeded."""
-    plan = TrafficPlan(url=url, key=key, rate=rate, duration=turns / rate, seed=int(time.time()) + 1,
-                       conversations=40)
-    return run_traffic(plan).completed
+    traffic = engine_traffic()
+    plan = traffic.TrafficPlan(url=url, key=key, rate=rate, duration=turns / rate, seed=int(time.time()) + 1,
+                               conversations=40)
+    return int(traffic.run_traffic(plan).completed)

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from backout.profiles import alembic, django, engine, generic
 from backout.profiles.model import Profile, SmokeRequest, merge
 
-__all__ = ["PROFILES", "Detected", "Profile", "SmokeRequest", "detect", "profile_named", "resolve"]
+__all__ = ["PROFILES", "Detected", "Profile", "ProfileError", "SmokeRequest", "detect", "profile_named", "resolve"]
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (engine.PROFILE, alembic.PROFILE, django.PROFILE,
                                                     generic.PROFILE)}

@@ -84,25 +84,13 @@ class RefusalSigns(_Model):
 
 
 class LedgerRef(_Model):
-    """Where a migration head is recorded: one of the known ledgers, or a table and column of your own
-    (the head is the greatest value of that column)."""
+    """Where a migration head is recorded: one of the known ledgers ("auto": whichever the database has,
+    in the order schema_migrations, alembic_version, django_migrations, PRAGMA user_version)."""
 
-    kind: Literal["auto", "schema_migrations", "alembic_version", "django_migrations", "user_version",
-                  "table"] = "auto"
-    table: str | None = None
-    column: str | None = None
-
-    @field_validator("table", "column")
-    @classmethod
-    def _identifier(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-            raise ValueError(f"{value!r} is not a plain SQL identifier")
-        return value
+    kind: Literal["auto", "schema_migrations", "alembic_version", "django_migrations", "user_version"] = "auto"
 
     def tables(self) -> tuple[str, ...]:
         """The tables this ledger lives in (never salvaged back: the live database's migrations decide)."""
-        if self.kind == "table":
-            return (self.table,) if self.table else ()
         return tuple(k for k in LEDGER_KINDS if k != "user_version" and (self.kind in ("auto", k)))
 
 
