@@ -198,3 +198,48 @@ def test_smoke_requests(server: str) -> None:
     keyed = run_smoke(f"{server}/health", [SmokeRequest(path="/keyed")], {"X-Api-Key": "k"})
     assert keyed is not None and keyed["ok"] and not keyed.get("skipped")
     assert run_smoke(f"{server}/health", [], {}) is None
+
+
+# -- access logs ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("line", "expected"), [
+    # gunicorn's default (combined): no duration, so it counts for errors but not for latency
+    ('127.0.0.1 - - [04/Dec/2026:19:01:32 +0000] "POST /items HTTP/1.1" 500 145 "-" "Python-urllib/3.11"',
+     (1796410892.0, 500, None, "/items")),
+    # gunicorn with %(D)s (microseconds) after the user agent
+    ('127.0.0.1 - - [04/Dec/2026:19:01:32 +0000] "GET /items?page=2 HTTP/1.1" 200 9 "-" "curl/8" 12500',
+     (1796410892.0, 200, 12.5, "/items")),
+    # nginx with $request_time (seconds), a zone other than UTC
+    ('10.0.0.1 - bob [04/Dec/2026:20:01:32 +0100] "GET /a HTTP/2.0" 404 0 "-" "x" 0.250',
+     (1796410892.0, 404, 250.0, "/a")),
+    # common log format: the last number is the size, not a duration
+    ('127.0.0.1 - - [04/Dec/2026:19:01:32 +0000] "DELETE /items/3 HTTP/1.1" 204 1234',
+     (1796410892.0, 204, None, "/items/3")),
+    # Django's runserver (no host, no zone: UTC)
+    ('[04/Dec/2026 19:01:32] "GET /items HTTP/1.1" 200 12', (1796410892.0, 200, None, "/items")),
+    # uvicorn behind `docker compose logs --timestamps`, and a duration with its unit
+    ('2026-12-04T19:01:32.500Z INFO:     127.0.0.1:5000 - "GET /x HTTP/1.1" 503 Service Unavailable',
+     (1796410892.5, 503, None, "/x")),
+])
+def test_access_log_lines(line: str, expected: tuple[float, int, float | None, str]) -> None:
+    from backout.signals.metrics import parse_request_line
+
+    sample = parse_request_line(line)
+    assert sample is not None, line
+    assert (sample.ts, sample.status, sample.duration_ms, sample.path) == expected
+
+
+def test_lines_without_a_request_or_a_time_are_skipped() -> None:
+    from backout.signals.metrics import parse_request_line
+
+    assert parse_request_line('INFO:     127.0.0.1:5000 - "GET /x HTTP/1.1" 200 OK') is None  # uvicorn: no time
+    assert parse_request_line("[2026-12-04 19:01:32 +0000] [7] [INFO] Booting worker with pid: 7") is None
+    assert parse_request_line("Applying djitems.0002_note... OK") is None
+
+
+def test_the_verdict_ignores_samples_without_a_duration_for_latency() -> None:
+    from backout.signals.decide import LATENCY
+    from backout.signals.model import RequestSample
+
+    rows = [RequestSample(float(i), 200, None) for i in range(50)]
+    assert LATENCY.select(rows) == []

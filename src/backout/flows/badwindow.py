@@ -36,7 +36,7 @@ def _stats(samples: list[Any]) -> dict[str, Any]:
     errors = sum(1 for s in samples if s.error)
     return {"requests": len(samples), "errors": errors,
             "error_rate": round(errors / len(samples), 4) if samples else None,
-            "p95_ms": round(percentile([s.duration_ms for s in samples], 95), 1) if samples else None}
+            "p95_ms": _p95(samples)}
 
 
 def _verdict(target: Target, runtime: Runtime, since: float) -> dict[str, Any] | None:
@@ -74,6 +74,12 @@ def bad_window_facts(target: Target, runtime: Runtime, since_iso: str | None, re
     return {"symptom": symptom, "verdict": verdict, "window": window, "baseline": base,
             "customer_reports": reports, "impact": {"real": impact, "why": why},
             "failed_requests": failed, "failed_eval_cases": list((verdict or {}).get("failed_eval_cases", []))}
+
+
+def _p95(samples: list[Any]) -> float | None:
+    """p95 latency of the samples that carry a duration (None when none does)."""
+    durations = [s.duration_ms for s in samples if s.duration_ms is not None]
+    return round(percentile(durations, 95), 1) if durations else None
 
 
 def effects_since(brain: Path, table: str | None, max_rowid: int | None,

@@ -28,7 +28,7 @@ def rows_to_requests(rows: list[list[Any]]) -> list[RequestSample]:
     for row in rows:
         ts, status, ms, *rest = row
         task, code, path = (rest + [None, None, ""])[:3]
-        out.append(RequestSample(float(ts), int(status), float(ms), task, path or "", code))
+        out.append(RequestSample(float(ts), int(status), None if ms is None else float(ms), task, path or "", code))
     return out
 
 
@@ -65,8 +65,8 @@ class Baseline:
         """Counts for people: requests, error rate, p95, eval cases."""
         n = len(self.requests)
         errors = sum(r.error for r in self.requests)
-        latencies = sorted(r.duration_ms for r in self.requests)
-        p95 = latencies[min(n - 1, int(0.95 * n))] if n else None
+        latencies = sorted(r.duration_ms for r in self.requests if r.duration_ms is not None)
+        p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))] if latencies else None
         return {"version": self.version, "captured_at": self.captured_at, "requests": n,
                 "error_rate": round(errors / n, 4) if n else None, "p95_ms": p95,
                 "healthy": self.health.ok if self.health else None,

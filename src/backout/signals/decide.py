@@ -215,18 +215,19 @@ def _fisher(a: Sequence[RequestSample], b: Sequence[RequestSample]) -> float:
 
 
 def _p95(samples: Sequence[RequestSample]) -> float:
-    return percentile([r.duration_ms for r in samples], 95) if samples else 0.0
+    return percentile([r.duration_ms for r in samples if r.duration_ms is not None], 95) if samples else 0.0
 
 
 def _rank_test(a: Sequence[RequestSample], b: Sequence[RequestSample]) -> float:
-    return mann_whitney_greater([r.duration_ms for r in a], [r.duration_ms for r in b])
+    return mann_whitney_greater([r.duration_ms for r in a if r.duration_ms is not None],
+                                [r.duration_ms for r in b if r.duration_ms is not None])
 
 
 ERRORS = _Metric(
     "errors", "error rate", list, _error_rate, _fisher,
     lambda now, base, p: now >= p.error_ratio * base and now >= base + p.error_floor, _pct, "Fisher")
 LATENCY = _Metric(
-    "latency", "latency p95", lambda rs: [r for r in rs if not r.error], _p95, _rank_test,
+    "latency", "latency p95", lambda rs: [r for r in rs if not r.error and r.duration_ms is not None], _p95, _rank_test,
     lambda now, base, p: now >= p.latency_ratio * base and now > base, _ms, "Mann-Whitney")
 
 Kind = Literal["trigger", "ok", "improving", "pending", "recovered", "no baseline", "too few"]

@@ -137,7 +137,8 @@ class LogSource:
 def parse_request_line(line: str) -> RequestSample | None:
     """The request a JSON log line records, or None when it records no finished request.
 
-    A request line has a time, an HTTP status and a duration. Understood: the Engine's own lines
+    A request line has a time, an HTTP status and a duration. Lines that are not JSON are read as access
+    log lines (parse_access_line). Understood in JSON: the Engine's own lines
     (`ts`, `status`, `duration_ms`, `path`, `task_id`, `code`) and the usual spellings of other
     services (`timestamp`/`time`, `status_code`, `latency_ms`, `duration` in seconds, a duration
     text such as "12.5ms", an access-log `request` like "GET /items HTTP/1.1"). A prefix before
@@ -145,7 +146,7 @@ def parse_request_line(line: str) -> RequestSample | None:
     """
     record = _json_object(line)
     if record is None:
-        return None
+        return parse_access_line(line)
     status = _status(record)
     duration = _duration_ms(record)
     ts = _timestamp(record)
@@ -155,6 +156,58 @@ def parse_request_line(line: str) -> RequestSample | None:
     return RequestSample(ts=ts, status=status, duration_ms=duration,
                          task_id=str(task_id) if task_id not in (None, "") else None,
                          path=_path(record) or "", code=_code(record))
+
+
+_ACCESS_REQUEST = re.compile(r'"(?P<method>[A-Z]{3,7}) (?P<target>\S+) HTTP/[0-9.]+" (?P<status>[1-5]\d\d)\b(?P<rest>.*)$')
+_CLF_TIME = re.compile(r"\[(?P<day>\d{2}/[A-Z][a-z]{2}/\d{4})[: ](?P<clock>\d{2}:\d{2}:\d{2})(?: (?P<zone>[+-]\d{4}))?\]")
+_ISO_TIME = re.compile(r"^\S*?(?P<iso>\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?)")
+_TRAILING_DURATION = re.compile(r"^\s+\S+(?:\s+\"[^\"]*\"\s+\"[^\"]*\")?\s+(?P<value>\d+(?:\.\d+)?)(?P<unit>ms|us|µs|s)?\s*$")
+
+
+def parse_access_line(line: str) -> RequestSample | None:
+    """The request an access-log line records: common/combined format (Apache, nginx, gunicorn), Django's
+    runserver, or any line with `"METHOD /path HTTP/1.1" STATUS` and a time — bracketed CLF time, or an
+    ISO time at its start (`docker compose logs --timestamps`, logging's asctime). Times without a zone
+    are UTC. A number after the size (and the quoted referer and user agent) is the duration: with a unit
+    (ms, us, s) as written; without one, seconds when it has a decimal point (nginx $request_time,
+    gunicorn %(L)s) and microseconds when it has none (gunicorn %(D)s). Without one the sample has no
+    duration: it counts for errors, not for latency. None for any other line."""
+    found = _ACCESS_REQUEST.search(line)
+    if found is None:
+        return None
+    ts = _access_time(line)
+    if ts is None:
+        return None  # uvicorn's default access line has no time: it cannot be placed in a window
+    return RequestSample(ts=ts, status=int(found["status"]), duration_ms=_access_duration(found["rest"]),
+                         path=urlsplit(found["target"]).path or "/")
+
+
+def _access_time(line: str) -> float | None:
+    clf = _CLF_TIME.search(line)
+    if clf is not None:
+        zone = clf["zone"] or "+0000"
+        try:
+            return datetime.strptime(f"{clf['day']}:{clf['clock']} {zone}", "%d/%b/%Y:%H:%M:%S %z").timestamp()
+        except ValueError:
+            return None
+    iso = _ISO_TIME.match(line)
+    if iso is None:
+        return None
+    try:
+        stamp = datetime.fromisoformat(iso["iso"].replace(",", ".").replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _access_duration(rest: str) -> float | None:
+    found = _TRAILING_DURATION.match(rest)
+    if found is None:
+        return None
+    value, unit = float(found["value"]), found["unit"]
+    if unit is None:
+        unit = "s" if "." in found["value"] else "us"
+    return value * {"ms": 1.0, "s": 1000.0, "us": 0.001, "µs": 0.001}[unit]
 
 
 def _json_object(line: str) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ class RequestSample:
 
     ts: float  # epoch seconds when it finished
     status: int
-    duration_ms: float
+    duration_ms: float | None  # None: the source does not say (an access log without durations)
     task_id: str | None = None
     path: str = ""
     code: str | None = None  # the error code, when the service names one

@@ -304,7 +304,7 @@ _ROW_DEFAULTS: tuple[Any, ...] = (None, None, "")  # task_id, code, path
 def _request_rows(requests: Sequence[RequestSample], ref: float) -> list[list[Any]]:
     rows = []
     for r in requests:
-        row: list[Any] = [round(r.ts - ref, 3), r.status, round(r.duration_ms, 1), r.task_id, r.code, r.path]
+        row: list[Any] = [round(r.ts - ref, 3), r.status, None if r.duration_ms is None else round(r.duration_ms, 1), r.task_id, r.code, r.path]
         while len(row) > 3 and row[-1] == _ROW_DEFAULTS[len(row) - 4]:  # drop trailing defaults
             row.pop()
         rows.append(row)
