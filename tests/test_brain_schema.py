@@ -607,3 +607,37 @@ def test_cli_lint_exit_codes(tmp_path: Path) -> None:
     result = runner.invoke(app, ["lint", str(good)])
     assert result.exit_code == 1  # a failed file outranks a breaking one
     assert "no such table: nope" in result.stdout
+
+
+@pytest.mark.parametrize(("change", "breaks"), [
+    ("ALTER TABLE items ADD COLUMN owner TEXT NOT NULL DEFAULT 'x'", "none"),
+    ("ALTER TABLE items ADD COLUMN note TEXT", "none"),
+    ("CREATE UNIQUE INDEX items_name ON items (name)", "writes"),
+    ("ALTER TABLE items RENAME COLUMN name TO title", "reads"),
+    ("ALTER TABLE items DROP COLUMN name", "reads"),
+    ("CREATE TRIGGER items_touch AFTER INSERT ON items BEGIN SELECT 1; END", "none"),
+])
+def test_what_a_change_breaks_reads_or_only_writes(tmp_path: Path, change: str, breaks: str) -> None:
+    old, new = tmp_path / "old.sqlite", tmp_path / "new.sqlite"
+    for path in (old, new):
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.close()
+    conn = sqlite3.connect(new)
+    conn.execute(change)
+    conn.close()
+    found = diff(stamp(old), stamp(new))
+    assert [c.broken for c in found.changes] == [breaks], found.to_dict()
+    assert (found.writes_only != []) == (breaks == "writes")
+    assert found.to_dict()["changes"][0]["breaks"] == breaks
+
+
+def test_a_new_not_null_column_without_a_default_breaks_only_writes(tmp_path: Path) -> None:
+    old, new = tmp_path / "old.sqlite", tmp_path / "new.sqlite"
+    for path, extra in ((old, ""), (new, ", owner TEXT NOT NULL")):  # Django adds it by rebuilding the table
+        conn = sqlite3.connect(path)
+        conn.execute(f"CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT{extra})")
+        conn.close()
+    found = diff(stamp(old), stamp(new))
+    assert [(c.name, c.broken) for c in found.changes] == [("owner", "writes")]
+    assert "inserts fail" in found.changes[0].detail

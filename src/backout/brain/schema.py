@@ -36,6 +36,8 @@ __all__ = [
 
 HeadSource = Literal["schema_migrations", "alembic_version", "django_migrations", "user_version"]
 ChangeKind = Literal["additive", "breaking"]
+Breaks = Literal["none", "reads", "writes"]  # what of the old version a change breaks: its reads (and so
+# its writes), or only its writes (a constraint or NOT NULL column it does not fill)
 ObjectKind = Literal["table", "column", "index", "view", "trigger"]
 DiffKind = Literal["none", "additive", "breaking"]
 LintKind = Literal["none", "additive", "breaking", "error"]
@@ -485,6 +487,14 @@ class SchemaChange:
     name: str
     detail: str
     loses_data: bool = False  # the change took rows or values with it (a dropped table or column)
+    breaks: Breaks | None = None  # None: "none" when additive, else "reads"
+
+    @property
+    def broken(self) -> Breaks:
+        """What of the old version this change breaks."""
+        if self.breaks is not None:
+            return self.breaks
+        return "none" if self.kind == "additive" else "reads"
 
     @property
     def where(self) -> str:
@@ -500,13 +510,14 @@ class SchemaChange:
             "name": self.name,
             "detail": self.detail,
             "loses_data": self.loses_data,
+            "breaks": self.broken,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SchemaChange:
         """Inverse of to_dict."""
         return cls(data["kind"], data["object"], data["table"], data["name"], data["detail"],
-                   bool(data.get("loses_data", False)))
+                   bool(data.get("loses_data", False)), data.get("breaks"))
 
 
 @dataclass(frozen=True)
@@ -524,6 +535,13 @@ class SchemaDiff:
     def breaking(self) -> list[SchemaChange]:
         """The changes a reader of the old schema may fail on."""
         return [c for c in self.changes if c.kind == "breaking"]
+
+    @property
+    def writes_only(self) -> list[SchemaChange]:
+        """The changes an old version still reads through but whose writes fail (a new NOT NULL column
+        without a default, a new unique index, CHECK or UNIQUE constraint): a trial boot that only reads
+        does not show them."""
+        return [c for c in self.changes if c.broken == "writes"]
 
     @property
     def additive_only(self) -> bool:
@@ -546,8 +564,9 @@ def _additive(obj: ObjectKind, table: str, name: str, detail: str) -> SchemaChan
     return SchemaChange("additive", obj, table, name, detail)
 
 
-def _breaking(obj: ObjectKind, table: str, name: str, detail: str, loses_data: bool = False) -> SchemaChange:
-    return SchemaChange("breaking", obj, table, name, detail, loses_data)
+def _breaking(obj: ObjectKind, table: str, name: str, detail: str, loses_data: bool = False,
+              breaks: Breaks = "reads") -> SchemaChange:
+    return SchemaChange("breaking", obj, table, name, detail, loses_data, breaks)
 
 
 def diff(old: SchemaStamp, new: SchemaStamp) -> SchemaDiff:
@@ -646,7 +665,9 @@ def _diff_columns(
         out.append(_added_column(table, new_by[key][1]))
     for key in old_by.keys() & new_by.keys():
         for detail in _column_changes(old_by[key][1], new_by[key][1]):
-            out.append(_breaking("column", table, new_by[key][1]["name"], detail))
+            writes = detail.startswith(("NOT NULL", "default changed"))
+            out.append(_breaking("column", table, new_by[key][1]["name"], detail,
+                                 breaks="writes" if writes else "reads"))
 
 
 def _added_column(table: str, col: ColumnInfo) -> SchemaChange:
@@ -667,6 +688,7 @@ def _added_column(table: str, col: ColumnInfo) -> SchemaChange:
         table,
         col["name"],
         f"new NOT NULL column ({ctype}) without a default: the old version's inserts fail",
+        breaks="writes",
     )
 
 
@@ -695,7 +717,7 @@ def _diff_constraints(
         if _body(old_sql) != _body(new_sql) and _shape(old.tables[table]) == _shape(
             new.tables[table]
         ):
-            out.append(_breaking("table", table, table, "changed constraint"))
+            out.append(_breaking("table", table, table, "changed constraint", breaks="writes"))
         return
     for col in old.tables[table]:
         key = col["name"].lower()
@@ -711,13 +733,14 @@ def _diff_constraints(
         ):
             continue
         out.append(
-            _breaking("column", table, col["name"], f"changed constraint: '{before}' -> '{after}'")
+            _breaking("column", table, col["name"], f"changed constraint: '{before}' -> '{after}'",
+                      breaks="writes")
         )
     if old_parts.constraints != new_parts.constraints:
         gone = Counter(old_parts.constraints) - Counter(new_parts.constraints)
         came = Counter(new_parts.constraints) - Counter(old_parts.constraints)
         said = [f"added {c}" for c in came.elements()] + [f"removed {c}" for c in gone.elements()]
-        out.append(_breaking("table", table, table, "changed constraint: " + "; ".join(said)))
+        out.append(_breaking("table", table, table, "changed constraint: " + "; ".join(said), breaks="writes"))
     if old_parts.options != new_parts.options:
         out.append(
             _breaking(
@@ -753,6 +776,7 @@ def _diff_indexes(
                     name,
                     f"unique index on ({cols}) added to an existing table: "
                     "it can reject writes the old version makes",
+                    breaks="writes",
                 )
             )
         else:
@@ -770,6 +794,7 @@ def _diff_indexes(
                     name,
                     "unique index dropped: the old version's upserts and "
                     "uniqueness assumptions rely on it",
+                    breaks="writes",
                 )
             )
         else:
@@ -789,6 +814,7 @@ def _diff_indexes(
                 after["table"],
                 name,
                 f"index changed: '{before['sql']}' -> '{after['sql']}'",
+                breaks="writes" if change == "breaking" else "none",
             )
         )
 
@@ -810,10 +836,11 @@ def _diff_sql_objects(
         if obj == "trigger" and table in {t.lower() for t in dropped_tables}:
             continue  # went with its table
         # The old version may query the view, or rely on what the trigger kept up to date.
-        out.append(_breaking(obj, table, name, f"{obj} dropped"))
+        out.append(_breaking(obj, table, name, f"{obj} dropped", breaks="writes" if obj == "trigger" else "reads"))
     for name in sorted(set(old) & set(new)):
         if old[name] != new[name]:
-            out.append(_breaking(obj, table_of(name, new[name]), name, f"{obj} definition changed"))
+            out.append(_breaking(obj, table_of(name, new[name]), name, f"{obj} definition changed",
+                                 breaks="writes" if obj == "trigger" else "reads"))
 
 
 # --- lint ------------------------------------------------------------------------------------

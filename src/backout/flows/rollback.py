@@ -31,7 +31,7 @@ from backout.flows.journals import refuse_if_pending
 from backout.history import STARTS, History, load_restore_point
 from backout.ledger import Ledger, NoRollback, Running, running_version
 from backout.runtime.base import Runtime
-from backout.runtime.trial import cached_trial, remember_trial, schema_key, trial_boot, trial_possible
+from backout.runtime.trial import TrialResult, cached_trial, remember_trial, schema_key, trial_boot, trial_possible
 
 __all__ = ["Mode", "NoRollback", "RollbackRequest", "decide_rollback", "incident_id_for"]
 
@@ -152,11 +152,28 @@ def _layer(target: Target, runtime: Runtime, req: RollbackRequest, version: str,
     if trial is None:
         trial = trial_boot(target, runtime, version)
         remember_trial(target, version, fingerprint, trial, Redactor(secrets_of(settings)).obj)
+    unproven = _writes_not_proven(changes, target, trial)
+    if trial.healthy and unproven:
+        first = unproven[0]
+        return "brain", (f"{said}; a trial boot of {version} on a copy of the current brain is {trial.reason}, but "
+                         f"{first['detail']} ({first['table']}) breaks {version}'s writes and no smoke request wrote "
+                         f"to {first['table']}: restoring the brain is the safe choice (add a writing smoke request "
+                         "for that table to the profile to let a trial decide)"), trial.to_dict(), changes
     if trial.healthy:
         return "image", f"{said}, but a trial boot of {version} on a copy of the current brain is {trial.reason}", \
             trial.to_dict(), changes
     return "brain", f"{said}; a trial boot of {version} on a copy of the current brain failed: {trial.reason}", \
         trial.to_dict(), changes
+
+
+def _writes_not_proven(changes: dict[str, Any] | None, target: Target, trial: TrialResult) -> list[dict[str, Any]]:
+    """Schema changes that break only the old version's writes, on tables no smoke request of this trial wrote
+    to: a healthy trial that only read does not show them."""
+    if not changes:
+        return []
+    ran = trial.smoke is not None and trial.smoke.get("ok") and not trial.smoke.get("skipped")
+    written = {t.lower() for r in target.profile.smoke if r.method != "GET" for t in r.tables} if ran else set()
+    return [c for c in changes["changes"] if c.get("breaks") == "writes" and c["table"].lower() not in written]
 
 
 def _summary(changes: dict[str, Any] | None) -> str:
