@@ -92,10 +92,29 @@ class Secrets(_Model):
     env_files: dict[str, Path] = {}  # NAME = file whose content is the value
 
 
+class ConfigFile(_Model):
+    """A file the service reads its settings from (its database path, its ports), rendered from `template`
+    for every start and every trial boot into a folder of its own, as `name` (0600). Placeholders as in
+    commands: {version} {brain} {port} {state} {config} {port:NAME}; other braces are left alone."""
+
+    template: Path
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,100}", value):
+            raise ValueError(f"config file name {value!r}: a plain file name such as app.yml (it is written "
+                             "into the run's own folder)")
+        return value
+
+
 class ProcessSettings(Secrets):
     """A version is a value put into a command template, run as a local process group."""
 
     command: str  # e.g. "engine serve --release {version} --brain {brain} --port {port}"
+    config_files: list[ConfigFile] = []  # rendered into {config} before every start (and every trial)
+    ports: dict[str, int] = {}  # more ports by name, {port:NAME}; a trial boot gets free ones
     check: str | None = None  # exits 0 when {version} exists, e.g. "engine releases --changelog {version}"
     port: int | None = Field(None, ge=1, le=65535)
     migrate: str | None = None  # run after the old version stopped, before the new one starts
@@ -482,6 +501,9 @@ def _absolute_paths(dep: Deployment, base: Path) -> Deployment:
         if section is None:
             continue
         fields: dict[str, Any] = {"env_files": {k: _relative_to(base, v) for k, v in section.env_files.items()}}
+        if isinstance(section, ProcessSettings) and section.config_files:
+            fields["config_files"] = [f.model_copy(update={"template": _relative_to(base, f.template)})
+                                      for f in section.config_files]
         for key in ("workdir", "file", "env_file"):
             value = getattr(section, key, None)
             if value is not None:

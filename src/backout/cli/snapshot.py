@@ -18,7 +18,7 @@ from backout.cli.common import (BrainOpt, ConfigOpt, DeploymentOpt, DryRunOpt, I
                                 emit_json, handle_errors, human_age, human_bytes, progress_bar, target_from)
 from backout.commands import recording
 from backout.config import Target
-from backout.errors import EXIT_FAILED, EXIT_REFUSED
+from backout.errors import EXIT_FAILED, EXIT_REFUSED, BackoutError
 from backout.flows.paths import rollback_journal, upgrade_journal, watch_state
 from backout.history import deployment_state, load_restore_point
 from backout.lock import operation_lock
@@ -37,7 +37,17 @@ def _store(target: Target) -> SnapshotStore:
 
 
 def _running_version(target: Target) -> str | None:
-    """The version the service reports on its health URL, when it has one and says so."""
+    """The version running: what the deployment's runtime started (when it runs), else what the service
+    reports on its health URL (a `version` field), else unknown."""
+    if target.settings is not None and target.settings.runtime is not None:
+        from backout.runtime.factory import runtime_for
+
+        try:
+            current = runtime_for(target).current()
+        except BackoutError:
+            current = None
+        if current is not None and current.running and current.version:
+            return current.version
     if not target.health_url:
         return None
     try:

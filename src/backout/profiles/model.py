@@ -161,7 +161,7 @@ class Profile(_Model):
             if any(re.search(p, line) for p in self.refusal.log_patterns):
                 return line.strip()
         if exited and database and self.refusal.exit_naming_database:
-            for line in lines[-20:]:
+            for line in reversed(lines[-20:]):  # the last word on it is the likeliest reason
                 if database in line:
                     return line.strip()
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from backout.profiles import generic
 from backout.profiles.model import Profile
 from backout.runtime.base import Availability, Current, Runtime, RuntimeFailure, StopResult
 from backout.runtime.env import env_names, service_env
+from backout.runtime.templates import PLACEHOLDER, fill, render_config_files
 
 __all__ = ["ProcessRuntime", "CLEAN_EXIT_CODES", "template_argv"]
 
@@ -33,13 +36,21 @@ CLEAN_EXIT_CODES = (0, 143, -15)
 _PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH")
 
 
-def template_argv(template: str, values: dict[str, str]) -> tuple[str, ...]:
-    """A command template's argv with its placeholders ({version}, {brain}, {port}, {state}) filled in."""
+_UNKNOWN = re.compile(r"\{([A-Za-z_]+)(?::[^{}]*)?\}")
+
+
+def template_argv(template: str, values: dict[str, str], ports: Mapping[str, int | str] | None = None) -> tuple[str, ...]:
+    """A command template's argv with its placeholders ({version} {brain} {port} {state} {config}
+    {port:NAME}) filled in."""
+    unknown = [m[0] for m in _UNKNOWN.finditer(template) if not PLACEHOLDER.fullmatch(m[0])]
+    if unknown:
+        raise RuntimeFailure(f"command template {template!r} has an unknown placeholder {unknown[0]}; "
+                             "placeholders are {version}, {brain}, {port}, {state}, {config}, {port:NAME}", EXIT_USAGE)
     try:
-        return tuple(token.format(**values) for token in shlex.split(template))
-    except (KeyError, IndexError, ValueError) as exc:
-        raise RuntimeFailure(f"command template {template!r} is malformed ({exc}); placeholders are "
-                             "{version}, {brain}, {port}, {state}", EXIT_USAGE) from None
+        tokens = shlex.split(template)
+    except ValueError as exc:
+        raise RuntimeFailure(f"command template {template!r} is malformed ({exc})", EXIT_USAGE) from None
+    return tuple(fill(token, values, ports or {}, f"command template {template!r}") for token in tokens)
 
 
 def _proc_start_time(pid: int) -> str | None:
@@ -94,16 +105,28 @@ class ProcessRuntime(Runtime):
         self.pid_file = state / "service.pid.json"
         self.exit_file = state / "service.exit.json"
         self.log_file = state / "service.log"
+        self.config_dir = state / "config"  # the config files of the current start
         self._child: subprocess.Popen[bytes] | None = None
 
     # -- commands as data (each is what the lifecycle methods below carry out) ----------------------------------------------------------------------
 
     def _values(self, version: str) -> dict[str, str]:
         return {"version": version, "brain": str(self.brain), "port": str(self.settings.port or ""),
-                "state": str(self.state)}
+                "state": str(self.state), "config": str(self.config_dir)}
 
     def _argv(self, template: str, version: str) -> tuple[str, ...]:
-        return template_argv(template, self._values(version))
+        return template_argv(template, self._values(version), self.settings.ports)
+
+    def _render_command(self, version: str) -> Command:
+        files = self.settings.config_files
+        names = ", ".join(f"{f.template} -> {f.name}" for f in files)
+        return Command(f"render the config files of {version} into {self.config_dir} (0600): {names}",
+                       ("backout-render", str(self.config_dir), *(str(f.template) for f in files)),
+                       files=tuple(str(self.config_dir / f.name) for f in files), kind="write")
+
+    def _render(self, version: str) -> None:
+        render_config_files([(f.template, f.name) for f in self.settings.config_files], self.config_dir,
+                            self._values(version), self.settings.ports)
 
     def stop_commands(self, drain_timeout: float) -> list[Command]:
         """SIGTERM to the process group in the pid file, SIGKILL at the drain deadline; none when nothing runs."""
@@ -115,8 +138,10 @@ class ProcessRuntime(Runtime):
                         files=(str(self.pid_file),), kind="signal", timeout=drain_timeout)]
 
     def start_commands(self, version: str, migrate: bool = False) -> list[Command]:
-        """The migrate template (when asked and configured), then the command template under the supervisor."""
-        commands = [self._migrate_command(version)] if migrate and self.settings.migrate else []
+        """The config files rendered (when any), the migrate template (when asked and configured), then the
+        command template under the supervisor."""
+        commands = [self._render_command(version)] if self.settings.config_files else []
+        commands += [self._migrate_command(version)] if migrate and self.settings.migrate else []
         argv = self._argv(self.settings.command, version)
         return commands + [Command(f"start {version} detached in its own session, output to {self.log_file.name}; "
                                    "the supervisor records its exit code",
@@ -200,9 +225,14 @@ class ProcessRuntime(Runtime):
             raise RuntimeFailure(f"{current.version} is still running (pid {current.ident}); stop it first", EXIT_REFUSED)
         self._refuse_if_taken()
         ensure_private_dir(self.state)
-        *migrations, spawn = self.start_commands(version, migrate)
-        lines = [self._migrate(command, version) for command in migrations]
-        perform(spawn, lambda: self._spawn(spawn, version))
+        lines: list[list[str]] = []
+        for command in self.start_commands(version, migrate):
+            if command.kind == "write":
+                perform(command, lambda: self._render(version))
+            elif command.kind == SPAWN:
+                perform(command, lambda c=command: self._spawn(c, version))  # type: ignore[misc]
+            else:
+                lines.append(self._migrate(command, version))
         return lines[0] if lines else None
 
     def _spawn(self, command: Command, version: str) -> None:

@@ -31,6 +31,7 @@ from backout.runtime.base import HealthWait, Runtime, RuntimeFailure
 from backout.runtime.compose import ComposeRuntime, project_name
 from backout.runtime.env import env_names
 from backout.runtime.smoke import run_smoke
+from backout.runtime.templates import names_in
 
 __all__ = ["TrialResult", "cached_trial", "clean_stale_trials", "remember_trial", "schema_key", "trial_boot",
            "trial_commands", "trial_possible"]
@@ -127,9 +128,15 @@ def trial_possible(target: Target) -> str | None:
         return f"there is no brain at {target.brain} to copy"
     if settings.runtime == "process":
         assert settings.process is not None
-        command = settings.process.command
-        if "{brain}" not in command or "{port}" not in command:
-            return "the process command does not take {brain} and {port}, so a trial could not be kept off the live brain"
+        used = names_in(settings.process.command)
+        for file in settings.process.config_files:
+            try:
+                used |= names_in(file.template.read_text(encoding="utf-8"))
+            except OSError:
+                return f"the config template {file.template} cannot be read"
+        if not {"brain", "port"} <= used:
+            return ("neither the process command nor its config files take {brain} and {port}, so a trial could "
+                    "not be kept off the live brain (render the service's config file per run: config_files)")
         return None
     if not _host_network(settings):
         return "the compose service does not use network_mode: host, so a trial could not get a port of its own"
@@ -272,8 +279,9 @@ def _trial_process(target: Target, version: str, copy: Path, port: int, url: str
 
     settings = target.require_settings()
     assert settings.process is not None
-    trial = ProcessRuntime(settings.process.model_copy(update={"port": port}), copy, url, folder / "runtime",
-                           profile=target.profile)
+    ports = {name: _free_port() for name in settings.process.ports}  # every named port a spare one too
+    trial = ProcessRuntime(settings.process.model_copy(update={"port": port, "ports": ports}), copy, url,
+                           folder / "runtime", profile=target.profile)
     how = f"process on port {port} against a copy of the brain"
     try:
         trial.start(version)
@@ -294,7 +302,9 @@ def trial_commands(target: Target, version: str) -> list[Command]:
 
         assert settings.process is not None
         argv = template_argv(settings.process.command, {"version": version, "brain": f"<trial folder>/{target.brain.name}",
-                                                         "port": "<spare port>", "state": "<trial folder>/runtime"})
+                                                         "port": "<spare port>", "state": "<trial folder>/runtime",
+                                                         "config": "<trial folder>/runtime/config"},
+                             {name: f"<spare port {name}>" for name in settings.process.ports})
         return [Command(f"trial boot: start {version} on a spare port against a throwaway copy of the brain; {judge}",
                         argv, env_names(settings.process), ("<trial folder>",), kind="trial")]
     trial = _trial_runtime(target, "<project>-trial-<id>", Path("<trial folder>/trial-override.yml"),
