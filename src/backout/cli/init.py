@@ -38,6 +38,15 @@ def _q(value: object) -> str:
     return json.dumps(str(value)) if not isinstance(value, (int, float, bool)) else json.dumps(value)
 
 
+def _toml(value: object) -> str:
+    """A TOML value: lists as arrays, dicts as inline tables, the rest as _q."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    return _q(value)
+
+
 def looks_secret(name: str, value: str) -> bool:
     """True when a setting is named like a secret or its value is shaped like one (a token, a key)."""
     if _SECRET_NAME.search(name) or _SECRET_VALUE.search(value):
@@ -85,7 +94,7 @@ def render_config(name: str, brain: str, health_url: str | None, runtime: str, s
         "",
         f"[deployments.{name}.{runtime}]",
     ]
-    lines += [f"{key} = {_q(value)}" for key, value in section.items() if value is not None]
+    lines += [f"{key} = {_toml(value)}" for key, value in section.items() if value is not None]
     lines.append("# Plain settings only; secrets by name (pass_env) or from files (env_files), never here.")
     lines.append("env = {" + ", ".join(f"{k} = {_q(v)}" for k, v in env.items()) + "}")
     lines.append("pass_env = [" + ", ".join(_q(n) for n in pass_env) + "]")
@@ -101,6 +110,28 @@ def render_config(name: str, brain: str, health_url: str | None, runtime: str, s
         "",
     ]
     return "\n".join(lines)
+
+
+def _config_files(pairs: list[str], ports: list[str], command: str) -> dict[str, object]:
+    """The process table's config_files and ports from --config-file and --named-port; a note on stderr when
+    neither the command nor a config file takes {brain} and {port} (then no trial boot is possible)."""
+    files = []
+    for pair in pairs:
+        template, sep, name = pair.rpartition("=")
+        if not sep or not template or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+            fail(f"--config-file wants TEMPLATE=NAME (NAME a plain file name such as app.yml), got {pair!r}", EXIT_USAGE)
+        files.append({"template": template, "name": name})
+    named = {}
+    for pair in ports:
+        name, sep, value = pair.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_-]+", name) or not value.isdigit():
+            fail(f"--named-port wants NAME=PORT, e.g. admin=8001, got {pair!r}", EXIT_USAGE)
+        named[name] = int(value)
+    if not files and not ({"{brain}", "{port}"} <= set(re.findall(r"\{(?:brain|port)\}", command))):
+        typer.echo("note: the command takes no {brain} and {port}; if the service reads them from a config file, "
+                   "let backout render it for every start and trial: --config-file TEMPLATE=NAME (use {config}/NAME "
+                   "in the command); otherwise no trial boot is possible and rollbacks restore the brain", err=True)
+    return {"config_files": files or None, "ports": named or None}
 
 
 def _profile(name: str | None, brain: Path) -> "Detected":
@@ -131,6 +162,10 @@ def init(
     env_file: list[str] = typer.Option([], "--env-file", help="Secret read from a file: NAME=PATH (repeatable)."),
     staging: bool = typer.Option(False, "--staging", help="Mark the deployment as staging (drills run on it)."),
     output: Path = typer.Option(Path(CONFIG_NAME), "--output", "-o", help="Where to write the config."),
+    config_file: list[str] = typer.Option([], "--config-file", help="Process: a config file the service reads, "
+                                          "rendered per run: TEMPLATE=NAME, used as {config}/NAME (repeatable)."),
+    named_port: list[str] = typer.Option([], "--named-port", help="Process: one more port, NAME=PORT, used as "
+                                         "{port:NAME} (repeatable)."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Service profile: engine, alembic, django or "
                                           "generic (default: detected from the brain's tables)."),
     force: bool = typer.Option(False, "--force", "--yes", "-y", help="Overwrite an existing file."),
@@ -148,6 +183,7 @@ def init(
         if not command or not brain:
             fail("--runtime process needs --command TEMPLATE and --brain PATH", EXIT_USAGE)
         section: dict[str, object] = {"command": command, "check": check, "port": port, "migrate": migrate}
+        section.update(_config_files(config_file, named_port, command))
     elif runtime == "compose":
         from backout.runtime.compose_file import detect
 

@@ -58,8 +58,8 @@ def detect(brain: Path) -> Detected:
     for profile in PROFILES.values():
         if profile.detect_tables and all(t.lower() in tables for t in profile.detect_tables):
             return Detected(profile, f"detected from the database: it has {', '.join(profile.detect_tables)}")
-    why = "no database yet" if not brain.exists() else "no known migration ledger in the database"
-    return Detected(generic.PROFILE, f"generic ({why})")
+    why = "no database yet to detect from" if not brain.exists() else "no known migration ledger in the database"
+    return Detected(generic.PROFILE, why)
 
 
 def resolve(name: str | None, overrides: dict[str, Any], brain: Path) -> Detected:
