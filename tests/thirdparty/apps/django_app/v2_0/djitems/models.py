@@ -1,0 +1,10 @@
+from django.db import models
+
+
+class Item(models.Model):
+    name = models.CharField(max_length=200)
+    created = models.DateTimeField(auto_now_add=True)
+    note = models.TextField(null=True, blank=True)  # 2.0: a new nullable column (additive)
+
+    def as_json(self):
+        return {"id": self.id, "name": self.name, "created": self.created.isoformat(), "note": self.note}

@@ -1,0 +1,3 @@
+"""A tiny Django project (one app, one model) for backout's third-party tests."""
+
+VERSION = "3.0"
