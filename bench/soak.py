@@ -3,7 +3,7 @@ a long fault-injection sweep (tests/test_fault_sweep.py), side by side on the tw
 go to bench/RESULTS.md: scenarios, steps, crashes injected and resumed, faults injected, invariant
 violations (must be 0) and distinct paths covered ((command, exit code) pairs, fault kinds).
 
-Usage: python bench/soak.py [--scenarios 300] [--steps 15] [--trials 120] [--seed N] [--results bench/RESULTS.md]
+Usage: python bench/soak.py [--scenarios 300] [--steps 10] [--trials 120] [--seed N] [--results bench/RESULTS.md]
 Run by `make soak` (hours: each scenario step runs real commands against the real Engine). Not part
 of the test suite.
 """
@@ -103,7 +103,7 @@ def main() -> int:
     """Run both soaks side by side and record their counts."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenarios", type=int, default=300)
-    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=10)  # 300 x 10 fits in about 2 h on two idle cores
     parser.add_argument("--trials", type=int, default=120)
     parser.add_argument("--seed", type=int, default=random.SystemRandom().randrange(2**32))
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")

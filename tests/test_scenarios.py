@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.scenarios]
 
 _COMMON = dict(deadline=None, suppress_health_check=list(HealthCheck), print_blob=True)
 settings.register_profile("scenarios-ci", max_examples=8, stateful_step_count=10, database=None, **_COMMON)
-settings.register_profile("scenarios-soak", max_examples=300, stateful_step_count=15, database=None, **_COMMON)
+settings.register_profile("scenarios-soak", max_examples=300, stateful_step_count=10, database=None, **_COMMON)
 settings.register_profile("scenarios-compose", max_examples=4, stateful_step_count=8, database=None, **_COMMON)
 settings.register_profile("scenarios-quick", max_examples=2, stateful_step_count=5, database=None, **_COMMON)
 CI_SEED = 20261204
