@@ -191,7 +191,7 @@ def test_ctrl_c_stops_watching_and_backout_watch_resumes(config: Path) -> None:
     import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACKOUT_")} | ENV
-    child = subprocess.Popen([sys.executable, "-m", "backout", "upgrade", "2.4.0", "--yes", "--json", "--watch", "8s",
+    child = subprocess.Popen([sys.executable, "-m", "backout", "upgrade", "2.4.0", "--yes", "--json", "--watch", "20s",
                               *_cfg(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert child.stdout is not None
     for line in child.stdout:
