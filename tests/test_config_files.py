@@ -115,3 +115,22 @@ def test_trial_needs_brain_and_port_somewhere(tmp_path: Path) -> None:
 
     why = trial_possible(resolve_target(config))
     assert why is not None and "config files take {brain} and {port}" in why
+
+
+def test_the_trial_runs_the_migrate_step_on_its_copy(tmp_path: Path) -> None:
+    """A release that needs a separate migrate step refuses an unmigrated database: the trial that proves it
+    runs the migrate command on its own copy first, as the switch will on the real one."""
+    config, port, _ = _deploy(tmp_path)
+    text = config.read_text().replace("--config {config}/service.yml\"",
+                                      "--config {config}/service.yml --no-migrate\"")
+    text = text.replace("config_files = [", f"migrate = \"{sys.executable} {SERVICE} --release {{version}} "
+                                             "--config {config}/service.yml --migrate-only\"\nconfig_files = [")
+    config.write_text(text)
+    cfg = ("--config", str(config))
+    assert backout("switch", "1", "--yes", *cfg).returncode == 0
+    up = backout("switch", "2", "--yes", "--json", *cfg)
+    assert up.returncode == 0, up.stderr  # without the migrate step on the copy, the trial would refuse it
+    log = (tmp_path / ".backout" / "deployments" / "app" / "runtime" / "service.log").read_text()
+    assert log.count(f"migrated {tmp_path / 'app.sqlite'}") == 2  # the live brain: migrated by the switches only
+    assert httpx.get(f"http://127.0.0.1:{port}/health").json()["release"] == "2"
+    backout("stop", "--yes", *cfg)

@@ -1,6 +1,6 @@
 """A small service that takes its database path and ports from a YAML config file, not its command line.
 
-    python yaml_service.py --release 1|2 --config service.yml
+    python yaml_service.py --release 1|2 --config service.yml [--no-migrate] [--migrate-only]
 
 service.yml (read with ruamel.yaml):
 
@@ -11,7 +11,9 @@ service.yml (read with ruamel.yaml):
 Release 1 keeps `items (id, name)` at PRAGMA user_version 1 and refuses a newer database at boot: it
 exits 3 with "database /path/to/app.sqlite is at schema 2, this release knows 1". Release 2 adds
 `items.note` (user_version 2). GET /health, GET /items, POST /items {"name": ...}; GET /health on the
-admin port too. One JSON-free access line per request on stdout, in the common log format with the
+admin port too. With --no-migrate it does not migrate at boot and refuses (exit 4, "run the migrate step")
+a database older than it knows, as services with a separate migrate command do; --migrate-only migrates
+and exits. One JSON-free access line per request on stdout, in the common log format with the
 duration in microseconds at the end. SIGTERM: exit 0.
 """
 
@@ -32,13 +34,16 @@ from ruamel.yaml import YAML
 SCHEMA = {"1": 1, "2": 2}
 
 
-def migrate(db: Path, release: str) -> None:
+def migrate(db: Path, release: str, apply: bool = True) -> None:
     conn = sqlite3.connect(db)
     have = conn.execute("PRAGMA user_version").fetchone()[0]
     knows = SCHEMA[release]
     if have > knows:
         print(f"database {db} is at schema {have}, this release knows {knows}", flush=True)
         sys.exit(3)
+    if have < knows and not apply:
+        print(f"database {db} is at schema {have}, this release needs {knows}: run the migrate step", flush=True)
+        sys.exit(4)
     if have < 1:
         conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL)")
         conn.execute("PRAGMA user_version = 1")
@@ -98,11 +103,16 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--release", required=True, choices=sorted(SCHEMA))
     parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--no-migrate", action="store_true")
+    parser.add_argument("--migrate-only", action="store_true")
     args = parser.parse_args()
     settings = YAML(typ="safe").load(args.config.read_text())
     db = Path(settings["database"])
     print(f"release {args.release} starting on {db}", flush=True)
-    migrate(db, args.release)
+    migrate(db, args.release, apply=not args.no_migrate)
+    if args.migrate_only:
+        print(f"release {args.release} migrated {db}", flush=True)
+        return 0
     app = ThreadingHTTPServer((settings["listen"]["host"], int(settings["listen"]["port"])), handler(db, args.release))
     admin = ThreadingHTTPServer(("127.0.0.1", int(settings["admin_port"])), handler(db, args.release))
     for server in (app, admin):

@@ -79,14 +79,24 @@ def prove_target(target: Target, runtime: Runtime, version: str, force: bool = F
                         f"({why_not}); pass --force to switch without proof")
 
 
+def _migrates(target: Target) -> bool:
+    """Whether the deployment has a migrate command (run by a switch between the stop and the start)."""
+    settings = target.require_settings()
+    section = settings.process if settings.runtime == "process" else settings.compose
+    return bool(section is not None and section.migrate)
+
+
 def _trial(target: Target, runtime: Runtime, version: str) -> Proof:
     """The proof by a trial boot on a throwaway copy of the brain (its schema alone, for a big one)."""
     key = schema_key(target.brain)
-    trial = cached_trial(target, version, key)
+    # A switch runs the migrate command before the start: so does its trial, on the copy. A rollback does
+    # not, so its trials are kept apart ("+migrate" in the cache).
+    cached_as = f"{version}+migrate" if _migrates(target) else version
+    trial = cached_trial(target, cached_as, key)
     if trial is None:
-        trial = trial_boot(target, runtime, version, skeleton_enough=True)
+        trial = trial_boot(target, runtime, version, skeleton_enough=True, migrate=True)
         if not (trial.skeleton and trial.healthy):  # a pass on the schema alone is no pass for a rollback
-            remember_trial(target, version, key, trial, Redactor(secrets_of(target.require_settings())).obj)
+            remember_trial(target, cached_as, key, trial, Redactor(secrets_of(target.require_settings())).obj)
     if not trial.healthy:
         hint = f"; if the brain must go back too, `backout rollback --to {version}` restores it" if trial.refused else ""
         raise TargetRefused(f"{version} does not start: a trial boot on a copy of the brain {trial.reason}{hint}; "

@@ -168,12 +168,14 @@ def _port_variable(settings: Deployment) -> str | None:
     return matches[0] if len(matches) == 1 else None
 
 
-def trial_boot(target: Target, runtime: Runtime, version: str, skeleton_enough: bool = False) -> TrialResult:
+def trial_boot(target: Target, runtime: Runtime, version: str, skeleton_enough: bool = False,
+               migrate: bool = False) -> TrialResult:
     """Start `version` on a copy of the current brain, check health and the smoke request, clean up.
 
     A big brain is tried first on its skeleton (schema and small tables): a refusal there is final,
     and saves copying the whole brain; only a pass is repeated on a full copy (unless
-    `skeleton_enough`: a pre-flight only asks whether the version starts on this schema)."""
+    `skeleton_enough`: a pre-flight only asks whether the version starts on this schema). With `migrate`,
+    the deployment's migrate command runs on the copy first, as a switch to `version` would run it."""
     why_not = trial_possible(target)
     if why_not:
         raise ConfigError(f"a trial boot is not possible: {why_not}")
@@ -181,16 +183,16 @@ def trial_boot(target: Target, runtime: Runtime, version: str, skeleton_enough: 
         note(command)  # what plans show; the trial's own commands touch only its throwaway copy
     with isolated():
         if target.brain.stat().st_size > SKELETON_ABOVE_BYTES:
-            first = _guarded(target, runtime, version, skeleton=True)
+            first = _guarded(target, runtime, version, skeleton=True, migrate=migrate)
             if first.refused or (skeleton_enough and first.healthy):
                 return first  # refused on the schema alone: it refuses the brain too
-        return _guarded(target, runtime, version, skeleton=False)
+        return _guarded(target, runtime, version, skeleton=False, migrate=migrate)
 
 
-def _guarded(target: Target, runtime: Runtime, version: str, skeleton: bool) -> TrialResult:
+def _guarded(target: Target, runtime: Runtime, version: str, skeleton: bool, migrate: bool) -> TrialResult:
     """A trial that could not run is a failed trial (not cached, not a refusal), never an exception."""
     try:
-        return _trial_on(target, runtime, version, skeleton)
+        return _trial_on(target, runtime, version, skeleton, migrate)
     except Exception as exc:  # a copy, a port, Docker: the rollback must still be decidable
         return TrialResult(False, f"the trial could not run ({type(exc).__name__}: {exc})", 0.0,
                            "skeleton" if skeleton else "copy")
@@ -223,7 +225,7 @@ def _stop_stale(folder: Path) -> None:
         pass
 
 
-def _trial_on(target: Target, runtime: Runtime, version: str, skeleton: bool) -> TrialResult:
+def _trial_on(target: Target, runtime: Runtime, version: str, skeleton: bool, migrate: bool) -> TrialResult:
     settings = target.require_settings()
     clean_stale_trials(target)  # a trial of a killed run must not hold the port or the disk
     folder = deployment_state(target.state_dir, target.deployment) / f"trial-{secrets.token_hex(4)}"
@@ -237,9 +239,9 @@ def _trial_on(target: Target, runtime: Runtime, version: str, skeleton: bool) ->
         port = settings.rollback.trial_port or _free_port()
         url = _with_port(str(target.health_url), port)
         if settings.runtime == "process":
-            result = _trial_process(target, version, copy, port, url, folder, smoke=not skeleton)
+            result = _trial_process(target, version, copy, port, url, folder, not skeleton, migrate)
         else:
-            result = _trial_container(target, runtime, version, copy, port, url, folder, smoke=not skeleton)
+            result = _trial_container(target, runtime, version, copy, port, url, folder, not skeleton, migrate)
         result.skeleton = skeleton
         if skeleton:
             result.how = result.how.replace("a copy of the brain", "the brain's schema and small tables")
@@ -274,7 +276,7 @@ def _deadline(settings: Deployment) -> float:
 
 
 def _trial_process(target: Target, version: str, copy: Path, port: int, url: str, folder: Path,
-                   smoke: bool = True) -> TrialResult:
+                   smoke: bool = True, migrate: bool = False) -> TrialResult:
     from backout.runtime.process import ProcessRuntime
 
     settings = target.require_settings()
@@ -284,7 +286,7 @@ def _trial_process(target: Target, version: str, copy: Path, port: int, url: str
                            folder / "runtime", profile=target.profile)
     how = f"process on port {port} against a copy of the brain"
     try:
-        trial.start(version)
+        trial.start(version, migrate=migrate)
         return _judge(trial.wait_healthy(_deadline(settings)), url, target, how, smoke)
     except RuntimeFailure as exc:
         return TrialResult(False, str(exc), 0.0, how, log_tail=exc.log_tail)
@@ -324,7 +326,7 @@ def _trial_runtime(target: Target, project: str, override: Path, brain: Path, st
 
 
 def _trial_container(target: Target, runtime: Runtime, version: str, copy: Path, port: int, url: str,
-                     folder: Path, smoke: bool = True) -> TrialResult:
+                     folder: Path, smoke: bool = True, migrate: bool = False) -> TrialResult:
     from backout.runtime.compose_file import brain_in_container, load_compose, service_of
 
     settings = target.require_settings()
@@ -343,7 +345,7 @@ def _trial_container(target: Target, runtime: Runtime, version: str, copy: Path,
                                   str(Path(inside).parent)), encoding="utf-8")
     how = f"container in compose project {project}, port {port}, against a copy of the brain"
     try:
-        trial.start(version)
+        trial.start(version, migrate=migrate)
         return _judge(trial.wait_healthy(_deadline(settings)), url, target, how, smoke)
     except RuntimeFailure as exc:
         return TrialResult(False, str(exc), 0.0, how, log_tail=exc.log_tail)
