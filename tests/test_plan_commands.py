@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +112,8 @@ def _deploy(runtime: str, folder: Path, volume: bool = False) -> Iterator[Deploy
 @pytest.fixture
 def deployment(runtime: str, tmp_path: Path) -> Iterator[Deployment]:
     """A deployment (no volume provider) running 2.3.1."""
-    for deployed in _deploy(runtime, tmp_path / "dep"):
+    # The compose project is named after the folder: a name of its own keeps parallel workers apart.
+    for deployed in _deploy(runtime, tmp_path / f"dep-{uuid.uuid4().hex[:8]}"):
         assert deployed.cli("switch", "2.3.1", "--yes")["healthy"]
         yield deployed
 
@@ -205,7 +207,7 @@ def test_snapshot_restore(deployment: Deployment) -> None:
 
 
 def test_volume_restore(runtime: str, tmp_path: Path) -> None:
-    for deployment in _deploy(runtime, tmp_path / "vol", volume=True):
+    for deployment in _deploy(runtime, tmp_path / f"vol-{uuid.uuid4().hex[:8]}", volume=True):
         assert deployment.cli("switch", "2.3.1", "--yes")["healthy"]
         turns(deployment.config, "before", 2)
         deployment.cli("stop", "--yes")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -67,6 +67,16 @@ Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    _moved: ClassVar[dict[str, tuple[str, str]]] = {}  # key that moved -> (its full name, how to write it now)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_moved(cls, data: Any) -> Any:
+        """A key that moved: say where it went, rather than "extra inputs are not permitted"."""
+        for key, (name, where) in cls._moved.items():
+            if isinstance(data, dict) and key in data:
+                raise ValueError(f"`{name}` moved to the service profile: {where}")
+        return data
 
 
 class SnapshotSettings(_Model):
@@ -146,12 +156,7 @@ class VerdictSettings(_Model):
     """How the rollback verdict is computed (thresholds default to the runbook's). Which requests count,
     and the Prometheus queries, are the service profile's (profile.request_path, profile.prometheus)."""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _moved(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "path" in data:
-            raise ValueError("`verdict.path` moved to the service profile: write profile.request_path")
-        return data
+    _moved = {"path": ("verdict.path", "write profile.request_path")}
 
     source: Literal["logs", "scrape", "prometheus"] = "logs"
     scrape_url: str | None = None  # for source = "scrape", e.g. http://127.0.0.1:8000/metrics
@@ -268,13 +273,8 @@ class TrackerSettings(_Model):
 class RollbackSettings(_Model):
     """How a rollback chooses its layer and checks the result."""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _moved(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "smoke" in data:
-            raise ValueError("`rollback.smoke` moved to the service profile: write it as a list, "
-                             "[[deployments.NAME.profile.smoke]] with method, path, expect_status")
-        return data
+    _moved = {"smoke": ("rollback.smoke", "write it as a list, [[deployments.NAME.profile.smoke]] with method, "
+                                          "path, expect_status")}
 
     additive_tolerant: bool = False  # older versions are known to read brains with newer additive migrations
     trial_port: int | None = Field(None, ge=1, le=65535)  # spare port for the trial boot (default: a free one)
@@ -374,13 +374,8 @@ class ProfileChoice(BaseModel):
 class Deployment(_Model):
     """One service that backout manages."""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _moved(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "api_key_header" in data:
-            raise ValueError("`api_key_header` moved to the service profile: write profile.api_key_header "
-                             "(and profile.api_key_prefix, e.g. \"Bearer \")")
-        return data
+    _moved = {"api_key_header": ("api_key_header", "write profile.api_key_header (and profile.api_key_prefix, "
+                                                   "e.g. \"Bearer \")")}
 
     brain: Path
     health_url: str | None = None

@@ -29,7 +29,6 @@ from backout.history import deployment_state, now_iso
 from backout.commands import Command, isolated, note
 from backout.runtime.base import HealthWait, Runtime, RuntimeFailure
 from backout.runtime.compose import ComposeRuntime, project_name
-from backout.runtime.env import env_names
 from backout.runtime.smoke import run_smoke
 from backout.runtime.templates import names_in
 
@@ -179,7 +178,7 @@ def trial_boot(target: Target, runtime: Runtime, version: str, skeleton_enough: 
     why_not = trial_possible(target)
     if why_not:
         raise ConfigError(f"a trial boot is not possible: {why_not}")
-    for command in trial_commands(target, version):
+    for command in trial_commands(target, version, migrate):
         note(command)  # what plans show; the trial's own commands touch only its throwaway copy
     with isolated():
         if target.brain.stat().st_size > SKELETON_ABOVE_BYTES:
@@ -294,26 +293,34 @@ def _trial_process(target: Target, version: str, copy: Path, port: int, url: str
         trial.stop(5)
 
 
-def trial_commands(target: Target, version: str) -> list[Command]:
-    """What a trial boot of `version` runs, for plans (its folder, port and copy are chosen when it runs)."""
+def trial_commands(target: Target, version: str, migrate: bool = False) -> list[Command]:
+    """What a trial boot of `version` runs, for plans (its folder, port and copy are chosen when it runs): the
+    start commands of the trial's own runtime (with the migrate step when `migrate`), folder and ports as
+    placeholders."""
     settings = target.require_settings()
     judge = ("wait for health" + (" and the smoke requests" if target.profile.smoke else "") +
              ", then stop it and remove the copy")
     if settings.runtime == "process":
-        from backout.runtime.process import template_argv
+        from backout.runtime.process import ProcessRuntime
 
         assert settings.process is not None
-        argv = template_argv(settings.process.command, {"version": version, "brain": f"<trial folder>/{target.brain.name}",
-                                                         "port": "<spare port>", "state": "<trial folder>/runtime",
-                                                         "config": "<trial folder>/runtime/config"},
-                             {name: f"<spare port {name}>" for name in settings.process.ports})
-        return [Command(f"trial boot: start {version} on a spare port against a throwaway copy of the brain; {judge}",
-                        argv, env_names(settings.process), ("<trial folder>",), kind="trial")]
-    trial = _trial_runtime(target, "<project>-trial-<id>", Path("<trial folder>/trial-override.yml"),
-                           target.brain, Path("<trial folder>/runtime"), target.health_url)
-    up = trial.start_commands(version)[-1]
-    return [Command(f"trial boot: start {version} in a temporary compose project against a throwaway copy of the "
-                    f"brain; {judge}", up.argv, up.env_names, ("<trial folder>",), kind="trial")]
+        spare = {name: f"<spare port {name}>" for name in settings.process.ports}
+        twin = ProcessRuntime(settings.process.model_copy(update={"port": "<spare port>", "ports": spare}),
+                              Path("<trial folder>") / target.brain.name, target.health_url,
+                              Path("<trial folder>/runtime"), profile=target.profile)
+        where = "on a spare port"
+    else:
+        twin = _trial_runtime(target, "<project>-trial-<id>", Path("<trial folder>/trial-override.yml"),
+                              target.brain, Path("<trial folder>/runtime"), target.health_url)
+        where = "in a temporary compose project"
+    commands = twin.start_commands(version, migrate)
+    if settings.runtime == "compose":  # the override pins the image: no version edit, only migrate and up
+        commands = [c for c in commands[:-1] if c.purpose.startswith("migrate")] + commands[-1:]
+    *before, start = commands
+    return [Command(f"trial boot: {c.purpose} (on the throwaway copy)", c.argv, c.env_names, ("<trial folder>",),
+                    kind="trial") for c in before] + [
+        Command(f"trial boot: start {version} {where} against a throwaway copy of the brain; {judge}", start.argv,
+                start.env_names, ("<trial folder>",), kind="trial")]
 
 
 def _trial_runtime(target: Target, project: str, override: Path, brain: Path, state: Path,
