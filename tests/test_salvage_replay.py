@@ -321,7 +321,7 @@ def test_sql_replay_into_a_plain_brain(tmp_path: Path) -> None:
     assert tables["items"]["replayed"] == 1 and items[REASON_KEY_TAKEN]["keys"] == [4]
     assert items[REASON_CHANGED]["keys"] == [2]
     assert tables["tags"]["reasons"] == [
-        {"reason": "columns gone: color", "rows": 2, "keys": [{"rowid": 2}, {"rowid": 3}]}
+        {"reason": "columns gone: color", "rows": 2, "keys": [2, 3]}
     ]
     assert tables["later"]["reasons"][0]["reason"] == REASON_TABLE_MISSING
     assert tables["notes"]["replayed"] == 2
@@ -373,3 +373,58 @@ def test_unknown_incident_exits_2_and_names_the_known_ones(tmp_path: Path) -> No
     assert nothing.returncode == 2 and "no salvage" in nothing.stderr
     shown = backout("salvage", "show", known.name, cwd=tmp_path)
     assert shown.returncode == 0 and "no salvage" in shown.stdout
+
+
+def test_sql_replay_drops_a_new_column_rows_left_empty_and_renumbers_taken_keys(tmp_path: Path) -> None:
+    """The newer version added a nullable column its rows left NULL (nothing is lost without it), and the
+    old version, serving again, took the bad window's integer keys: --renumber gives those rows new keys."""
+    brain = tmp_path / "app.sqlite"
+    _plain_brain(brain)
+    _write_config(tmp_path, brain, None, 'profile = "generic"')
+    snapshot_id = _snapshot(tmp_path)
+    conn = sqlite3.connect(brain, isolation_level=None)
+    conn.execute("ALTER TABLE items ADD COLUMN note TEXT")
+    conn.executemany("INSERT INTO items (name, updated_at) VALUES (?, ?)", [("four", _now()), ("five", _now())])
+    conn.execute("INSERT INTO items (name, updated_at, note) VALUES ('six', ?, 'kept apart')", (_now(),))
+    conn.close()
+    _restore_and_extract(tmp_path, snapshot_id, "inc-new", brain)
+    conn = sqlite3.connect(brain, isolation_level=None)  # the old version writes after the rollback: id 4
+    conn.execute("INSERT INTO items (name, updated_at) VALUES ('after the rollback', ?)", (_now(),))
+    conn.close()
+
+    plain = json.loads(_replay(tmp_path, "inc-new", "--yes", "--json").stdout)
+    items = {r["reason"]: r for r in _tables(plain)["items"]["reasons"]}
+    assert items[REASON_KEY_TAKEN]["keys"] == [4] and items["columns gone: note"]["keys"] == [6]
+    assert _tables(plain)["items"]["replayed"] == 1  # five (id 5, free), without its empty note
+
+    dry = json.loads(_replay(tmp_path, "inc-new", "--renumber", "--dry-run", "--json").stdout)
+    assert _tables(dry)["items"]["renumbered"] == [{"from": 4, "to": None}]
+    first = _replay(tmp_path, "inc-new", "--renumber", "--yes", "--json")
+    report = _tables(json.loads(first.stdout))["items"]
+    assert report["renumbered"] == [{"from": 4, "to": 6}] and report["already_present"] == 1
+    assert [r["reason"] for r in report["reasons"]] == ["columns gone: note"]  # a value there: by hand
+    assert first.returncode == 1  # not complete: that row is listed
+    assert _query(brain, "SELECT id, name FROM items WHERE id > 3 ORDER BY id") == [
+        (4, "after the rollback"), (5, "five"), (6, "four")]
+    again = _tables(json.loads(_replay(tmp_path, "inc-new", "--renumber", "--yes", "--json").stdout))["items"]
+    assert again["renumbered"] == [] and again["already_present"] == 2  # found again by its other columns
+    assert _query(brain, "SELECT count(*) FROM items") == [(6,)]
+
+
+def test_renumber_leaves_a_table_that_foreign_keys_point_at(tmp_path: Path) -> None:
+    brain = tmp_path / "app.sqlite"
+    _plain_brain(brain)
+    conn = sqlite3.connect(brain, isolation_level=None)
+    conn.execute("CREATE TABLE item_tags (item INTEGER REFERENCES items(id), tag INTEGER)")
+    conn.close()
+    _write_config(tmp_path, brain, None, 'profile = "generic"')
+    snapshot_id = _snapshot(tmp_path)
+    conn = sqlite3.connect(brain, isolation_level=None)
+    conn.execute("INSERT INTO items (name, updated_at) VALUES ('four', ?)", (_now(),))
+    conn.close()
+    _restore_and_extract(tmp_path, snapshot_id, "inc-fk", brain)
+    conn = sqlite3.connect(brain, isolation_level=None)
+    conn.execute("INSERT INTO items (name, updated_at) VALUES ('after the rollback', ?)", (_now(),))
+    conn.close()
+    report = _tables(json.loads(_replay(tmp_path, "inc-fk", "--renumber", "--yes", "--json").stdout))["items"]
+    assert report["renumbered"] == [] and report["reasons"][0]["reason"] == REASON_KEY_TAKEN

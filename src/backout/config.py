@@ -15,6 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from backout.errors import BackoutError
 from backout.fsutil import check_component
+from backout.profiles.model import SmokeRequest
 
 if TYPE_CHECKING:
     from backout.profiles import Detected, Profile
@@ -333,9 +334,15 @@ class DrillSettings(_Model):
     """What a drill on this (staging) deployment rehearses, and its targets."""
 
     production_version: str = "2.3.1"  # what production runs: the drill starts staging on it
+    broken_version: str | None = None  # the build the drill upgrades to; unset: the Engine's build for --break
+    expect_layer: Literal["image", "brain"] | None = None  # the layer the rollback should take (unset: either)
     rto: Duration = timedelta(minutes=2)  # switch to verified recovery
     rpo_rows: int = Field(0, ge=0)  # rows that may be lost (neither restored nor salvaged)
-    traffic_rate: float = Field(8.0, gt=0, le=200)  # turns per second kept running through the drill
+    traffic_rate: float = Field(8.0, gt=0, le=200)  # turns (or requests) per second kept running through the drill
+    # What the drill sends to a service other than the reference Engine: these requests in turn, "{n}" in a
+    # path or a body's text becomes a number no other request of the drill has. Empty: no traffic (detection
+    # then relies on health and evals).
+    requests: list[SmokeRequest] = []
 
 
 class ProfileChoice(BaseModel):

@@ -13,7 +13,8 @@ exits 3 with "database /path/to/app.sqlite is at schema 2, this release knows 1"
 `items.note` (user_version 2). GET /health, GET /items, POST /items {"name": ...}; GET /health on the
 admin port too. With --no-migrate it does not migrate at boot and refuses (exit 4, "run the migrate step")
 a database older than it knows, as services with a separate migrate command do; --migrate-only migrates
-and exits. One JSON-free access line per request on stdout, in the common log format with the
+and exits. Release 2-errors is release 2 with a bug: every third request to /items answers 500 (a
+failed POST writes nothing). One JSON-free access line per request on stdout, in the common log format with the
 duration in microseconds at the end. SIGTERM: exit 0.
 """
 
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
-SCHEMA = {"1": 1, "2": 2}
+SCHEMA = {"1": 1, "2": 2, "2-errors": 2}
 
 
 def migrate(db: Path, release: str, apply: bool = True) -> None:
@@ -55,7 +56,14 @@ def migrate(db: Path, release: str, apply: bool = True) -> None:
 
 
 def handler(db: Path, release: str) -> type[BaseHTTPRequestHandler]:
+    calls = iter(range(1 << 62))
+    broken = release.endswith("-errors")
+
     class Handler(BaseHTTPRequestHandler):
+        def _bug(self) -> bool:
+            """Release 2-errors fails every third request to /items."""
+            return broken and next(calls) % 3 == 2
+
         def _send(self, status: int, body: object) -> None:
             data = json.dumps(body).encode()
             self.status = status
@@ -69,6 +77,8 @@ def handler(db: Path, release: str) -> type[BaseHTTPRequestHandler]:
             started = time.monotonic()
             if self.path == "/health":
                 self._send(200, {"status": "ok", "release": release, "database": str(db)})
+            elif self.path == "/items" and self._bug():
+                self._send(500, {"error": "internal error"})
             elif self.path == "/items":
                 conn = sqlite3.connect(db)
                 rows = conn.execute("SELECT id, name FROM items ORDER BY id").fetchall()
@@ -81,6 +91,10 @@ def handler(db: Path, release: str) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802
             started = time.monotonic()
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            if self._bug():
+                self._send(500, {"error": "internal error"})
+                self._access(started)
+                return
             conn = sqlite3.connect(db)
             cur = conn.execute("INSERT INTO items (name) VALUES (?)", (str(body.get("name")),))
             conn.commit()

@@ -125,6 +125,7 @@ class TableReplay:
     already_present: int = 0
     skipped: list[NotReplayed] = field(default_factory=list)
     left_out: NotReplayed | None = None
+    renumbered: list[dict[str, Any]] = field(default_factory=list)  # {"from": old key, "to": new key} (--renumber)
 
     @property
     def not_replayed(self) -> int:
@@ -150,6 +151,8 @@ class TableReplay:
             "reasons": [s.to_dict() for s in self.skipped],
             "left_out": self.left_out.rows if self.left_out else 0,
             "left_out_reason": self.left_out.reason if self.left_out else None,
+            "renumbered": self.renumbered[:KEYS_KEPT],
+            "renumbered_rows": len(self.renumbered),
         }
 
 
@@ -246,6 +249,12 @@ class ReplayReport:
                     f"not replayed: {t.table}, {s.rows} row{'s' if s.rows != 1 else ''}: "
                     f"{s.reason}{keys}"
                 )
+            if t.renumbered:
+                moved = ", ".join(f"{m['from']}" + (f" -> {m['to']}" if m["to"] is not None else "")
+                                  for m in t.renumbered[:KEYS_KEPT])
+                lines.append(f"{'would renumber' if self.dry_run else 'renumbered'}: {t.table}, "
+                             f"{len(t.renumbered)} row{'s' if len(t.renumbered) != 1 else ''} whose key another "
+                             f"row took since the rollback ({moved})")
             if t.left_out and t.left_out.rows:
                 n = t.left_out.rows
                 lines.append(
@@ -283,9 +292,11 @@ def replay_bundle(
     profile: Profile = generic.PROFILE,
     dry_run: bool = False,
     max_request_bytes: int = MAX_REQUEST_BYTES,
+    renumber: bool = False,
 ) -> ReplayReport:
     """Replay a salvage bundle into the live service (its import API, when the profile has one) or its
-    brain (SQL)."""
+    brain (SQL). With `renumber` (SQL), an added row whose integer key another row took since the rollback
+    is inserted under a new key, when no table's foreign key points at its table."""
     bundle_dir = Path(bundle_dir)
     summary = _load_summary(bundle_dir)
     api = profile.replay == "engine-import" and profile.import_path
@@ -298,7 +309,7 @@ def replay_bundle(
             "nothing to replay into: this bundle needs the live brain (set `brain` "
             "for the deployment in backout.toml) or, for the Engine, its health_url"
         )
-    return _replay_sql(bundle_dir, summary, Path(brain), dry_run, profile)
+    return _replay_sql(bundle_dir, summary, Path(brain), dry_run, profile, renumber)
 
 
 def _load_summary(bundle_dir: Path) -> dict[str, Any]:
@@ -552,7 +563,8 @@ def _engine_tables(
 
 
 def _replay_sql(
-    bundle_dir: Path, summary: dict[str, Any], brain: Path, dry_run: bool, profile: Profile
+    bundle_dir: Path, summary: dict[str, Any], brain: Path, dry_run: bool, profile: Profile,
+    renumber: bool = False,
 ) -> ReplayReport:
     conn = _open_live_brain(brain)
     entries = {e["table"]: e for e in summary["tables"]}
@@ -560,7 +572,8 @@ def _replay_sql(
     table = ""
     try:
         for table, rows in groupby(read_bundle(bundle_dir), key=lambda pair: pair[0]):
-            _replay_table(conn, entries[table], (row for _, row in rows), tables[table], dry_run, profile)
+            _replay_table(conn, entries[table], (row for _, row in rows), tables[table], dry_run, profile,
+                          renumber)
     except (ValueError, KeyError) as exc:
         raise ReplayError(
             f"salvage bundle {bundle_dir} is corrupt at {table or 'its start'} "
@@ -597,6 +610,7 @@ def _replay_table(
     result: TableReplay,
     dry_run: bool,
     profile: Profile,
+    renumber: bool = False,
 ) -> None:
     table, columns = entry["table"], list(entry["columns"])
     left_out = _left_out_reason(table, profile) or (LEFT_OUT_SHADOW if _is_shadow(conn, table) else None)
@@ -604,7 +618,7 @@ def _replay_table(
     if left_out or refusal:
         _pass_over(rows, result, left_out, refusal)
         return
-    writer = _TableWriter(conn, table, columns)
+    writer = _TableWriter(conn, table, columns, renumber)
     conn.execute("BEGIN" if dry_run else "BEGIN IMMEDIATE")  # one transaction per table
     try:
         for row in rows:
@@ -618,12 +632,9 @@ def _replay_table(
 
 
 def _refusal(conn: sqlite3.Connection, table: str, columns: list[str]) -> str | None:
-    """Why no row of `table` can be replayed into the live brain, or None."""
-    live = _live_columns(conn, table)
-    if live is None:
-        return REASON_TABLE_MISSING
-    gone = [c for c in columns if c.lower() not in live]
-    return f"columns gone: {', '.join(gone)}" if gone else None
+    """Why no row of `table` can be replayed into the live brain, or None. (Columns the live table lacks
+    refuse only the rows that hold a value in them: see _TableWriter.)"""
+    return REASON_TABLE_MISSING if _live_columns(conn, table) is None else None
 
 
 def _pass_over(
@@ -662,6 +673,21 @@ def _primary_key(conn: sqlite3.Connection, table: str) -> list[str]:
     return [r[1] for r in sorted((r for r in info if r[5]), key=lambda r: r[5])]
 
 
+def _renumberable(conn: sqlite3.Connection, table: str, pk: list[str]) -> bool:
+    """Whether a row of `table` may take a new key: its key is the rowid (a single INTEGER PRIMARY KEY) and no
+    table's foreign key points at `table` (nothing would be left pointing at the old number)."""
+    if len(pk) != 1:
+        return False
+    declared = next((r[2] for r in conn.execute(f"PRAGMA table_info({quote_ident(table)})") if r[1] == pk[0]), "")
+    if str(declared).upper() != "INTEGER":
+        return False
+    for (other,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+        for ref in conn.execute(f"PRAGMA foreign_key_list({quote_ident(other)})"):
+            if str(ref[2]).lower() == table.lower():
+                return False
+    return True
+
+
 def _generated_columns(conn: sqlite3.Connection, table: str) -> set[str]:
     """Generated columns (hidden 2 or 3) are computed by SQLite and cannot be inserted."""
     info = conn.execute(f"PRAGMA table_xinfo({quote_ident(table)})").fetchall()
@@ -682,7 +708,11 @@ def _display_key(row: dict[str, Any], pk: list[str]) -> Any:
 class _TableWriter:
     """Replays the rows of one table: look the key up, compare, then INSERT OR IGNORE or report."""
 
-    def __init__(self, conn: sqlite3.Connection, table: str, columns: list[str]) -> None:
+    def __init__(self, conn: sqlite3.Connection, table: str, columns: list[str], renumber: bool = False) -> None:
+        live = _live_columns(conn, table) or set()
+        # A column the newer version added and the live table lacks: rows that left it NULL lose nothing without it.
+        self.gone = [c for c in columns if c.lower() not in live]
+        columns = [c for c in columns if c.lower() in live]
         self.conn, self.columns = conn, columns
         lowered = {c.lower() for c in columns}
         pk = _primary_key(conn, table)
@@ -700,6 +730,14 @@ class _TableWriter:
         cols = ", ".join(quote_ident(columns[i]) for i in self.written)
         marks = ", ".join("?" * len(self.written))
         self.insert = f"INSERT OR IGNORE INTO {q} ({cols}) VALUES ({marks})"
+        self.renumber = renumber and _renumberable(conn, table, self.pk)
+        if self.renumber:  # found again by every other column (a second replay adds nothing), inserted without the key
+            pk = self._index(self.pk[0])
+            self.others = [i for i in self.written if i != pk]
+            where = " AND ".join(f"{quote_ident(columns[i])} IS ?" for i in self.others) or "1"
+            self.twin = f"SELECT {quote_ident(self.pk[0])} FROM {q} WHERE {where} LIMIT 1"
+            self.insert_new = (f"INSERT INTO {q} ({', '.join(quote_ident(columns[i]) for i in self.others)}) "
+                               f"VALUES ({', '.join('?' * len(self.others))})")
 
     def _index(self, column: str) -> int:
         return next(i for i, c in enumerate(self.columns) if c.lower() == column.lower())
@@ -707,18 +745,41 @@ class _TableWriter:
     def replay(self, row: dict[str, Any], result: TableReplay, dry_run: bool) -> None:
         """Replay one salvaged row, counting what happened to it in `result`."""
         values = [row.get(c) for c in self.columns]
-        live = self.conn.execute(self.lookup, [values[i] for i in self.key_of]).fetchone()
         key = _display_key(row, self.pk)
+        holding = [c for c in self.gone if row.get(c) is not None]
+        if holding:
+            result.skip(f"columns gone: {', '.join(holding)}", key)
+            return
+        live = self.conn.execute(self.lookup, [values[i] for i in self.key_of]).fetchone()
         if live is not None and list(live) == values:
             result.already_present += 1
         elif row.get("_salvage") != "added":
             result.skip(REASON_CHANGED, key)
+        elif live is not None and self.renumber:
+            self._insert_renumbered(values, result, key, dry_run)
         elif live is not None:
             result.skip(REASON_KEY_TAKEN, key)
         elif dry_run:
             result.replayed += 1
         else:
             self._insert(values, result, key)
+
+    def _insert_renumbered(self, values: list[Any], result: TableReplay, key: Any, dry_run: bool) -> None:
+        twin = self.conn.execute(self.twin, [values[i] for i in self.others]).fetchone()
+        if twin is not None:  # replayed under a new key before
+            result.already_present += 1
+            return
+        if dry_run:
+            result.replayed += 1
+            result.renumbered.append({"from": key, "to": None})
+            return
+        try:
+            cur = self.conn.execute(self.insert_new, [values[i] for i in self.others])
+        except sqlite3.IntegrityError as exc:
+            result.skip(f"refused by the live brain: {exc}", key)
+            return
+        result.replayed += 1
+        result.renumbered.append({"from": key, "to": cur.lastrowid})
 
     def _insert(self, values: list[Any], result: TableReplay, key: Any) -> None:
         try:

@@ -12,7 +12,7 @@ from backout.cli.common import (ConfigOpt, DryRunOpt, JsonOpt, YesOpt, confirm, 
                                 target_from)
 from backout.config import find_config
 from backout.errors import EXIT_FAILED, EXIT_USAGE
-from backout.flows.drill_setup import BREAKS, Staging, configured_staging, self_contained_staging
+from backout.flows.drill_setup import BREAKS, Rehearsal, Staging, configured_staging, rehearsal, self_contained_staging
 
 __all__ = ["drill"]
 
@@ -22,6 +22,9 @@ _DEFAULT_BREAK = "errors"  # 2.4.0-errors: caught by the verdict, and its forwar
 def drill(
     break_mode: str = typer.Option(_DEFAULT_BREAK, "--break", help="The broken build: errors, latency, health, eval, "
                                    "crash or drain (default errors: its forward-only migration forces a brain rollback)."),
+    broken: Optional[str] = typer.Option(None, "--broken", help="A configured deployment's own broken build to upgrade "
+                                         "to (default: its [drill] broken_version; the Engine's build for --break "
+                                         "otherwise)."),
     staging_name: Optional[str] = typer.Option(None, "--staging", help="The staging deployment in backout.toml."),
     production_ok: bool = typer.Option(False, "--i-know-this-is-production",
                                        help="Drill a deployment not marked `staging = true`."),
@@ -39,27 +42,31 @@ def drill(
     broken build, detection, the rollback, and checks that nothing was lost.
 
     Without a config (or --staging) it builds a self-contained staging deployment of the reference
-    Engine in a temporary folder and removes it afterwards. Reports (JSON and a self-contained HTML
-    page) are kept in .backout/drills/. Exit 0 green, 1 red."""
-    if break_mode not in BREAKS:
+    Engine in a temporary folder and removes it afterwards. On a configured deployment of any other
+    service it upgrades to the build named by [drill] broken_version (or --broken) and sends the
+    [drill] requests meanwhile (none configured: detection relies on health and evals). Reports (JSON
+    and a self-contained HTML page) are kept in .backout/drills/. Exit 0 green, 1 red."""
+    if broken is None and break_mode not in BREAKS:
         fail(f"--break must be one of {', '.join(BREAKS)}, not {break_mode!r}", EXIT_USAGE)
     configured = staging_name is not None or find_config(config) is not None
     if history:
         _history(config if configured else None, staging_name, as_json)
         return
-    if dry_run:
-        _dry_run(configured, config, staging_name, break_mode, as_json)
-        return
     with handle_errors():
+        if dry_run:
+            _dry_run(configured, config, staging_name, break_mode, broken, as_json)
+            return
         staging = configured_staging(config, staging_name, production_ok) if configured else self_contained_staging()
+        plan = rehearsal(staging.target, break_mode, broken)
     if configured:
-        confirm(f"drill on {staging.target.deployment}: upgrade it to {BREAKS[break_mode][0]} and roll back?", yes)
-    result = _run(staging, break_mode, watch or (10 if break_mode == "drain" else 45), keep, as_json)
+        confirm(f"drill on {staging.target.deployment}: upgrade it to {plan.broken} and roll back?", yes)
+    mode = break_mode if plan.expected is not None else "custom"
+    result = _run(staging, mode, plan, watch or (10 if mode == "drain" else 45), keep, as_json)
     if not result["passed"]:
         raise typer.Exit(EXIT_FAILED)
 
 
-def _run(staging: Staging, mode: str, watch: int, keep: bool, as_json: bool) -> dict[str, Any]:
+def _run(staging: Staging, mode: str, plan: Rehearsal, watch: int, keep: bool, as_json: bool) -> dict[str, Any]:
     from backout.flows.drill_run import run_drill
     from backout.report import render_terminal
 
@@ -69,10 +76,11 @@ def _run(staging: Staging, mode: str, watch: int, keep: bool, as_json: bool) -> 
 
     if not as_json:
         where = "a self-contained staging deployment" if staging.temporary else staging.target.deployment
-        typer.echo(f"drill: {where}, {staging.target.require_settings().drill.production_version} -> "
-                   f"{BREAKS[mode][0]} (break: {mode}), traffic throughout", err=True)
+        traffic = {"engine": "the Engine's turns throughout", "requests": "its [drill] requests throughout",
+                   "none": "no traffic (none configured: detection relies on health and evals)"}[plan.traffic]
+        typer.echo(f"drill: {where}, {plan.production} -> {plan.broken} (break: {mode}), {traffic}", err=True)
     with handle_errors():
-        result = run_drill(staging, mode, show, watch, keep)
+        result = run_drill(staging, mode, plan, show, watch, keep)
     if as_json:
         emit_json(result)
         return result
@@ -85,16 +93,25 @@ def _run(staging: Staging, mode: str, watch: int, keep: bool, as_json: bool) -> 
     return result
 
 
-def _dry_run(configured: bool, config: Optional[Path], name: Optional[str], mode: str, as_json: bool) -> None:
-    where = target_from(config, name, None).deployment if configured else "a self-contained staging deployment"
+def _dry_run(configured: bool, config: Optional[Path], name: Optional[str], mode: str, broken: Optional[str],
+             as_json: bool) -> None:
+    if configured:
+        target = target_from(config, name, None)
+        where, rehearsed = target.deployment, rehearsal(target, mode, broken)
+    else:
+        where = "a self-contained staging deployment"
+        rehearsed = Rehearsal("2.3.1", BREAKS[mode][0], BREAKS[mode][1], "brain", "engine")
     phases = ["bring-up", "seed", "baseline", "snapshot", "upgrade", "detect", "decide", "drain", "restore",
               "start", "verify", "notify"]
-    plan: dict[str, Any] = {"dry_run": True, "staging": where, "break": mode, "broken_version": BREAKS[mode][0],
-                            "phases": phases}
+    plan: dict[str, Any] = {"dry_run": True, "staging": where, "break": mode if rehearsed.expected else "custom",
+                            "production_version": rehearsed.production, "broken_version": rehearsed.broken,
+                            "traffic": rehearsed.traffic, "expect_layer": rehearsed.layer, "phases": phases}
     if as_json:
         emit_json(plan)
         return
-    typer.echo(f"would drill {where}: upgrade to {plan['broken_version']} under traffic, detect, roll back, check; "
+    under = {"engine": "under the Engine's turns", "requests": "under its [drill] requests",
+             "none": "with no traffic (detection by health and evals)"}[rehearsed.traffic]
+    typer.echo(f"would drill {where}: {rehearsed.production} -> {rehearsed.broken} {under}, detect, roll back, check; "
                f"phases: {', '.join(phases)}")
 
 

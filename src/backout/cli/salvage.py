@@ -149,6 +149,9 @@ def show(
 @app.command("replay")
 def replay(
     incident_id: str = IncidentArg,
+    renumber: bool = typer.Option(False, "--renumber", help="SQL: insert an added row whose integer key another "
+                                  "row took since the rollback under a new key (only for tables no foreign key "
+                                  "points at; the report lists old -> new)."),
     dry_run: bool = DryRunOpt,
     yes: bool = YesOpt,
     as_json: bool = JsonOpt,
@@ -158,7 +161,9 @@ def replay(
     """Replay an incident's salvage into the running service (Engine API) or its brain (SQL).
 
     Rows already present are skipped, so replaying twice is safe. Rows changed since the
-    snapshot are never overwritten: they are listed for review. The profile's effects table (effects
+    snapshot are never overwritten: they are listed for review, as are added rows whose key
+    another row took since the rollback (unless --renumber). A column the old version lacks
+    is dropped from rows that left it empty; rows with a value there are listed. The profile's effects table (effects
     outside the brain) and migration ledgers are never replayed.
     Exit 0 when every row was replayed or already present, 1 when some could not be."""
     incident, folder = _load_incident(_state_dir(config), incident_id)
@@ -172,7 +177,7 @@ def replay(
     target = _target_for(config, deployment, incident)
     if dry_run:
         with handle_errors():
-            report = _run_replay(target, bundle, dry_run=True)
+            report = _run_replay(target, bundle, dry_run=True, renumber=renumber)
         _print_report(report, as_json)
         return
     total = int(_summary(bundle).get("total") or 0)
@@ -182,16 +187,17 @@ def replay(
         handle_errors(),
         operation_lock(deployment_state(target.state_dir, target.deployment), "salvage replay"),
     ):
-        report = _run_replay(target, bundle, dry_run=False)
+        report = _run_replay(target, bundle, dry_run=False, renumber=renumber)
     _print_report(report, as_json)
     if not report.complete:
         fail(_incomplete(report), EXIT_FAILED)
 
 
-def _run_replay(target: Target, bundle: Path, dry_run: bool) -> ReplayReport:
+def _run_replay(target: Target, bundle: Path, dry_run: bool, renumber: bool = False) -> ReplayReport:
     url, key = _service(target)
     return replay_bundle(
-        bundle, base_url=url, api_key=key, brain=target.brain, profile=target.profile, dry_run=dry_run
+        bundle, base_url=url, api_key=key, brain=target.brain, profile=target.profile, dry_run=dry_run,
+        renumber=renumber,
     )
 
 

@@ -23,13 +23,14 @@ from typing import Any, Callable, Iterator
 from backout.brain.manifest import SnapshotStore
 from backout.brain.tables import connect_readonly, quote_ident
 from backout.flows.check import base_url
-from backout.flows.drill_setup import BREAKS, Staging
-from backout.flows.drill_traffic import TrafficRecorder, burst
+from backout.flows.drill_setup import Rehearsal, Staging
+from backout.flows.drill_traffic import EngineTraffic, RequestTraffic, Traffic, burst
 from backout.flows.paths import rollback_journal
 
 __all__ = ["Drill"]
 
 SEED_TURNS = 160  # a few minutes' worth of a staging service's turns, sent quickly
+SEED_REQUESTS = 60  # the same for a service driven by its [drill] requests
 
 
 def _iso_epoch(text: str | None) -> float | None:
@@ -39,20 +40,21 @@ def _iso_epoch(text: str | None) -> float | None:
 class Drill:
     """One drill on one staging deployment; `run()` returns the result the report renders."""
 
-    def __init__(self, staging: Staging, break_mode: str, on_phase: Callable[[dict[str, Any]], None] | None = None,
-                 watch_s: float = 45) -> None:
+    def __init__(self, staging: Staging, break_mode: str, plan: Rehearsal,
+                 on_phase: Callable[[dict[str, Any]], None] | None = None, watch_s: float = 45) -> None:
         self.staging = staging
         self.target = staging.target
         self.settings = self.target.require_settings()
         self.mode = break_mode
-        self.broken, self.expected = BREAKS[break_mode]
-        self.production = self.settings.drill.production_version
+        self.plan = plan
+        self.broken, self.expected = plan.broken, plan.expected
+        self.production = plan.production
         self.on_phase = on_phase
         self.watch_s = watch_s
         self.phases: list[dict[str, Any]] = []
         self.marks: dict[str, float | None] = {"switch": None, "detect": None, "recovered": None}
         self.events: list[dict[str, Any]] = []
-        self.traffic: TrafficRecorder | None = None
+        self.traffic: Traffic | None = None
         self.failure: dict[str, Any] | None = None
         self.started = time.time()
 
@@ -98,12 +100,26 @@ class Drill:
             p["detail"] += f", health {self.target.probe().reason()}"
 
     def seed(self) -> None:
-        """Realistic memory (people, facts, episodes, feedback), then traffic for the rest of the drill."""
-        key = self.staging.env.get("ENGINE_API_KEY", os.environ.get("ENGINE_API_KEY", ""))
-        with self.phase("seed") as p:
-            done = burst(base_url(self.target), key, SEED_TURNS)
-            p["detail"] = f"{done}/{SEED_TURNS} turns"
-        self.traffic = TrafficRecorder(base_url(self.target), key, self.settings.drill.traffic_rate).start()
+        """Rows for the drill to protect (for the Engine: people, facts, episodes, feedback), then traffic for the
+        rest of the drill: the Engine's turns, the deployment's [drill] requests, or none (said so)."""
+        rate = self.settings.drill.traffic_rate
+        if self.plan.traffic == "none":
+            self.add_phase({"name": "seed", "start": time.time(), "seconds": 0.0,
+                            "detail": "no traffic: this deployment names no [drill] requests, so detection relies on "
+                                      "health and evals, and the rows checked are those already in the brain"})
+            return
+        if self.plan.traffic == "engine":
+            key = self.staging.env.get("ENGINE_API_KEY", os.environ.get("ENGINE_API_KEY", ""))
+            with self.phase("seed") as p:
+                done = burst(base_url(self.target), key, SEED_TURNS)
+                p["detail"] = f"{done}/{SEED_TURNS} turns"
+            self.traffic = EngineTraffic(base_url(self.target), key, rate).start()
+        else:
+            requests, headers = self.settings.drill.requests, self.target.api_headers()
+            with self.phase("seed") as p:
+                done = RequestTraffic(base_url(self.target), headers, requests, rate).burst(SEED_REQUESTS)
+                p["detail"] = f"{done}/{SEED_REQUESTS} requests accepted"
+            self.traffic = RequestTraffic(base_url(self.target), headers, requests, rate).start()
         with self.phase("baseline", "traffic while the production version serves"):
             need = self.settings.verdict.min_requests
             deadline = time.time() + 60

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from backout.flows.drill import Drill, DrillFailed
 from backout.flows.drill_checks import drill_checks, table_rows
-from backout.flows.drill_setup import Staging
+from backout.flows.drill_setup import Rehearsal, Staging
 from backout.fsutil import ensure_private_dir
 from backout.report import load_history, slowest_phases, write_report
 
@@ -48,10 +48,10 @@ def _summary(drill: Drill, passed: bool, rollback: dict[str, Any] | None, loss: 
     return ("GREEN: " if passed else "RED: ") + said
 
 
-def run_drill(staging: Staging, mode: str, on_phase: Callable[[dict[str, Any]], None] | None = None,
+def run_drill(staging: Staging, mode: str, plan: Rehearsal, on_phase: Callable[[dict[str, Any]], None] | None = None,
               watch_s: float = 45, keep: bool = False) -> dict[str, Any]:
     """Run the drill, write its report, clean up; the result (`passed`, phases, checks, ...)."""
-    drill = Drill(staging, mode, on_phase, watch_s)
+    drill = Drill(staging, mode, plan, on_phase, watch_s)
     passed = False
     try:
         rollback, tables, checks = _rehearse_and_check(drill, staging)
@@ -99,6 +99,7 @@ def _result(drill: Drill, rollback: dict[str, Any] | None, tables: list[dict[str
         "started_at": _stamp(drill.started), "finished_at": _stamp(time.time()),
         "deployment": drill.target.deployment, "runtime": drill.settings.runtime,
         "self_contained": drill.staging.temporary is not None, "break": drill.mode,
+        "profile": drill.target.profile.name, "traffic_kind": drill.plan.traffic,
         "staging_folder": str(drill.staging.temporary) if drill.staging.temporary else None,
         "production_version": drill.production, "broken_version": drill.broken, "passed": passed,
         "summary": _summary(drill, passed, rollback, loss), "phases": drill.phases, "marks": drill.marks,

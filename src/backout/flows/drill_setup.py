@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backout.config import Target, resolve_target
-from backout.errors import EXIT_REFUSED, BackoutError
+from backout.errors import EXIT_REFUSED, EXIT_USAGE, BackoutError
 
-__all__ = ["BREAKS", "Staging", "configured_staging", "self_contained_staging"]
+__all__ = ["BREAKS", "Rehearsal", "Staging", "configured_staging", "rehearsal", "self_contained_staging"]
 
 # --break MODE -> (the broken build, the signals that should call for the rollback)
 BREAKS: dict[str, tuple[str, frozenset[str]]] = {
@@ -78,6 +78,37 @@ traffic_rate = 8
 """
 
 
+@dataclass(frozen=True)
+class Rehearsal:
+    """What a drill upgrades staging to, what should call for the rollback, and what it sends meanwhile."""
+
+    production: str
+    broken: str
+    expected: frozenset[str] | None  # the triggers that should call for the rollback; None: any of them
+    layer: str | None  # the layer the rollback should take; None: either
+    traffic: str  # "engine" (the Engine's turns), "requests" ([drill] requests) or "none"
+
+
+def rehearsal(target: Target, mode: str, broken: str | None = None) -> Rehearsal:
+    """The drill's plan for this staging deployment: the Engine's broken build for `mode`, or the broken
+    build the deployment names (`[drill] broken_version`, or `broken`) for any other service."""
+    settings = target.require_settings()
+    drill, profile = settings.drill, target.profile
+    traffic = "engine" if profile.traffic == "engine" else ("requests" if drill.requests else "none")
+    broken = broken or drill.broken_version
+    if broken is not None:
+        return Rehearsal(drill.production_version, broken, None, drill.expect_layer, traffic)
+    where = f"[deployments.{target.deployment}.drill]"
+    if profile.name != "engine":
+        raise BackoutError(f"deployment {target.deployment} runs a {profile.name} service: a drill upgrades it to a build "
+                           f"that fails on purpose, and only you know which one. Name it as broken_version in {where} "
+                           "(or pass --broken VERSION), and production_version there too", EXIT_USAGE)
+    if mode not in BREAKS:
+        raise BackoutError(f"--break must be one of {', '.join(BREAKS)}, not {mode!r}", EXIT_USAGE)
+    version, expected = BREAKS[mode]
+    return Rehearsal(drill.production_version, version, expected, drill.expect_layer or "brain", traffic)
+
+
 @dataclass
 class Staging:
     """Where the drill runs: the deployment, its config, and whether the drill made (and removes) it."""
@@ -112,6 +143,9 @@ def configured_staging(config: Path | None, name: str | None, production_ok: boo
     """A deployment from backout.toml; refused unless marked staging (or the operator insists)."""
     target = resolve_target(config, name)
     settings = target.require_settings()
+    if target.profile.name != "engine" and "production_version" not in settings.drill.model_fields_set:
+        raise BackoutError(f"deployment {target.deployment}: set production_version in [deployments.{target.deployment}"
+                           ".drill] (the version the drill starts staging on, as production runs it)", EXIT_USAGE)
     if not settings.staging and not production_ok:
         raise BackoutError(f"deployment {target.deployment} is not marked `staging = true`: a drill upgrades it to "
                            "a broken build on purpose. Mark it staging, or pass --i-know-this-is-production",
