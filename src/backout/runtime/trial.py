@@ -7,6 +7,7 @@ requests (reads and writes: the copy is thrown away) are checked. The live servi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -76,6 +77,20 @@ def _cache_path(target: Target) -> Path:
     return deployment_state(target.state_dir, target.deployment) / "trials.json"
 
 
+def _cache_key(target: Target, version: str, fingerprint: str) -> str:
+    """`version@fingerprint@setup`: a trial's outcome depends on the brain's schema and also on what the trial
+    asked (the profile's smoke requests, health rule and refusal signs) and how it started the version (the
+    runtime's settings). A pass remembered before a writing smoke request was added proves nothing about writes."""
+    settings = target.require_settings()
+    profile = target.profile
+    runtime = settings.process or settings.compose
+    setup = {"smoke": [r.model_dump(mode="json") for r in profile.smoke], "health": profile.health.model_dump(),
+             "refusal": profile.refusal.model_dump(), "api_key_header": profile.api_key_header,
+             "runtime": runtime.model_dump(mode="json") if runtime is not None else None}
+    digest = hashlib.sha256(json.dumps(setup, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return f"{version}@{fingerprint}@{digest}"
+
+
 def cached_trial(target: Target, version: str, fingerprint: str | None) -> TrialResult | None:
     """A trial boot of `version` already run on a brain with this schema fingerprint (e.g. by the upgrade's
     watch window, so a rollback in a hurry need not copy the brain again)."""
@@ -83,7 +98,7 @@ def cached_trial(target: Target, version: str, fingerprint: str | None) -> Trial
         return None
     try:
         data = json.loads(_cache_path(target).read_text(encoding="utf-8"))
-        entry = data[f"{version}@{fingerprint}"]
+        entry = data[_cache_key(target, version, fingerprint)]
     except (OSError, ValueError, KeyError):
         return None
     return TrialResult(**{**entry, "how": entry["how"] + " (run earlier on a brain with this same schema)"})
@@ -100,7 +115,7 @@ def remember_trial(target: Target, version: str, fingerprint: str | None, result
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         data = {}
-    data[f"{version}@{fingerprint}"] = redact({**result.to_dict(), "at": now_iso()})
+    data[_cache_key(target, version, fingerprint)] = redact({**result.to_dict(), "at": now_iso()})
     data = dict(list(data.items())[-20:])
     ensure_private_dir(path.parent)
     atomic_write_json(path, data)
