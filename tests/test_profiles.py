@@ -220,6 +220,13 @@ def test_smoke_requests(server: str) -> None:
     # uvicorn behind `docker compose logs --timestamps`, and a duration with its unit
     ('2026-12-04T19:01:32.500Z INFO:     127.0.0.1:5000 - "GET /x HTTP/1.1" 503 Service Unavailable',
      (1796410892.5, 503, None, "/x")),
+    # tornado apps: JupyterHub's access line (no zone: UTC), a redirect, tornado's own default format
+    ("[I 2026-12-04 19:01:32.119 JupyterHub log:192] 201 POST /hub/api/users/ann (backout@127.0.0.1) 77.05ms",
+     (1796410892.119, 201, 77.05, "/hub/api/users/ann")),
+    ("[W 2026-12-04 19:01:32.500 JupyterHub log:192] 302 GET /hub/ -> /hub/home?x=1 (@127.0.0.1) 0.50ms",
+     (1796410892.5, 302, 0.5, "/hub/")),
+    ("[E 261204 19:01:32 web:2348] 500 GET /items?page=2 (127.0.0.1) 12.00ms",
+     (1796410892.0, 500, 12.0, "/items")),
 ])
 def test_access_log_lines(line: str, expected: tuple[float, int, float | None, str]) -> None:
     from backout.signals.metrics import parse_request_line
@@ -235,6 +242,7 @@ def test_lines_without_a_request_or_a_time_are_skipped() -> None:
     assert parse_request_line('INFO:     127.0.0.1:5000 - "GET /x HTTP/1.1" 200 OK') is None  # uvicorn: no time
     assert parse_request_line("[2026-12-04 19:01:32 +0000] [7] [INFO] Booting worker with pid: 7") is None
     assert parse_request_line("Applying djitems.0002_note... OK") is None
+    assert parse_request_line("[I 2026-12-04 19:01:32.119 JupyterHub app:3313] JupyterHub is now running") is None
 
 
 def test_the_verdict_ignores_samples_without_a_duration_for_latency() -> None:

@@ -161,17 +161,26 @@ def parse_request_line(line: str) -> RequestSample | None:
 _ACCESS_REQUEST = re.compile(r'"(?P<method>[A-Z]{3,7}) (?P<target>\S+) HTTP/[0-9.]+" (?P<status>[1-5]\d\d)\b(?P<rest>.*)$')
 _CLF_TIME = re.compile(r"\[(?P<day>\d{2}/[A-Z][a-z]{2}/\d{4})[: ](?P<clock>\d{2}:\d{2}:\d{2})(?: (?P<zone>[+-]\d{4}))?\]")
 _ISO_TIME = re.compile(r"^\S*?(?P<iso>\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?)")
+# Tornado's access lines (JupyterHub, Jupyter Server, tornado's default log format): level and time (no zone)
+# in brackets, then status, method, target (a redirect's " -> location"), "(user@ip)" and the duration in ms.
+_TORNADO = re.compile(r"^\[[DIWEC] (?P<stamp>\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.\d+)?|\d{6} \d{2}:\d{2}:\d{2})"
+                      r"(?: [^\]]*)?\] (?P<status>[1-5]\d\d) (?P<method>[A-Z]{3,7}) (?P<target>\S+)(?: -> \S+)? "
+                      r"\([^)]*\) (?P<ms>\d+(?:\.\d+)?)ms\s*$")
 _TRAILING_DURATION = re.compile(r"^\s+\S+(?:\s+\"[^\"]*\"\s+\"[^\"]*\")?\s+(?P<value>\d+(?:\.\d+)?)(?P<unit>ms|us|µs|s)?\s*$")
 
 
 def parse_access_line(line: str) -> RequestSample | None:
     """The request an access-log line records: common/combined format (Apache, nginx, gunicorn), Django's
-    runserver, or any line with `"METHOD /path HTTP/1.1" STATUS` and a time — bracketed CLF time, or an
-    ISO time at its start (`docker compose logs --timestamps`, logging's asctime). Times without a zone
-    are UTC. A number after the size (and the quoted referer and user agent) is the duration: with a unit
-    (ms, us, s) as written; without one, seconds when it has a decimal point (nginx $request_time,
+    runserver, tornado's access lines (JupyterHub, Jupyter Server: `[I 2026-12-04 19:01:32.119 JupyterHub
+    log:192] 201 POST /path (user@ip) 77.05ms`), or any line with `"METHOD /path HTTP/1.1" STATUS` and a
+    time — bracketed CLF time, or an ISO time at its start (`docker compose logs --timestamps`, logging's
+    asctime). Times without a zone are UTC. A number after the size (and the quoted referer and user
+    agent) is the duration: with a unit (ms, us, s) as written; without one, seconds when it has a decimal point (nginx $request_time,
     gunicorn %(L)s) and microseconds when it has none (gunicorn %(D)s). Without one the sample has no
     duration: it counts for errors, not for latency. None for any other line."""
+    tornado = _TORNADO.match(line)
+    if tornado is not None:
+        return _tornado_sample(tornado)
     found = _ACCESS_REQUEST.search(line)
     if found is None:
         return None
@@ -180,6 +189,17 @@ def parse_access_line(line: str) -> RequestSample | None:
         return None  # uvicorn's default access line has no time: it cannot be placed in a window
     return RequestSample(ts=ts, status=int(found["status"]), duration_ms=_access_duration(found["rest"]),
                          path=urlsplit(found["target"]).path or "/")
+
+
+def _tornado_sample(found: re.Match[str]) -> RequestSample | None:
+    stamp = found["stamp"]
+    try:
+        when = (datetime.strptime(stamp, "%y%m%d %H:%M:%S") if stamp[6] == " "
+                else datetime.fromisoformat(stamp))
+    except ValueError:
+        return None
+    return RequestSample(ts=when.replace(tzinfo=timezone.utc).timestamp(), status=int(found["status"]),
+                         duration_ms=float(found["ms"]), path=urlsplit(found["target"]).path or "/")
 
 
 def _access_time(line: str) -> float | None:
