@@ -164,6 +164,7 @@ class Operator:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("BACKOUT_") and k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV",
                                                              "DJANGO_SETTINGS_MODULE")}
+        env["TZ"] = "UTC"  # passed on to the services: log lines without a zone are read as UTC
         env.update(secrets_env)
         self.env = env
         self.timings: dict[str, float] = {}
@@ -246,6 +247,7 @@ class Service:
     planned: str = ""  # the layer `rollback --dry-run` shows before `revise` (default: `layer`)
     refusal: str = ""  # a regular expression for the line OLD prints when it refuses NEW's database
     reason: str = ""  # what the rollback's layer reason must say (the evidence the layer was chosen on)
+    logs_requests: bool = False  # its log has a line per request with a sub-second time: the baseline counts them
     folder: Path = field(default=Path("."))
     brain: Path = field(default=Path("."))
     port: int = 0
@@ -483,7 +485,8 @@ def _hub(request: pytest.FixtureRequest) -> Service:
     return Hub("jupyterhub", envs.JUPYTERHUB.old, envs.JUPYTERHUB.new, layer="brain", profile="alembic",
                table="users", column="name", health_path="/hub/health",
                refusal=re.escape(envs.JUPYTERHUB.old_on_new_log),
-               reason="a trial boot of 4.1.6 on a copy of the current brain failed: exited with code 1")
+               reason="a trial boot of 4.1.6 on a copy of the current brain failed: exited with code 1",
+               logs_requests=True)
 
 
 def _app(pair_name: str, profile: str, table: str, smoke: bool, reason: str
@@ -593,6 +596,10 @@ def _scenario(svc: Service, op: Operator) -> None:
     assert up.returncode == 0, op.explain(up, "the upgrade did not promote NEW", key)
     events = json_lines(up.stdout)
     assert events and events[-1].get("event") == "result" and events[-1]["outcome"] == "promoted", events[-1:]
+    if svc.logs_requests:  # the requests OLD served since the switch, read from its own log lines
+        baseline = next(e for e in events if e.get("event") == "step" and e.get("step") == "baseline")
+        counted = int(baseline["detail"].split()[0])
+        assert counted >= len(before) - 1, f"the baseline read {baseline['detail']} from {svc.old}'s log"
     assert svc.version() == svc.new, op.explain(up, "NEW is not the version answering", key)
     assert all(svc.has(name) for name in before), "NEW lost records written under OLD"
     bad = [f"bad{i}" for i in range(1, 4)]
