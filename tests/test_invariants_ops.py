@@ -87,9 +87,12 @@ def test_a_typo_in_the_version_stops_nothing(config: Path) -> None:
     good = backout_json("switch", "2.3.0", "--dry-run", *_cfg(config), env=ENV)
     assert good["proof"]["trial"]["healthy"] and not good["proof"]["forced"]
     forced = backout("switch", "9.9.9", "--force", "--yes", "--json", *_cfg(config), env=ENV, timeout=120)
-    assert forced.returncode == 1
-    assert backout_json("history", *_cfg(config))[-1]["forced"] is True
-    assert not backout_json("status", *_cfg(config), env=ENV)["running"]["running"]
+    assert forced.returncode == 1 and json.loads(forced.stdout)["switched_back"]["healthy"]
+    forced_switch, back = backout_json("history", *_cfg(config))[-2:]
+    assert forced_switch["forced"] is True and forced_switch["outcome"] == "failed"
+    assert (back["to_version"], back["outcome"]) == ("2.3.1", "ok") and "switched back" in back["reason"]
+    status = backout_json("status", *_cfg(config), env=ENV)  # a failed forced switch leaves 2.3.1 serving
+    assert status["running"]["version"] == "2.3.1" and status["running"]["running"]
 
 
 def test_status_lists_an_interrupted_upgrade_with_a_command_that_finishes_it(config: Path) -> None:

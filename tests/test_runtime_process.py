@@ -58,13 +58,14 @@ def test_switch_paths_status_and_history(deployment: Path) -> None:
     assert "MIGRATION_REQUIRED" in out.stdout and time.monotonic() - started < 15  # quickly, no hang
     assert "2.3.1" in out.stdout and "cannot read" in out.stdout  # the Engine's own log line explains
 
+    assert "switched back: 2.4.0 serves again" in out.stdout  # a failed forced switch does not leave it down
     status = backout_json("status", *cfg, env=ENV)
-    assert status["running"]["version"] == "2.3.1" and not status["health"]["ok"]
+    assert status["running"]["version"] == "2.4.0" and status["health"]["ok"]
     assert status["snapshots"]["stale"] and status["restore_point"] is None
     history = backout_json("history", *cfg)
     assert [(h["from_version"], h["to_version"], h["outcome"]) for h in history] == [
         (None, "2.3.0", "ok"), ("2.3.0", "2.3.1", "ok"), ("2.3.1", "2.3.0", "ok"), ("2.3.0", "2.4.0", "ok"),
-        ("2.4.0", "2.3.1", "failed")]
+        ("2.4.0", "2.3.1", "failed"), ("2.3.1", "2.4.0", "ok")]
     stopped = backout_json("stop", "--yes", *cfg, env=ENV)
     assert stopped["clean"]
     assert backout_json("history", *cfg)[-1]["kind"] == "stop"

@@ -65,11 +65,17 @@ def switch(
             typer.echo(f"{version} is NOT healthy: {health.reason if health else 'unknown'}")
             for line in (health.log_tail if health else [])[-10:]:
                 typer.echo(f"  | {line}")
-            now = runtime.current()
-            state = f"{now.version} runs but is not healthy" if now.running else "nothing is running"
-            back = f": `backout switch {result.from_version}` starts the previous version again" \
-                if result.from_version else ""
-            typer.echo(f"{state} on {target.deployment} now{back}")
+            back = result.switched_back
+            if back is not None and back.healthy:
+                typer.echo(f"switched back: {result.from_version} serves again (healthy after {back.seconds:.1f}s)")
+            else:
+                if back is not None:
+                    typer.echo(f"switching back to {result.from_version} failed too: {back.reason}")
+                now = runtime.current()
+                state = f"{now.version} runs but is not healthy" if now.running else "nothing is running"
+                hint = ": see `backout status`; `backout rollback` brings back a restore point" if back is not None \
+                    else ""
+                typer.echo(f"{state} on {target.deployment} now{hint}")
     if not result.healthy:
         raise typer.Exit(EXIT_FAILED)
 

@@ -20,7 +20,7 @@ from backout.plan import StepFailed
 from backout.runtime.base import Command, HealthWait, Runtime, RuntimeFailure, StopResult
 
 __all__ = ["SwitchPlan", "SwitchResult", "brain_stamp", "drain_facts", "moved_on", "plan_switch", "start_until_healthy",
-           "stop_service", "switch_version"]
+           "stop_service", "switch_back", "switch_version"]
 
 
 @dataclass
@@ -37,10 +37,12 @@ class SwitchResult:
     schema_after: dict[str, Any] | None = None
     seconds: float = 0.0
     commands: list[Command] = field(default_factory=list)
+    switched_back: HealthWait | None = None  # the previous version started again after the target failed
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         return {"from": self.from_version, "to": self.to_version, "healthy": self.healthy,
+                "switched_back": self.switched_back.to_dict() if self.switched_back else None,
                 "drain": self.drain.to_dict() if self.drain else None,
                 "migrated": self.migrate_output is not None,
                 "health": self.health.to_dict() if self.health else None,
@@ -94,6 +96,10 @@ def switch_version(target: Target, runtime: Runtime, version: str, kind: str = "
                 result.healthy = result.health.healthy
             except RuntimeFailure as exc:
                 result.health = HealthWait(False, time.monotonic() - started, None, str(exc), exc.log_tail)
+            failed_at = time.monotonic()
+            if not result.healthy and result.from_version and result.from_version != version:
+                result.switched_back = switch_back(runtime, result.from_version, settings.drain_timeout.total_seconds(),
+                                                   settings.boot_timeout.total_seconds())
         result.commands = performed
         result.schema_after = brain_stamp(target)
         result.seconds = time.monotonic() - started
@@ -104,7 +110,27 @@ def switch_version(target: Target, runtime: Runtime, version: str, kind: str = "
             drain=result.drain.to_dict() if result.drain else None,
             health=result.health.to_dict() if result.health else None, duration_s=round(result.seconds, 3),
             detail=result.health.reason if result.health else "", forced=bool(plan.proof.forced)))
+        if result.switched_back is not None:
+            back = result.switched_back
+            History(target.state_dir).append(Change(
+                deployment=target.deployment, kind="manual", from_version=version, to_version=result.from_version,
+                outcome="ok" if back.healthy else "failed", reason=f"switched back: {version} did not become healthy",
+                health=back.to_dict(), duration_s=round(time.monotonic() - failed_at, 3), detail=back.reason))
         return result
+
+
+def switch_back(runtime: Runtime, previous: str, drain_s: float, boot_s: float) -> HealthWait:
+    """After the target failed to come up (its proof passed, yet the real start did not: a slow boot, a port
+    still held), stop what is left of it and start `previous` again: a failed switch must not leave the
+    service down when what served before can serve again."""
+    started = time.monotonic()
+    try:
+        if runtime.current().running:
+            runtime.stop(drain_s)
+        runtime.start(previous, migrate=False)
+        return runtime.wait_healthy(time.monotonic() + boot_s)
+    except RuntimeFailure as exc:
+        return HealthWait(False, time.monotonic() - started, None, str(exc), exc.log_tail)
 
 
 def stop_service(target: Target, runtime: Runtime, reason: str = "") -> StopResult:
