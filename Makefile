@@ -8,10 +8,11 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# backout and, as its own distribution, the reference Engine (the default drill, tests and benches use it).
+$(STAMP): pyproject.toml reference-engine/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test]' -e ./reference-engine
 	touch $(STAMP)
 
 # The main job: a rollback drill on a self-contained staging deployment; the report in .backout/drills/.

@@ -5,7 +5,7 @@
 #                               ca-certificates and sqlite3, made with debootstrap from the Debian
 #                               mirror in /etc/apt/sources.list* and `docker import`ed. The rootfs
 #                               tarball is cached in $CACHE_DIR/base-bookworm.tar.
-#   2. backout-engine-app:latest - docker/engine/Dockerfile: a venv with the project's wheel and its
+#   2. backout-engine-app:latest - docker/engine/Dockerfile: a venv with the reference Engine's wheel and its
 #                               runtime dependencies (cp311 manylinux wheels fetched on the host
 #                               from PyPI, pinned to the versions in .venv), built offline.
 #   3. engine:<version>       - for every release of `engine releases --json`: the app image plus
@@ -115,26 +115,28 @@ else
     "$base_tar" "$BASE_IMAGE" >/dev/null
 fi
 
-# --- 2. the build context: Dockerfile, entrypoint, dependency wheels, project wheel --------------
+# --- 2. the build context: Dockerfile, entrypoint, dependency wheels, the Engine's wheel ---------
 ctx="$CACHE_DIR/engine-context"
 mkdir -p "$ctx/deps" "$ctx/app"
 install -m 0644 "$ROOT/docker/engine/Dockerfile" "$ctx/Dockerfile"
 install -m 0755 "$ROOT/docker/engine/entrypoint.sh" "$ctx/entrypoint.sh"
 
-# Project wheel: rebuilt only when the sources change (key = hash of what goes into the wheel).
+# The reference Engine's wheel (reference-engine/, its own distribution: the image holds the Engine,
+# not backout): rebuilt only when its sources change (key = hash of what goes into the wheel).
+ENGINE_DIR="$ROOT/reference-engine"
 src_files() {
-  (cd "$ROOT" && {
+  (cd "$ENGINE_DIR" && {
     for f in pyproject.toml setup.cfg setup.py MANIFEST.in README.md LICENSE LICENSE.txt; do
       if [ -f "$f" ]; then echo "$f"; fi
     done
     find src -type f -not -path '*/__pycache__/*' -not -path '*.egg-info/*' -not -name '*.pyc'
   } | LC_ALL=C sort)
 }
-app_key="$(cd "$ROOT" && src_files | xargs -d '\n' sha256sum | sha256sum | cut -c1-64)"
+app_key="$(cd "$ENGINE_DIR" && src_files | xargs -d '\n' sha256sum | sha256sum | cut -c1-64)"
 if [ "$(cat "$ctx/app/.key" 2>/dev/null)" != "$app_key" ] || ! ls "$ctx"/app/*.whl >/dev/null 2>&1; then
-  log "building the project wheel"
+  log "building the reference Engine's wheel"
   stage="$(mktemp -d)"
-  (cd "$ROOT" && src_files | xargs -d '\n' cp --parents -t "$stage")
+  (cd "$ENGINE_DIR" && src_files | xargs -d '\n' cp --parents -t "$stage")
   rm -f "$ctx"/app/*.whl
   # A copy of the tree: no stale build/ or egg-info from the checkout ends up in the wheel, and
   # the checkout is left untouched. SOURCE_DATE_EPOCH: the same sources give the same bytes.
@@ -148,7 +150,7 @@ fi
 # (.venv's pip freeze as constraints); fetched again only when those versions change.
 constraints="$ctx/constraints.txt"
 "$VENV/bin/pip" freeze --exclude-editable --disable-pip-version-check 2>/dev/null \
-  | grep -vE '^(#|-e |backout([=@ ]|$))' > "$constraints" || true
+  | grep -vE '^(#|-e |backout(-engine)?([=@ ]|$))' > "$constraints" || true
 app_whl="$(find "$ctx/app" -maxdepth 1 -name "*.whl" | head -n 1)"
 requires="$("$VENV/bin/python" - "$app_whl" <<'PY'
 import sys, zipfile
@@ -169,7 +171,7 @@ if [ "$(cat "$ctx/deps/.key" 2>/dev/null)" != "$deps_key" ]; then
     --only-binary :all: --implementation cp --python-version 3.11 --abi cp311 --abi abi3 --abi none \
     "${platforms[@]}" \
     --constraint "$constraints" --dest "$ctx/deps" "$app_whl" 2>&1 | quiet_pip >&2
-  rm -f "$ctx"/deps/backout-*.whl
+  rm -f "$ctx"/deps/backout_engine-*.whl
   echo "$deps_key" > "$ctx/deps/.key"
 fi
 

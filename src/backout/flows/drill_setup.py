@@ -14,6 +14,7 @@ from pathlib import Path
 
 from backout.config import Target, resolve_target
 from backout.errors import EXIT_REFUSED, EXIT_USAGE, BackoutError
+from backout.flows.drill_traffic import engine_traffic
 
 __all__ = ["BREAKS", "Rehearsal", "Staging", "configured_staging", "rehearsal", "self_contained_staging"]
 
@@ -132,6 +133,7 @@ def _free_port() -> int:
 
 def self_contained_staging(watch_s: int = 45) -> Staging:
     """A staging deployment of the reference Engine in a new temporary folder (0700)."""
+    engine_traffic()  # the Engine is an optional part of backout: say how to get it before anything starts
     folder = Path(tempfile.mkdtemp(prefix="backout-drill-"))
     config = folder / "backout.toml"
     config.write_text(_CONFIG.format(port=_free_port(), python=sys.executable, watch=f"{watch_s}s"), encoding="utf-8")
