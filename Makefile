@@ -25,9 +25,12 @@ quickstart: $(STAMP)
 
 # The whole test suite, on both cores. As root it first sets up Docker, Compose v2, a local
 # registry and the engine:<version> images (scripts/docker/); elsewhere the compose tests skip.
+# Then real third-party services from PyPI (their virtual environments cached in
+# ~/.cache/backout-thirdparty) upgraded and rolled back through the CLI.
 # Last, the random operator scenarios and the fault-injection sweep (bounded profiles, fixed seeds).
 test: $(STAMP) docker
-	$(BIN)/python -m pytest -n 2 -m "not live and not rehearsal and not scenarios"
+	$(BIN)/python -m pytest -n 2 -m "not live and not rehearsal and not scenarios and not thirdparty"
+	$(BIN)/python -m pytest -n 2 -m thirdparty
 	$(BIN)/python -m pytest -n 2 -m live
 	$(BIN)/python -m pytest -n 2 -m rehearsal
 	$(BIN)/python -m pytest -n 2 -m scenarios
