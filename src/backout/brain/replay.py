@@ -1,43 +1,55 @@
 """Replay: write a salvage bundle back into the live service after a brain rollback.
 
-Two ways in. An Engine bundle (`memory-import.json`) goes through the running Engine's own API,
-`POST /memory/import`, in requests under its 1 MiB limit; the Engine skips rows it already has, so
-replaying twice adds nothing. Any other bundle (or no service URL) is replayed with SQL straight
-into the live brain: rows marked "added" are inserted when the live schema still has their columns
-and their key is free; rows marked "changed" are never overwritten, only reported. Nothing is
-guessed: every row that is not replayed is counted with its reason, and the service profile's
-effects table (effects outside the brain) and migration ledgers are never replayed.
+Two ways in. A bundle whose service profile has an import API (the Engine's) goes through the running
+service's own API: `backout.profiles.engine_bundle` sends it. Any other bundle (or no service URL) is
+replayed here, with SQL straight into the live brain: rows marked "added" are inserted when the live
+schema still has their columns and their key is free; rows marked "changed" are never overwritten, only
+reported. Nothing is guessed: every row that is not replayed is counted with its reason, and the service
+profile's effects table (effects outside the brain) and migration ledgers are never replayed. The report
+and its reasons are in `backout.brain.replay_report`.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from backout.brain.salvage import (
-    ENGINE_BUNDLE_FORMAT,
-    MEMORY_IMPORT_FILE,
-    SUMMARY_FILE,
-    read_bundle,
+from backout.brain.replay_report import (
+    LEFT_OUT_EFFECTS,
+    LEFT_OUT_LEDGER,
+    LEFT_OUT_SHADOW,
+    REASON_CHANGED,
+    REASON_KEY_TAKEN,
+    REASON_TABLE_MISSING,
+    REASON_UNIQUE,
+    KeyRefused,
+    NotReplayed,
+    ReplayError,
+    ReplayReport,
+    ServiceUnreachable,
+    TableReplay,
+    left_out_reason,
 )
+from backout.brain.salvage import SUMMARY_FILE, read_bundle
 from backout.brain.tables import quote_ident
-from backout.errors import EXIT_ENVIRONMENT, EXIT_USAGE, BackoutError
-from backout.profiles import generic
+from backout.errors import EXIT_ENVIRONMENT
+from backout.profiles import engine_bundle, generic
+from backout.profiles.engine_bundle import MAX_REQUEST_BYTES, MEMORY_IMPORT_FILE, split_memory_import
 from backout.profiles.model import Profile
 
 __all__ = [
     "MAX_REQUEST_BYTES",
     "KeyRefused",
     "LEFT_OUT_EFFECTS",
+    "LEFT_OUT_LEDGER",
     "NotReplayed",
+    "REASON_CHANGED",
+    "REASON_KEY_TAKEN",
+    "REASON_TABLE_MISSING",
     "ReplayError",
     "ReplayReport",
     "ServiceUnreachable",
@@ -46,238 +58,7 @@ __all__ = [
     "split_memory_import",
 ]
 
-MAX_REQUEST_BYTES = 1024 * 1024  # the Engine answers 413 to larger request bodies
-KEYS_KEPT = 100  # keys listed per reason; the count is always complete
-
-REASON_CHANGED = "changed since the snapshot; review by hand"
-REASON_KEY_TAKEN = "its primary key holds another row in the live brain; review by hand"
-REASON_UNIQUE = "a unique constraint matches another row in the live brain; review by hand"
-REASON_TABLE_MISSING = "table missing in the live brain"
-REASON_TOO_LARGE = "row alone is larger than the service's request limit"
-REASON_DANGLING_EDGE = "an end of the edge is missing from the salvaged brain"
-LEFT_OUT_EFFECTS = (
-    "its rows record effects outside the brain (sent emails, deleted resources): never replayed; "
-    "list them in the rollback report"
-)
-LEFT_OUT_LEDGER = "migration ledger: the live brain's own migrations decide it; never replayed"
-LEFT_OUT_SHADOW = "shadow table of a virtual table: rebuilt from its source table; never replayed"
-LEFT_OUT_NOT_IMPORTED = "not carried by POST /memory/import (the rows stay in {file})"
-
-_ATTEMPTS = 3
-_RETRY_PAUSE_S = 0.5
-_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
-# (path in memory-import.json, the Engine's name in its answer, the brain table the rows come from)
-_ENGINE_STORES = (
-    (("episodes",), "episodes", "episodes"),
-    (("knowledge",), "knowledge", "knowledge_store"),
-    (("social", "nodes"), "people", "social_graph_nodes"),
-    (("social", "edges"), "edges", "social_graph_edges"),
-    (("conversations",), "conversations", "conversations"),
-    (("learning_signals",), "learning_signals", "learning_signals"),
-)
 _META = ("_rowid", "_salvage")
-
-
-class ReplayError(BackoutError):
-    """Replay cannot start or finish: the bundle is missing or corrupt, or the service said no."""
-
-
-class ServiceUnreachable(ReplayError):
-    """The service did not answer (or kept answering 5xx)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, EXIT_ENVIRONMENT)
-
-
-class KeyRefused(ReplayError):
-    """The service refused the API key (401/403)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, EXIT_USAGE)
-
-
-@dataclass
-class NotReplayed:
-    """Rows of one table left alone for one reason, with (some of) their keys."""
-
-    reason: str
-    rows: int = 0
-    keys: list[Any] = field(default_factory=list)
-
-    def add(self, key: Any = None) -> None:
-        """Count one more row (and keep its key while fewer than KEYS_KEPT are kept)."""
-        self.rows += 1
-        if key is not None and len(self.keys) < KEYS_KEPT:
-            self.keys.append(key)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form."""
-        return {"reason": self.reason, "rows": self.rows, "keys": list(self.keys)}
-
-
-@dataclass
-class TableReplay:
-    """What replay did (or, in a dry run, would do) with one table's salvaged rows."""
-
-    table: str
-    rows: int = 0
-    replayed: int = 0
-    already_present: int = 0
-    skipped: list[NotReplayed] = field(default_factory=list)
-    left_out: NotReplayed | None = None
-    renumbered: list[dict[str, Any]] = field(default_factory=list)  # {"from": old key, "to": new key} (--renumber)
-
-    @property
-    def not_replayed(self) -> int:
-        """Rows that could not be replayed (left-out tables are not counted here)."""
-        return sum(s.rows for s in self.skipped)
-
-    def skip(self, reason: str, key: Any = None) -> None:
-        """Record one row not replayed for `reason`."""
-        found = next((s for s in self.skipped if s.reason == reason), None)
-        if found is None:
-            found = NotReplayed(reason)
-            self.skipped.append(found)
-        found.add(key)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form."""
-        return {
-            "table": self.table,
-            "rows": self.rows,
-            "replayed": self.replayed,
-            "already_present": self.already_present,
-            "not_replayed": self.not_replayed,
-            "reasons": [s.to_dict() for s in self.skipped],
-            "left_out": self.left_out.rows if self.left_out else 0,
-            "left_out_reason": self.left_out.reason if self.left_out else None,
-            "renumbered": self.renumbered[:KEYS_KEPT],
-            "renumbered_rows": len(self.renumbered),
-        }
-
-
-@dataclass
-class ReplayReport:
-    """The outcome of one replay, per table and in total."""
-
-    bundle: Path
-    mode: str  # "engine" (POST /memory/import) or "sql" (straight into the brain)
-    destination: str
-    dry_run: bool
-    tables: list[TableReplay]
-    requests: int = 0  # Engine: requests sent (dry run: that would be sent)
-
-    @property
-    def replayed(self) -> int:
-        """Rows written (dry run: that would be written; Engine dry run: that would be sent)."""
-        return sum(t.replayed for t in self.tables)
-
-    @property
-    def already_present(self) -> int:
-        """Rows the live brain already had."""
-        return sum(t.already_present for t in self.tables)
-
-    @property
-    def not_replayed(self) -> int:
-        """Rows that could not be replayed."""
-        return sum(t.not_replayed for t in self.tables)
-
-    @property
-    def left_out(self) -> int:
-        """Rows never replayed by design (the effects table, migration ledgers, what the API omits)."""
-        return sum(t.left_out.rows for t in self.tables if t.left_out)
-
-    @property
-    def complete(self) -> bool:
-        """True when every row was replayed or already present (left-out tables aside)."""
-        return self.not_replayed == 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form."""
-        return {
-            "bundle": str(self.bundle),
-            "mode": self.mode,
-            "destination": self.destination,
-            "dry_run": self.dry_run,
-            "requests": self.requests,
-            "complete": self.complete,
-            "totals": {
-                "replayed": self.replayed,
-                "already_present": self.already_present,
-                "not_replayed": self.not_replayed,
-                "left_out": self.left_out,
-            },
-            "tables": [t.to_dict() for t in self.tables],
-        }
-
-    def render(self) -> str:
-        """A short text: a line per table with rows, then reasons and totals."""
-        return "\n".join(
-            [self._heading(), *self._table_lines(), *self._reason_lines(), self._total()]
-        )
-
-    def _heading(self) -> str:
-        verb = "would replay" if self.dry_run else "replayed"
-        if self.mode == "engine":
-            sent = "would send" if self.dry_run else "sent"
-            return (
-                f"{verb} into {self.destination} ({sent} {self.requests} request"
-                f"{'s' if self.requests != 1 else ''} to its import endpoint, each under 1 MiB)"
-            )
-        return f"{verb} into {self.destination} (SQL, one transaction per table)"
-
-    def _table_lines(self) -> list[str]:
-        shown = [t for t in self.tables if t.rows]
-        width = max([len("table"), *(len(t.table) for t in shown)])
-        head = "to send" if self.dry_run and self.mode == "engine" else "replayed"
-        cells = f"{'rows':>6}  {head:>8}  {'present':>7}  {'not replayed':>12}  {'left out':>8}"
-        lines = [f"{'table':<{width}}  {cells}"]
-        for t in shown:
-            left_out = t.left_out.rows if t.left_out else 0
-            lines.append(
-                f"{t.table:<{width}}  {t.rows:>6}  {t.replayed:>8}  {t.already_present:>7}  "
-                f"{t.not_replayed:>12}  {left_out:>8}"
-            )
-        return lines
-
-    def _reason_lines(self) -> list[str]:
-        lines = []
-        for t in self.tables:
-            for s in t.skipped:
-                keys = f" (keys: {_short_keys(s.keys)})" if s.keys else ""
-                lines.append(
-                    f"not replayed: {t.table}, {s.rows} row{'s' if s.rows != 1 else ''}: "
-                    f"{s.reason}{keys}"
-                )
-            if t.renumbered:
-                moved = ", ".join(f"{m['from']}" + (f" -> {m['to']}" if m["to"] is not None else "")
-                                  for m in t.renumbered[:KEYS_KEPT])
-                lines.append(f"{'would renumber' if self.dry_run else 'renumbered'}: {t.table}, "
-                             f"{len(t.renumbered)} row{'s' if len(t.renumbered) != 1 else ''} whose key another "
-                             f"row took since the rollback ({moved})")
-            if t.left_out and t.left_out.rows:
-                n = t.left_out.rows
-                lines.append(
-                    f"left out: {t.table}, {n} row{'s' if n != 1 else ''}: {t.left_out.reason}"
-                )
-        return lines
-
-    def _total(self) -> str:
-        if self.dry_run and self.mode == "engine":
-            return (
-                f"total: {self.replayed} rows would be sent; the Engine skips rows it already has; "
-                f"{self.not_replayed} cannot be sent, {self.left_out} left out"
-            )
-        verb = "would be replayed" if self.dry_run else "replayed"
-        return (
-            f"total: {self.replayed} {verb}, {self.already_present} already present, "
-            f"{self.not_replayed} not replayed, {self.left_out} left out"
-        )
-
-
-def _short_keys(keys: list[Any], shown: int = 5) -> str:
-    text = ", ".join(json.dumps(k, default=str) for k in keys[:shown])
-    return text + (", ..." if len(keys) > shown else "")
 
 
 # -- the public entry point ----------------------------------------------------------------------
@@ -301,9 +82,8 @@ def replay_bundle(
     summary = _load_summary(bundle_dir)
     api = profile.replay == "engine-import" and profile.import_path
     if api and (bundle_dir / MEMORY_IMPORT_FILE).is_file() and base_url:
-        bundle = _load_memory_import(bundle_dir)
-        client = _EngineClient(base_url, api_key, profile)
-        return _replay_engine(bundle_dir, summary, bundle, client, dry_run, max_request_bytes)
+        return engine_bundle.replay_engine(bundle_dir, summary, base_url=base_url, api_key=api_key,
+                                           profile=profile, dry_run=dry_run, limit=max_request_bytes)
     if brain is None:
         raise ReplayError(
             "nothing to replay into: this bundle needs the live brain (set `brain` "
@@ -333,230 +113,6 @@ def _load_summary(bundle_dir: Path) -> dict[str, Any]:
             "missing; extract it again with `backout salvage extract`"
         )
     return dict(summary)
-
-
-def _load_memory_import(bundle_dir: Path) -> dict[str, Any]:
-    path = bundle_dir / MEMORY_IMPORT_FILE
-    try:
-        bundle = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ReplayError(
-            f"{path} is not readable JSON ({exc}); extract the bundle again"
-        ) from None
-    if not isinstance(bundle, dict) or bundle.get("format") != ENGINE_BUNDLE_FORMAT:
-        raise ReplayError(f"{path} is not an {ENGINE_BUNDLE_FORMAT} bundle; extract it again")
-    return bundle
-
-
-def _left_out_reason(table: str, profile: Profile) -> str | None:
-    if table == profile.effects_table:
-        return LEFT_OUT_EFFECTS
-    if table.lower() in profile.ledger_tables():
-        return LEFT_OUT_LEDGER
-    return None
-
-
-def _salvaged_rows(entry: dict[str, Any]) -> int:
-    return int(entry.get("added", 0)) + int(entry.get("changed", 0))
-
-
-# -- the Engine: POST /memory/import -------------------------------------------------------------
-
-
-def split_memory_import(bundle: dict[str, Any], limit: int = MAX_REQUEST_BYTES) -> list[bytes]:
-    """Request bodies of at most `limit` bytes, nodes before edges; oversize rows are dropped."""
-    return _Splitter(bundle, limit).split()[0]
-
-
-class _Splitter:
-    """Greedy packing of a bundle's lists into request bodies, in store order."""
-
-    def __init__(self, bundle: dict[str, Any], limit: int) -> None:
-        carried = {"episodes", "knowledge", "social", "conversations", "learning_signals"}
-        self.header = {k: v for k, v in bundle.items() if k not in carried}
-        self.bundle, self.limit = bundle, limit
-        self.too_large: dict[str, int] = {}
-        self.sent: dict[str, int] = {}
-
-    def split(self) -> tuple[list[bytes], dict[str, int]]:
-        """(bodies, rows per store that cannot fit in any body)."""
-        bodies: list[bytes] = []
-        parts: dict[tuple[str, ...], list[bytes]] = {}
-        size = base = len(self.body({}))
-        for path, answer, _ in _ENGINE_STORES:
-            for item in _items(self.bundle, path):
-                encoded = json.dumps(item, ensure_ascii=False).encode()
-                if base + len(encoded) + 1 > self.limit:
-                    self.too_large[answer] = self.too_large.get(answer, 0) + 1
-                    continue
-                if size + len(encoded) + 1 > self.limit:
-                    bodies.append(self.body(parts))
-                    parts, size = {}, base
-                parts.setdefault(path, []).append(encoded)
-                size += len(encoded) + 1
-                self.sent[answer] = self.sent.get(answer, 0) + 1
-        if parts:
-            bodies.append(self.body(parts))
-        return bodies, self.too_large
-
-    def body(self, parts: dict[tuple[str, ...], list[bytes]]) -> bytes:
-        """One complete bundle holding `parts` (every list present, empty when not in parts)."""
-
-        def array(path: tuple[str, ...]) -> bytes:
-            return b"[" + b",".join(parts.get(path, [])) + b"]"
-
-        fields = [
-            json.dumps({k: v}, ensure_ascii=False).encode()[1:-1] for k, v in self.header.items()
-        ]
-        for key in ("episodes", "knowledge"):
-            fields.append(b'"%s": %s' % (key.encode(), array((key,))))
-        fields.append(
-            b'"social": {"nodes": %s, "edges": %s}'
-            % (array(("social", "nodes")), array(("social", "edges")))
-        )
-        for key in ("conversations", "learning_signals"):
-            fields.append(b'"%s": %s' % (key.encode(), array((key,))))
-        return b"{" + b", ".join(fields) + b"}"
-
-
-def _items(bundle: dict[str, Any], path: tuple[str, ...]) -> list[Any]:
-    value: Any = bundle
-    for key in path:
-        value = value.get(key) if isinstance(value, dict) else None
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise ReplayError(f"{MEMORY_IMPORT_FILE}: {'.'.join(path)} is not a list; extract it again")
-    return value
-
-
-class _EngineClient:
-    """POST /memory/import with a timeout and a short retry on connection errors and 5xx."""
-
-    def __init__(self, base_url: str, api_key: str | None, profile: Profile) -> None:
-        self.url = base_url.rstrip("/")
-        self.api_key = api_key
-        self.profile = profile
-        self.path = str(profile.import_path)
-        self.headers = {"Content-Type": "application/json", **profile.api_headers(api_key)}
-
-    def import_all(self, bodies: list[bytes]) -> dict[str, int]:
-        """Send every body in order; the rows the Engine added, summed per store."""
-        added: dict[str, int] = {}
-        with httpx.Client(base_url=self.url, headers=self.headers, timeout=_TIMEOUT) as client:
-            for done, body in enumerate(bodies):
-                for store, n in self._post(client, body, done, len(bodies)).items():
-                    added[store] = added.get(store, 0) + n
-        return added
-
-    def _post(self, client: httpx.Client, body: bytes, done: int, total: int) -> dict[str, int]:
-        progress = f"{done} of {total} requests were imported before this; replaying again is safe"
-        for attempt in range(_ATTEMPTS):
-            try:
-                resp = client.post(self.path, content=body)
-            except httpx.TransportError as exc:
-                if attempt + 1 < _ATTEMPTS:
-                    time.sleep(_RETRY_PAUSE_S * 2**attempt)
-                    continue
-                raise ServiceUnreachable(
-                    f"the service at {self.url} is not answering ({exc!r}): "
-                    f"start it first, then replay again ({progress})"
-                ) from None
-            if resp.status_code >= 500 and _retryable(resp, self.profile) and attempt + 1 < _ATTEMPTS:
-                time.sleep(_RETRY_PAUSE_S * 2**attempt)
-                continue
-            return self._answer(resp, progress)
-        raise AssertionError("unreachable")
-
-    def _answer(self, resp: httpx.Response, progress: str) -> dict[str, int]:
-        if resp.status_code in (401, 403):
-            missing = "" if self.api_key else " (no api_key is configured)"
-            raise KeyRefused(
-                f"the API key was refused{missing}; set api_key in backout.toml "
-                '(api_key = { env = "ENGINE_API_KEY" }) and export it'
-            )
-        if resp.status_code >= 500:
-            raise ServiceUnreachable(
-                f"the service at {self.url} answered {resp.status_code} "
-                f"{_error_text(resp)}: replay again once it is healthy ({progress})"
-            )
-        if resp.status_code != 200:
-            raise ReplayError(
-                f"the service refused the import with {resp.status_code} "
-                f"{_error_text(resp)} ({progress})"
-            )
-        try:
-            added = resp.json()["added"]
-            return {str(k): int(v) for k, v in added.items()}
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise ReplayError(
-                f"unexpected answer from {self.url}{self.path}: {resp.text[:200]!r}"
-            ) from None
-
-
-def _retryable(resp: httpx.Response, profile: Profile) -> bool:
-    """A refused database (the profile's refusal codes) will not go away by waiting; draining or starting will."""
-    try:
-        body = resp.json()
-    except ValueError:
-        return True
-    return profile.refusal_code(body) is None
-
-
-def _error_text(resp: httpx.Response) -> str:
-    try:
-        error = resp.json()["error"]
-        return f"{error['code']}: {error['message']}"
-    except (ValueError, KeyError, TypeError):
-        return resp.text[:200]
-
-
-def _replay_engine(
-    bundle_dir: Path,
-    summary: dict[str, Any],
-    bundle: dict[str, Any],
-    client: _EngineClient,
-    dry_run: bool,
-    limit: int,
-) -> ReplayReport:
-    splitter = _Splitter(bundle, limit)
-    bodies, too_large = splitter.split()
-    added = {} if dry_run else client.import_all(bodies)
-    tables = _engine_tables(summary, splitter.sent, too_large, added, dry_run, client.profile)
-    return ReplayReport(bundle_dir, "engine", client.url, dry_run, tables, len(bodies))
-
-
-def _engine_tables(
-    summary: dict[str, Any],
-    sent: dict[str, int],
-    too_large: dict[str, int],
-    added: dict[str, int],
-    dry_run: bool,
-    profile: Profile,
-) -> list[TableReplay]:
-    tables: list[TableReplay] = []
-    carried = {table: answer for _, answer, table in _ENGINE_STORES}
-    for _, answer, table in _ENGINE_STORES:
-        result = TableReplay(table, rows=sent.get(answer, 0) + too_large.get(answer, 0))
-        result.replayed = sent.get(answer, 0) if dry_run else added.get(answer, 0)
-        if not dry_run:
-            result.already_present = max(0, sent.get(answer, 0) - added.get(answer, 0))
-        for _ in range(too_large.get(answer, 0)):
-            result.skip(REASON_TOO_LARGE)
-        tables.append(result)
-    dangling = int((summary.get("memory_import") or {}).get("edges_skipped") or 0)
-    edges = next(t for t in tables if t.table == "social_graph_edges")
-    edges.rows += dangling
-    for _ in range(dangling):
-        edges.skip(REASON_DANGLING_EDGE)
-    for entry in summary["tables"]:
-        if entry["table"] not in carried and _salvaged_rows(entry):
-            reason = _left_out_reason(entry["table"], profile) or LEFT_OUT_NOT_IMPORTED.format(
-                file=entry["file"]
-            )
-            rows = _salvaged_rows(entry)
-            tables.append(TableReplay(entry["table"], rows, left_out=NotReplayed(reason, rows)))
-    return [t for t in tables if t.rows]
 
 
 # -- any other service: SQL into the live brain --------------------------------------------------
@@ -613,7 +169,7 @@ def _replay_table(
     renumber: bool = False,
 ) -> None:
     table, columns = entry["table"], list(entry["columns"])
-    left_out = _left_out_reason(table, profile) or (LEFT_OUT_SHADOW if _is_shadow(conn, table) else None)
+    left_out = left_out_reason(table, profile) or (LEFT_OUT_SHADOW if _is_shadow(conn, table) else None)
     refusal = None if left_out else _refusal(conn, table, columns)
     if left_out or refusal:
         _pass_over(rows, result, left_out, refusal)

@@ -2,29 +2,30 @@
 
 After a brain rollback the displaced (newer) brain sits in quarantine. Salvage compares it with
 the high-water marks recorded in the snapshot manifest and writes every row added or changed
-since then to `out_dir`: one JSON-lines file per table, a `summary.json`, and for Engine brains a
-`memory-import.json` bundle that `POST /memory/import` accepts.
+since then to `out_dir`: one JSON-lines file per table, a `summary.json`, and for Engine brains the
+Engine's own import bundle (written by `backout.profiles.engine_bundle`). The bundle's files are
+written and read with `backout.brain.bundle_files`.
 """
 
 from __future__ import annotations
 
-import base64
 import fnmatch
-import itertools
 import json
 import os
 import re
 import secrets
 import shutil
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
+from backout.brain.bundle_files import create_private, encode, read_jsonl, write_json_file
 from backout.brain.tables import TableMark, connect_readonly, has_rowid, quote_ident, user_tables
-from backout.profiles import engine
+from backout.profiles import engine, engine_bundle
+from backout.profiles.engine_bundle import ENGINE_BUNDLE_FORMAT, MEMORY_IMPORT_FILE
 
 __all__ = [
     "ENGINE_BUNDLE_FORMAT",
@@ -46,17 +47,12 @@ TIMESTAMP_COLUMNS = frozenset(
     {"updated_at", "modified_at", "changed_at", "last_seen", "created_at", "ts", "timestamp"}
 )
 SUMMARY_FILE = "summary.json"
-MEMORY_IMPORT_FILE = "memory-import.json"
-ENGINE_BUNDLE_FORMAT = "engine-memory/1"
 NO_MARK_NOTE = "no high-water mark; all rows included"
 
-_ENGINE_MARKER_TABLES = ("episodes", "knowledge_store", "social_graph_nodes")
 _SAFE_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,100}$")
 _PROGRESS_EVERY = 1000
 _REPLAY_NOTE = (
-    "Nothing here has been written back. Engine brains: import memory-import.json with POST "
-    "/memory/import (or engine Brain.import_bundle); it skips rows already present, so importing "
-    "twice is safe (the HTTP API refuses bodies over 1 MiB: split large bundles). Other tables: "
+    f"Nothing here has been written back. {engine_bundle.REPLAY_NOTE} Other tables: "
     "insert rows marked 'added' and upsert rows marked 'changed' by primary key, after checking "
     "schema_diff (columns are those of the newer schema). Rows of the service's effects table "
     "(the Engine's tool calls) had effects outside the brain: list them in the rollback report, never "
@@ -183,7 +179,8 @@ def salvage(
         work = _make_work_dir(out_dir)
         try:
             entries = _write_tables(conn, plans, work, progress)
-            memory_import = _write_memory_import(conn, work, entries, snapshot_id)
+            files = {e.table: work / e.file for e in entries}
+            memory_import = engine_bundle.write_memory_import(conn, work, files, snapshot_id)
             report = SalvageReport(
                 out_dir=out_dir,
                 tables=entries,
@@ -197,7 +194,7 @@ def salvage(
                 missing_tables=sorted(set(marks) - set(user_tables(conn))),
                 opened=opened,
             )
-            _write_json_file(work / SUMMARY_FILE, report.to_dict())
+            write_json_file(work / SUMMARY_FILE, report.to_dict())
             _publish(work, out_dir)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)  # our own partial copies, never the brain
@@ -211,7 +208,7 @@ def read_bundle(out_dir: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield (table, row) for every salvaged row, tables in summary order, BLOBs decoded to bytes."""
     summary = json.loads((Path(out_dir) / SUMMARY_FILE).read_text(encoding="utf-8"))
     for entry in summary["tables"]:
-        for row in _read_jsonl(Path(out_dir) / entry["file"]):
+        for row in read_jsonl(Path(out_dir) / entry["file"]):
             yield entry["table"], row
 
 
@@ -374,12 +371,12 @@ def _write_tables(
         counts = {"added": 0, "changed": 0}
         cur = conn.execute(plan.sql, plan.args)
         columns = [d[0] for d in cur.description][2:]
-        with _create_private(work / file) as fh:
+        with create_private(work / file) as fh:
             for row in cur:
                 record = dict(zip(columns, row[2:]))
                 record["_rowid"] = row[0]
                 record["_salvage"] = row[1]
-                fh.write(json.dumps(record, default=_encode, ensure_ascii=False) + "\n")
+                fh.write(json.dumps(record, default=encode, ensure_ascii=False) + "\n")
                 counts[row[1]] += 1
                 done += 1
                 if progress and done % _PROGRESS_EVERY == 0:
@@ -420,55 +417,6 @@ def _file_name(table: str, used: set[str]) -> str:
     return name
 
 
-def _encode(value: object) -> object:
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"$base64": base64.b64encode(bytes(value)).decode("ascii")}
-    raise TypeError(f"cannot store {type(value).__name__} in a salvage bundle")
-
-
-def _decode(obj: dict[str, Any]) -> Any:
-    if len(obj) == 1 and "$base64" in obj:
-        return base64.b64decode(obj["$base64"])
-    return obj
-
-
-def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line, object_hook=_decode)
-
-
-def _create_private(path: Path) -> _SyncedFile:
-    """A new file readable by its owner only; an existing file is never overwritten."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    os.fchmod(fd, 0o600)
-    return _SyncedFile(fd)
-
-
-class _SyncedFile:
-    """A text file that is fsynced when closed: a published salvage survives power loss."""
-
-    def __init__(self, fd: int) -> None:
-        self._fh = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
-
-    def write(self, text: str) -> int:
-        return self._fh.write(text)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-
-
-def _write_json_file(path: Path, data: dict[str, Any]) -> None:
-    with _create_private(path) as fh:
-        fh.write(json.dumps(data, indent=2, default=_encode, ensure_ascii=False) + "\n")
-
-
 def _make_work_dir(out_dir: Path) -> Path:
     """A private sibling of out_dir; renamed into place only once complete."""
     _make_private_parents(out_dir.parent)
@@ -503,133 +451,3 @@ def _publish(work: Path, out_dir: Path) -> None:
 
 def _utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-# -- the Engine's memory bundle ------------------------------------------------------------------
-
-
-def _write_memory_import(
-    conn: sqlite3.Connection, work: Path, entries: list[TableSalvage], snapshot_id: str | None
-) -> dict[str, Any] | None:
-    """memory-import.json in the engine-memory/1 shape, from the files just written."""
-    if not set(_ENGINE_MARKER_TABLES) <= set(user_tables(conn)):
-        return None
-    files = {e.table: work / e.file for e in entries}
-
-    def rows(table: str) -> Iterator[dict[str, Any]]:
-        return _read_jsonl(files[table]) if table in files else iter(())
-
-    fact = "fact" if "fact" in _columns(conn, "knowledge_store") else "content"
-    names = _NodeNames(conn)
-    counts: dict[str, int] = {}
-    with _create_private(work / MEMORY_IMPORT_FILE) as fh:
-        header = {
-            "format": ENGINE_BUNDLE_FORMAT,
-            "source": "backout salvage",
-            "snapshot_id": snapshot_id,
-        }
-        fh.write(json.dumps(header)[:-1])
-        counts["episodes"] = _write_array(
-            fh, "episodes", (_pick(r, "task_id", "summary", "created_at") for r in rows("episodes"))
-        )
-        counts["knowledge"] = _write_array(
-            fh,
-            "knowledge",
-            (
-                {
-                    "subject": r["subject"],
-                    "content": r.get(fact),
-                    **_pick(r, "type", "confidence", "source", "valid_from", "valid_until"),
-                }
-                for r in rows("knowledge_store")
-            ),
-        )
-        fh.write(', "social": {')
-        node_ids = [r["id"] for r in rows("social_graph_nodes")]
-        referenced = {r[k] for r in rows("social_graph_edges") for k in ("src", "dst")}
-        extra = sorted(referenced - set(node_ids))
-        nodes = itertools.chain(
-            (_pick(r, *_NODE_COLUMNS) for r in rows("social_graph_nodes")),
-            (n for n in map(names.node, extra) if n is not None),
-        )
-        counts["people"] = _write_array(fh, "nodes", nodes, first=True)
-        edges = (e for e in map(names.edge, rows("social_graph_edges")) if e is not None)
-        counts["edges"] = _write_array(fh, "edges", edges)
-        fh.write("}")
-        counts["conversations"] = _write_array(
-            fh,
-            "conversations",
-            (
-                _pick(r, "task_id", "message_id", "role", "content", "created_at")
-                for r in rows("conversations")
-            ),
-        )
-        counts["learning_signals"] = _write_array(
-            fh,
-            "learning_signals",
-            (
-                _pick(r, "task_id", "message_id", "rating", "comment", "created_at")
-                for r in rows("learning_signals")
-            ),
-        )
-        fh.write("}\n")
-    return {
-        "file": MEMORY_IMPORT_FILE,
-        "format": ENGINE_BUNDLE_FORMAT,
-        "counts": counts,
-        "edges_skipped": names.edges_skipped,
-    }
-
-
-_NODE_COLUMNS = ("name", "kind", "mentions", "first_seen", "last_seen")
-
-
-class _NodeNames:
-    """Social node lookups in the newer brain: edges travel by node name, not id."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-        self._names: dict[int, str | None] = {}
-        self.edges_skipped = 0
-
-    def node(self, node_id: int) -> dict[str, Any] | None:
-        cols = ", ".join(_NODE_COLUMNS)
-        row = self._conn.execute(
-            f"SELECT {cols} FROM social_graph_nodes WHERE id = ?", (node_id,)
-        ).fetchone()
-        return dict(zip(_NODE_COLUMNS, row)) if row else None
-
-    def name(self, node_id: int) -> str | None:
-        if node_id not in self._names:
-            row = self._conn.execute(
-                "SELECT name FROM social_graph_nodes WHERE id = ?", (node_id,)
-            ).fetchone()
-            self._names[node_id] = row[0] if row else None
-        return self._names[node_id]
-
-    def edge(self, row: dict[str, Any]) -> dict[str, Any] | None:
-        src, dst = self.name(row["src"]), self.name(row["dst"])
-        if src is None or dst is None:
-            self.edges_skipped += 1  # dangling edge: still in social_graph_edges.jsonl
-            return None
-        return {"src": src, "dst": dst, **_pick(row, "relation", "task_id", "created_at")}
-
-
-def _pick(row: dict[str, Any], *keys: str) -> dict[str, Any]:
-    return {k: row.get(k) for k in keys}
-
-
-def _write_array(
-    fh: _SyncedFile, key: str, items: Iterable[dict[str, Any]], first: bool = False
-) -> int:
-    """Stream `"key": [items]` into an open JSON object; returns the item count."""
-    fh.write(("" if first else ", ") + json.dumps(key) + ": [")
-    count = 0
-    for item in items:
-        fh.write(
-            ("\n  " if count == 0 else ",\n  ")
-            + json.dumps(item, default=_encode, ensure_ascii=False)
-        )
-        count += 1
-    fh.write("]")
-    return count

@@ -4,7 +4,8 @@ Everything backout knows about it that is not true of other services lives here:
 (`status` and `subsystems`), its `X-Engine-Key` header, the turns on `POST /execute` that the verdict
 counts, its JSON log lines, its Prometheus metric names, its `MIGRATION_*` refusal codes, its
 `schema_migrations` ledger, its `mcp_calls` table of effects outside the brain, and its
-`POST /memory/import` endpoint for salvaged rows.
+`POST /memory/import` endpoint for salvaged rows. The salvage bundle that endpoint takes
+(memory-import.json, written at salvage and replayed through it) is in `backout.profiles.engine_bundle`.
 """
 
 from __future__ import annotations
