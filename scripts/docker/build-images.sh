@@ -70,10 +70,14 @@ debian_mirror() {
   # The first .../debian URI (not -security, -ports, ...) of the host's apt sources, in either
   # the one-line or the deb822 format.
   local uri
-  uri="$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources \
+  local apt="${BACKOUT_APT_DIR:-/etc/apt}"
+  uri="$(cat "$apt"/sources.list "$apt"/sources.list.d/*.list "$apt"/sources.list.d/*.sources \
            2>/dev/null | grep -v '^[[:space:]]*#' \
          | grep -oE '(https?|file)://[^[:space:]]*/debian/?([[:space:]]|$)' | head -n 1 | tr -d '[:space:]' || true)"
-  echo "${uri:-http://deb.debian.org/debian}"
+  # No guess at a public mirror: only what this machine is configured to use.
+  [ -n "$uri" ] || die "no Debian mirror: the apt sources of this machine ($apt/sources.list*) name no \
+.../debian URI; set BACKOUT_DEBIAN_MIRROR=<mirror URL> to build the base image"
+  echo "$uri"
 }
 
 base_tar="$CACHE_DIR/base-$SUITE.tar"
