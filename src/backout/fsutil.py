@@ -31,6 +31,7 @@ __all__ = [
     "open_private",
     "free_bytes",
     "fsync_dir",
+    "fsync_fd",
     "fsync_path",
     "sha256_file",
     "describe_os_error",
@@ -161,20 +162,28 @@ def create_private(path: Path) -> int:
 
 def fsync_dir(path: Path) -> None:
     """fsync a directory so renames and creations in it survive power loss."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync(path, os.O_RDONLY | os.O_DIRECTORY)
 
 
 def fsync_path(path: Path) -> None:
     """fsync a file's data and metadata."""
-    fd = os.open(path, os.O_RDONLY)
+    _fsync(path, os.O_RDONLY)
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
     try:
-        os.fsync(fd)
+        fsync_fd(fd, path)
     finally:
         os.close(fd)
+
+
+def fsync_fd(fd: int, path: Path | str) -> None:
+    """fsync an open file; a failure names `path` (fsync's own error names no file)."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise OSError(exc.errno, f"{exc.strerror} (fsync)", str(Path(path).absolute())) from exc
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -260,7 +269,7 @@ def replace_text(path: Path, text: str, mode: int | None = None) -> None:
                 os.fchmod(f.fileno(), mode)  # the umask took bits away
             f.write(text)
             f.flush()
-            os.fsync(f.fileno())
+            fsync_fd(f.fileno(), tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -280,13 +289,17 @@ def free_bytes(path: Path) -> int:
 
 
 def describe_os_error(exc: OSError, where: Path) -> str:
-    """A one-line explanation of an OSError with what to do about it."""
+    """A one-line explanation of an OSError with what to do about it; `where` stands in when the error names
+    no file."""
+    where = Path(exc.filename).absolute() if exc.filename else Path(where).absolute()
     if exc.errno == errno.ENOSPC:
         return f"no space left on the device holding {where}; free space there or choose another folder"
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"cannot write in {where} ({exc.strerror}); check its permissions or choose another folder"
     if exc.errno == errno.EIO:
-        return f"I/O error on {where}; the device may be failing: check dmesg before retrying"
+        during = " (fsync)" if str(exc.strerror or "").endswith("(fsync)") else ""
+        return (f"I/O error on {where}{during}: what was written there may not be on disk and the device may be "
+                "failing; check dmesg before retrying")
     return f"{exc.strerror or exc} ({where})"
 
 

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from backout.fsutil import atomic_write_json, check_component, ensure_private_dir, is_component, open_private
+from backout.fsutil import atomic_write_json, check_component, ensure_private_dir, fsync_fd, is_component, open_private
 
 __all__ = ["Change", "History", "RestorePoint", "config_hash", "deployment_state", "load_restore_point",
            "now_iso", "save_restore_point", "STARTS"]
@@ -63,7 +63,7 @@ class History:
         fd = open_private(self.path)  # never through a link planted at history.jsonl
         try:
             os.write(fd, (json.dumps(change.to_dict(), default=str) + "\n").encode())
-            os.fsync(fd)
+            fsync_fd(fd, self.path)
         finally:
             os.close(fd)
 

@@ -34,7 +34,7 @@ from backout.brain.snapshot import SIDE_CARS, brain_file, verify_snapshot
 from backout.brain.tables import connect_readonly
 from backout.commands import Command
 from backout.fsutil import (copy_fd, create_private, describe_os_error, ensure_private_dir, free_bytes,
-                            fsync_dir, sha256_file, atomic_write_json)
+                            fsync_dir, fsync_fd, fsync_path, sha256_file, atomic_write_json)
 from backout.errors import EXIT_ENVIRONMENT, EXIT_REFUSED
 from backout.journal import Journal, fault_point
 from backout.plan import Plan, execute, steps_of
@@ -63,6 +63,7 @@ class RestoreRequest:
     state_dir: Path
     reason: str = "restore"
     service_stopped: bool = False  # the caller vouches the service is stopped when the lock probe cannot tell
+    finish_with: str = ""  # the command that finishes an interrupted run (default: the same snapshot restore)
 
 
 @dataclass
@@ -190,11 +191,7 @@ def _keep_journal_mode(staged: Path, manifest: Manifest, brain: Path) -> None:
         conn.execute("PRAGMA journal_mode = WAL")
     finally:
         conn.close()  # the last connection: removes the copy's -wal and -shm
-    fd = os.open(staged, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(staged)
 
 
 def stage_snapshot(store: SnapshotStore, snapshot_id: str, brain: Path, progress: Progress = NO_PROGRESS) -> Path:
@@ -218,7 +215,7 @@ def stage_snapshot(store: SnapshotStore, snapshot_id: str, brain: Path, progress
         dst = create_private(staged)
         try:
             copy_fd(src, dst, progress.advance)
-            os.fsync(dst)
+            fsync_fd(dst, staged)
         finally:
             os.close(dst)
     finally:
@@ -313,7 +310,7 @@ def _keep(src: Path, dst: Path) -> None:
         s, d = os.open(src, os.O_RDONLY), create_private(tmp)
         try:
             copy_fd(s, d)
-            os.fsync(d)
+            fsync_fd(d, tmp)
         finally:
             os.close(s)
             os.close(d)
@@ -391,8 +388,11 @@ def restore_snapshot(req: RestoreRequest, progress: Progress = NO_PROGRESS) -> R
         return _run(req, journal, resumed, progress)
     except OSError as exc:
         _drop_if_untouched(journal)
-        raise SnapshotError(f"restore stopped: {describe_os_error(exc, req.brain.parent)}; "
-                            "re-run the same restore to finish it", EXIT_ENVIRONMENT) from None
+        finish = req.finish_with or f"`backout snapshot restore {req.snapshot_id}`"
+        then = (f"the brain is partly restored: fix that, then {finish} finishes it" if journal.path.exists()
+                else "nothing was changed: fix that and run it again")
+        raise SnapshotError(f"restore stopped: {describe_os_error(exc, req.brain.parent)}; {then}",
+                            EXIT_ENVIRONMENT) from None
     except BaseException:
         _drop_if_untouched(journal)
         raise

@@ -25,8 +25,9 @@ from backout import __version__
 from backout.brain.manifest import FORMAT, Manifest, SnapshotError, SnapshotStore, hold_run, new_snapshot_id, utcnow
 from backout.brain.schema import stamp
 from backout.brain.tables import connect_readonly, table_marks
-from backout.errors import EXIT_ENVIRONMENT, EXIT_USAGE
-from backout.fsutil import at_background_priority, background_priority, copy_fd, create_private, describe_os_error, free_bytes, fsync_dir, sha256_file
+from backout.brain.sqlite_errors import explain
+from backout.errors import EXIT_ENVIRONMENT
+from backout.fsutil import at_background_priority, background_priority, copy_fd, create_private, describe_os_error, free_bytes, fsync_dir, fsync_path, sha256_file
 from backout.progress import NO_PROGRESS, Progress
 
 __all__ = ["VerifyReport", "brain_file", "check_is_sqlite", "copy_live_brain", "create_snapshot", "verify_snapshot",
@@ -124,11 +125,7 @@ def _finish_copy(tmp: Path) -> sqlite3.Connection:
 def _fsync_and_hash(tmp: Path, result: _Checked) -> None:
     background_priority()
     try:
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(tmp)
         result.sha256 = sha256_file(tmp)
     except BaseException as exc:  # reported by the caller's thread
         result.error = exc
@@ -137,12 +134,6 @@ def _fsync_and_hash(tmp: Path, result: _Checked) -> None:
 def _integrity(conn: sqlite3.Connection) -> str:
     rows = [r[0] for r in conn.execute("PRAGMA integrity_check(20)")]
     return "ok" if rows == ["ok"] else "; ".join(rows)
-
-
-def _sqlite_exit(exc: sqlite3.Error) -> int:
-    """SQLITE_FULL and I/O errors are the machine's fault; anything else is about the input."""
-    primary = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
-    return EXIT_ENVIRONMENT if primary in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR) else EXIT_USAGE
 
 
 def _cleanup(tmp: Path) -> None:
@@ -213,7 +204,8 @@ def create_snapshot(
                             EXIT_ENVIRONMENT) from None
     except sqlite3.Error as exc:
         _discard(store, tmp, snapshot_id)
-        raise SnapshotError(f"snapshot failed: SQLite: {exc}; the brain is untouched", _sqlite_exit(exc)) from None
+        text, code = explain(exc, source, store.folder)
+        raise SnapshotError(f"snapshot failed: {text}; the brain is untouched", code) from None
     except BaseException:
         _discard(store, tmp, snapshot_id)
         raise

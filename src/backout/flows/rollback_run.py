@@ -238,7 +238,8 @@ class RollbackRun:
 
     def _restore_request(self) -> RestoreRequest:
         return RestoreRequest(SnapshotStore(self.target.snapshot_dir), self._snapshot_id(), self.target.brain,
-                              self.target.deployment, self.target.state_dir, reason=self._restore_reason())
+                              self.target.deployment, self.target.state_dir, reason=self._restore_reason(),
+                              finish_with="`backout rollback --resume`")
 
     def _restore_reason(self) -> str:
         return f"rollback {self.d.incident_id}"
