@@ -17,10 +17,14 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(
     help="The reference Engine: an AI-agent service with an SQLite brain, used to rehearse upgrades "
-    "and rollbacks.",
+    "and rollbacks.\n\n"
+    "\b\nExamples:\n"
+    "  engine serve --release 2.3.1 --brain ./brain.sqlite --port 8000\n"
+    "  engine traffic --url http://127.0.0.1:8000 --rate 5 --duration 30",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help, in the same style as backout's
 )
 
 
@@ -48,20 +52,28 @@ def api_key(key_file: Optional[Path]) -> str:
 
 @app.command()
 def serve(
-    release: str = typer.Option(..., "--release", help="Version to run, e.g. 2.3.1 (see `engine releases`)."),
+    release: str = typer.Option(..., "--release", metavar="VERSION",
+                                help="Version to run, e.g. 2.3.1 (see `engine releases`)."),
     brain: Optional[Path] = typer.Option(
-        None, "--brain", help="Brain file (SQLite). Default: $SQLITE_DB_PATH or /data/brain.sqlite."
+        None, "--brain", metavar="PATH", help="Brain file (SQLite). Default: $SQLITE_DB_PATH or /data/brain.sqlite."
     ),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
+    host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, metavar="PORT", help="Port to listen on."),
     turn_ms: Optional[int] = typer.Option(
-        None, "--turn-ms", help="Simulated model time per turn, 20-200 ms (default $ENGINE_TURN_MS or 50)."
+        None, "--turn-ms", metavar="MS",
+        help="Simulated model time per turn, 20-200 ms (default $ENGINE_TURN_MS or 50).",
     ),
     drain_timeout: Optional[float] = typer.Option(
-        None, "--drain-timeout", help="Seconds to drain on SIGTERM (default $ENGINE_DRAIN_TIMEOUT or 25)."
+        None, "--drain-timeout", metavar="SECONDS",
+        help="Seconds to drain on SIGTERM (default $ENGINE_DRAIN_TIMEOUT or 25).",
     ),
 ) -> None:
-    """Serve the Engine API. The key comes from ENGINE_API_KEY or ENGINE_KEY_HASH in the environment."""
+    """Serve the Engine API. The key comes from ENGINE_API_KEY or ENGINE_KEY_HASH in the environment.
+
+    \b
+    Examples:
+      engine serve --release 2.3.1 --brain ./brain.sqlite --port 8000
+      engine serve --release 2.4.0 --brain /data/brain.sqlite --turn-ms 20 --drain-timeout 10"""
     from engine.serve import run
 
     env = os.environ
@@ -98,12 +110,17 @@ def _drain_timeout(flag: float | None, env_value: str | None) -> float:
 
 @app.command()
 def migrate(
-    release: str = typer.Option(..., "--release", help="Release whose migrations to apply."),
-    brain: Optional[Path] = typer.Option(None, "--brain", help="Brain file (default: $SQLITE_DB_PATH)."),
+    release: str = typer.Option(..., "--release", metavar="VERSION", help="Release whose migrations to apply."),
+    brain: Optional[Path] = typer.Option(None, "--brain", metavar="PATH",
+                                         help="Brain file (default: $SQLITE_DB_PATH)."),
 ) -> None:
     """Apply the release's migrations to the brain and exit (what `serve` does at start-up).
 
-    Exit 0 when the release can serve on the brain afterwards, 1 when it refuses (MIGRATION_*)."""
+    Exit 0 when the release can serve on the brain afterwards, 1 when it refuses (MIGRATION_*).
+
+    \b
+    Examples:
+      engine migrate --release 2.4.0 --brain ./brain.sqlite"""
     from engine.brain import open_connection
     from engine.schema import migrate as apply_migrations
     from engine.serve import check_brain_path
@@ -132,7 +149,12 @@ def releases(
     changelog: Optional[str] = typer.Option(None, "--changelog", metavar="VERSION",
                                             help="Print one release's changelog instead."),
 ) -> None:
-    """List the releases: version, migration head and known bug."""
+    """List the releases: version, migration head and known bug.
+
+    \b
+    Examples:
+      engine releases
+      engine releases --changelog 2.4.0 --json"""
     if changelog is not None:
         try:
             entry = get_release(changelog).changelog()
@@ -159,16 +181,22 @@ def releases(
 
 @app.command("eval")
 def eval_(
-    url: str = typer.Option(..., "--url", help="Base URL of the Engine, e.g. http://127.0.0.1:8000."),
-    junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML results here."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write JSON results here."),
-    key_file: Optional[Path] = typer.Option(None, "--key-file", help="Read the API key from this file."),
+    url: str = typer.Option(..., "--url", metavar="URL", help="Base URL of the Engine, e.g. http://127.0.0.1:8000."),
+    junit: Optional[Path] = typer.Option(None, "--junit", metavar="FILE", help="Write JUnit XML results here."),
+    json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Write JSON results here."),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", metavar="FILE",
+                                            help="Read the API key from this file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the summary line."),
     cases_dir: list[Path] | None = typer.Option(
         None, "--cases-dir", metavar="DIR",
         help="Also run every *.json regression case in DIR (e.g. written by a backout rollback); repeatable."),
 ) -> None:
-    """Run the regression eval suite against a running Engine; exit 1 when a case fails."""
+    """Run the regression eval suite against a running Engine; exit 1 when a case fails.
+
+    \b
+    Examples:
+      engine eval --url http://127.0.0.1:8000 --junit evals.xml
+      engine eval --url http://127.0.0.1:8000 --cases-dir .backout/incidents/20261204T143012Z-2.4.0/regression"""
     from engine.evals import load_regression_cases, run_suite, write_json, write_junit
 
     key = api_key(key_file)
@@ -194,16 +222,22 @@ def eval_(
 
 @app.command()
 def traffic(
-    url: str = typer.Option(..., "--url", help="Base URL of the Engine."),
-    rate: float = typer.Option(5.0, "--rate", min=0.1, max=500, help="Turns per second."),
-    duration: float = typer.Option(10.0, "--duration", min=0.1, help="Seconds to run."),
-    seed: int = typer.Option(0, "--seed", help="Random seed for the message mix."),
-    poison_every: int = typer.Option(0, "--poison-every", min=0,
+    url: str = typer.Option(..., "--url", metavar="URL", help="Base URL of the Engine."),
+    rate: float = typer.Option(5.0, "--rate", min=0.1, max=500, metavar="N", help="Turns per second."),
+    duration: float = typer.Option(10.0, "--duration", min=0.1, metavar="SECONDS", help="Seconds to run."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Random seed for the message mix."),
+    poison_every: int = typer.Option(0, "--poison-every", min=0, metavar="N",
                                      help="Every Nth turn goes to the poisoned task (0: never)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-    key_file: Optional[Path] = typer.Option(None, "--key-file", help="Read the API key from this file."),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", metavar="FILE",
+                                            help="Read the API key from this file."),
 ) -> None:
-    """Send realistic traffic (people, facts, feedback, MCP asks) and print a summary."""
+    """Send realistic traffic (people, facts, feedback, MCP asks) and print a summary.
+
+    \b
+    Examples:
+      engine traffic --url http://127.0.0.1:8000 --rate 5 --duration 30
+      engine traffic --url http://127.0.0.1:8000 --rate 8 --duration 600 --key-file key.txt --json"""
     from engine.traffic import TrafficPlan, run_traffic
 
     key = api_key(key_file)
@@ -219,12 +253,18 @@ def traffic(
 
 @app.command()
 def seed(
-    brain: Path = typer.Option(..., "--brain", help="Brain file to create or grow."),
-    size: str = typer.Option("50MB", "--size", help="Target size, e.g. 500MB or 2GB."),
-    release: str = typer.Option("2.3.1", "--release", help="Release whose migrations build the schema."),
-    rng_seed: int = typer.Option(0, "--seed", help="Random seed."),
+    brain: Path = typer.Option(..., "--brain", metavar="PATH", help="Brain file to create or grow."),
+    size: str = typer.Option("50MB", "--size", metavar="SIZE", help="Target size, e.g. 500MB or 2GB."),
+    release: str = typer.Option("2.3.1", "--release", metavar="VERSION",
+                                help="Release whose migrations build the schema."),
+    rng_seed: int = typer.Option(0, "--seed", metavar="N", help="Random seed."),
 ) -> None:
-    """Build a realistic large brain quickly, through the release's own migrations."""
+    """Build a realistic large brain quickly, through the release's own migrations.
+
+    \b
+    Examples:
+      engine seed --brain big.sqlite --size 500MB
+      engine seed --brain big.sqlite --size 2GB --release 2.4.0 --seed 7"""
     from engine.seed import parse_size, seed_brain
     from engine.serve import check_brain_path
 
