@@ -172,6 +172,23 @@ def test_a_snapshot_that_failed_on_any_fsync_is_never_listed(start_engine, tmp_p
     assert list(plan["keep"]) == [newest] and real["id"] in plan["delete"] + [newest]
 
 
+@needs_strace
+def test_a_snapshot_whose_copy_kept_a_journal_fails_instead_of_changing_after_its_hash(
+        start_engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Found by the fault sweep (unlink:error=ENOSPC:when=2): the copy's WAL -> DELETE switch could not remove
+    its -journal; SQLite rolled that hot journal back after the hash was taken, and a snapshot whose sha256
+    differs from its manifest was listed (exit 0)."""
+    brain = _quiet_brain(start_engine)
+    into = tmp_path / "snaps"
+    args = ["--brain", str(brain), "--into", str(into)]
+    for when in range(1, 5):
+        out = _run(_strace("snapshot", "create", *args, inject=f"unlink:error=ENOSPC:when={when}"), cwd=tmp_path)
+        assert out.returncode in (0, 4), out.stderr
+        for snap in backout_json("snapshot", "list", *args, cwd=tmp_path)["snapshots"]:
+            verified = backout("snapshot", "verify", snap["id"], *args, cwd=tmp_path)
+            assert verified.returncode == 0, f"unlink #{when}: {verified.stdout}{verified.stderr}"
+
+
 def test_a_truncated_or_orphaned_snapshot_is_listed_as_broken_and_never_counted(start_engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     brain = _quiet_brain(start_engine)
     into = tmp_path / "snaps"

@@ -90,3 +90,17 @@ def test_a_snapshot_restore_over_an_interrupted_rollback_is_refused(dep: Deploym
     assert [p["kind"] for p in pending] == ["rollback"]
     resumed = dep.run_printed(pending[0]["finish"])
     assert resumed.code == 0, resumed.brief()
+
+
+@pytest.mark.parametrize("stopped", [False, True])
+def test_a_rollback_to_the_version_it_would_leave_is_refused(dep: Deployment, stopped: bool) -> None:
+    """Found by the soak: upgrade 2.4.1, stop, `rollback --to 2.4.1` rolled back "from 2.4.1 to 2.4.1": it froze
+    2.4.1 as bad and started it on the brain all the same."""
+    assert dep.run("upgrade", "2.4.1", "--yes", "--json", "--watch", "0").code == 0
+    if stopped:
+        assert dep.run("stop", "--yes", "--json").code == 0
+    ran = dep.run("rollback", "--yes", "--json", "--to", "2.4.1")
+    assert ran.code == 3 and "backout switch 2.4.1" in ran.err, ran.brief()
+    state = _status(dep)
+    assert "2.4.1" not in state["frozen"]
+    assert state["running"]["version"] == "2.4.1" and state["running"]["running"] is (not stopped)

@@ -296,6 +296,8 @@ def describe_os_error(exc: OSError, where: Path) -> str:
         return f"no space left on the device holding {where}; free space there or choose another folder"
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"cannot write in {where} ({exc.strerror}); check its permissions or choose another folder"
+    if exc.errno == errno.EIO and exc.strerror and not exc.strerror.startswith(os.strerror(errno.EIO)):
+        return f"{exc.strerror} ({where}); the device may be failing: check dmesg before retrying"
     if exc.errno == errno.EIO:
         during = " (fsync)" if str(exc.strerror or "").endswith("(fsync)") else ""
         return (f"I/O error on {where}{during}: what was written there may not be on disk and the device may be "

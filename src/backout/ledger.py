@@ -157,6 +157,10 @@ class Ledger:
         """The version a rollback returns to: --to if given (never a bad one), else the newest good version
         that ran before the one running; NoRollback when there is none or nothing to roll back."""
         point = self.point
+        if asked and asked == running.version:
+            state = "is running" if running.running else "ran last"
+            raise NoRollback(f"{asked} {state}: it is what a rollback would leave, not a version to roll back to; "
+                             f"to start it again use `backout switch {asked}`")
         if asked:
             judged = self.standing(asked)
             if judged.standing == "bad":

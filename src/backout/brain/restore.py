@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from backout.brain.liveness import lock_holders
 from backout.brain.manifest import Manifest, SnapshotError, SnapshotStore, same_brain, utcnow
-from backout.brain.snapshot import SIDE_CARS, brain_file, verify_snapshot
+from backout.brain.snapshot import SIDE_CARS, brain_file, require_no_sidecars, verify_snapshot
 from backout.brain.tables import connect_readonly
 from backout.commands import Command
 from backout.fsutil import (copy_fd, create_private, describe_os_error, ensure_private_dir, free_bytes,
@@ -191,6 +191,7 @@ def _keep_journal_mode(staged: Path, manifest: Manifest, brain: Path) -> None:
         conn.execute("PRAGMA journal_mode = WAL")
     finally:
         conn.close()  # the last connection: removes the copy's -wal and -shm
+    require_no_sidecars(staged, "putting the staged copy in WAL mode")
     fsync_path(staged)
 
 

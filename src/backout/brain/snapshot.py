@@ -14,6 +14,7 @@ leftovers of a killed run from the files of one still going.
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import threading
@@ -31,7 +32,7 @@ from backout.fsutil import at_background_priority, background_priority, copy_fd,
 from backout.progress import NO_PROGRESS, Progress
 
 __all__ = ["VerifyReport", "brain_file", "check_is_sqlite", "copy_live_brain", "create_snapshot", "verify_snapshot",
-           "SIDE_CARS"]
+           "SIDE_CARS", "require_no_sidecars"]
 
 SIDE_CARS = ("-wal", "-shm", "-journal")
 _BACKUP_PAGES = 1024  # pages per step of the backup API; writers get the lock between steps
@@ -119,7 +120,21 @@ def _finish_copy(tmp: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(tmp, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA synchronous = OFF")  # one fsync at the end instead of one per step
     conn.execute("PRAGMA journal_mode = DELETE")  # checkpoints the recovered WAL, removes it
+    try:
+        require_no_sidecars(tmp, "turning the copy into one self-contained file")
+    except OSError:
+        conn.close()
+        raise
     return conn
+
+
+def require_no_sidecars(path: Path, doing: str) -> None:
+    """After a journal-mode change committed (or the last connection closed), SQLite has removed the file's
+    -journal/-wal/-shm. One left behind (its unlink failed) would be rolled back or replayed into the file
+    later, changing it after it was hashed: the step fails instead."""
+    left = [side for side in (path.with_name(path.name + s) for s in SIDE_CARS) if side.exists()]
+    if left:
+        raise OSError(errno.EIO, f"SQLite could not remove {left[0].name} while {doing}", str(left[0]))
 
 
 def _fsync_and_hash(tmp: Path, result: _Checked) -> None:

@@ -23,10 +23,10 @@ __all__ = [
     "abandon_journal", "fail", "version_arg", "emit_json", "target_from", "progress_bar", "confirm", "human_bytes", "human_age", "handle_errors",
 ]
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="backout.toml to use (default: ./backout.toml or $BACKOUT_CONFIG).")
-DeploymentOpt = typer.Option(None, "--deployment", "-d", help="Deployment in the config (needed when it has several).")
-BrainOpt = typer.Option(None, "--brain", help="The brain (SQLite file); without a config this names the deployment.")
-IntoOpt = typer.Option(None, "--into", help="Snapshot folder (default: from the config, or ./.backout/snapshots).")
+ConfigOpt = typer.Option(None, "--config", "-c", metavar="FILE", help="backout.toml to use (default: ./backout.toml or $BACKOUT_CONFIG).")
+DeploymentOpt = typer.Option(None, "--deployment", "-d", metavar="NAME", help="Deployment in the config (needed when it has several).")
+BrainOpt = typer.Option(None, "--brain", metavar="PATH", help="The brain (SQLite file); without a config this names the deployment.")
+IntoOpt = typer.Option(None, "--into", metavar="DIR", help="Snapshot folder (default: from the config, or ./.backout/snapshots).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts instead of text.")
 YesOpt = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
 DryRunOpt = typer.Option(False, "--dry-run", help="Show what would be done and change nothing.")
