@@ -11,6 +11,7 @@ import typer
 
 from backout.cli.common import (ConfigOpt, DeploymentOpt, DryRunOpt, JsonOpt, YesOpt, confirm, emit_json, fail,
                                 handle_errors, target_from)
+from backout.cli.framework import Typer
 from backout.config import ConfigError
 from backout.errors import EXIT_ENVIRONMENT, EXIT_INCONCLUSIVE, EXIT_OK, EXIT_ROLL_BACK, EXIT_USAGE, BackoutError
 from backout.flows.check import capture_baseline, check as compute, state_files
@@ -33,7 +34,12 @@ def check(
     """Compute the rollback verdict now against the stored baseline, with the evidence.
 
     Exit codes: 0 hold, 5 roll-back, 6 inconclusive (not enough data yet); 2 usage or config error,
-    4 the service or its logs could not be read."""
+    4 the service or its logs could not be read.
+
+    \b
+    Examples:
+      backout check
+      backout check --customer-report "replies in the wrong language since 14:05" --json"""
     target = target_from(config, deployment, None)
     try:
         verdict = compute(target, runtime_for(target), not no_evals, customer_report)
@@ -55,8 +61,9 @@ def check(
     raise typer.Exit(_EXIT[verdict.decision])
 
 
-baseline_app = typer.Typer(help="The good version's requests, health and evals, to compare against.",
-                           no_args_is_help=True)
+baseline_app = Typer(help="The good version's requests, health and evals, to compare against.\n\n"
+                     "\b\nExamples:\n  backout baseline capture --yes\n  backout baseline show --json",
+                     no_args_is_help=True)
 
 
 @baseline_app.command("capture")
@@ -68,7 +75,14 @@ def capture(
     config: Optional[Path] = ConfigOpt,
     deployment: Optional[str] = DeploymentOpt,
 ) -> None:
-    """Record the running version's recent requests, health and eval results as the baseline."""
+    """Record the running version's recent requests, health and eval results as the baseline.
+
+    Run it while the good version serves; `backout upgrade` captures one by itself.
+
+    \b
+    Examples:
+      backout baseline capture --dry-run
+      backout baseline capture --no-evals --yes"""
     target = target_from(config, deployment, None)
     if dry_run:
         typer.echo(f"would record the running version's last {target.require_settings().verdict.baseline_window} of "
@@ -91,7 +105,12 @@ def capture(
 @baseline_app.command("show")
 def show(as_json: bool = JsonOpt, config: Optional[Path] = ConfigOpt,
          deployment: Optional[str] = DeploymentOpt) -> None:
-    """Show the stored baseline."""
+    """Show the stored baseline.
+
+    \b
+    Examples:
+      backout baseline show
+      backout baseline show --deployment engine --json"""
     target = target_from(config, deployment, None)
     baseline = state_files(target).load_baseline()
     if baseline is None:

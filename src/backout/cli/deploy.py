@@ -17,8 +17,9 @@ __all__ = ["switch", "stop"]
 
 
 def switch(
-    version: str = typer.Argument(..., callback=version_arg, help="Version to run (image tag, or the value for the command template)."),
-    reason: str = typer.Option("", "--reason", help="Why; kept in the history."),
+    version: str = typer.Argument(..., callback=version_arg, metavar="VERSION",
+                                help="Version to run (image tag, or the value for the command template)."),
+    reason: str = typer.Option("", "--reason", metavar="TEXT", help="Why; kept in the history."),
     force: bool = typer.Option(False, "--force", help="Switch even to a version judged bad, or one that could not "
                                "be proven to start (recorded in the history)."),
     dry_run: bool = DryRunOpt,
@@ -31,7 +32,12 @@ def switch(
 
     Before anything stops, VERSION is proven to start (the runtime's availability check, or a trial
     boot on a copy of the brain); a version judged bad is refused. No snapshot and no watch window:
-    take one first (`backout snapshot create`) when VERSION migrates the brain."""
+    take one first (`backout snapshot create`) when VERSION migrates the brain.
+
+    \b
+    Examples:
+      backout switch 2.3.1 --dry-run
+      backout switch 2.3.1 --reason "back to the release before the hotfix" --yes"""
     target = target_from(config, deployment, None)
     with handle_errors():
         runtime = runtime_for(target)
@@ -81,14 +87,19 @@ def switch(
 
 
 def stop(
-    reason: str = typer.Option("", "--reason", help="Why; kept in the history."),
+    reason: str = typer.Option("", "--reason", metavar="TEXT", help="Why; kept in the history."),
     dry_run: bool = DryRunOpt,
     yes: bool = YesOpt,
     as_json: bool = JsonOpt,
     config: Optional[Path] = ConfigOpt,
     deployment: Optional[str] = DeploymentOpt,
 ) -> None:
-    """Drain and stop what runs (SIGTERM, the drain timeout, then kill); recorded in the history."""
+    """Drain and stop what runs (SIGTERM, the drain timeout, then kill); recorded in the history.
+
+    \b
+    Examples:
+      backout stop --dry-run
+      backout stop --reason "host maintenance" --yes"""
     target = target_from(config, deployment, None)
     with handle_errors():
         runtime = runtime_for(target)

@@ -20,15 +20,16 @@ _DEFAULT_BREAK = "errors"  # 2.4.0-errors: caught by the verdict, and its forwar
 
 
 def drill(
-    break_mode: str = typer.Option(_DEFAULT_BREAK, "--break", help="The broken build: errors, latency, health, eval, "
+    break_mode: str = typer.Option(_DEFAULT_BREAK, "--break", metavar="KIND", help="The broken build: errors, latency, health, eval, "
                                    "crash or drain (default errors: its forward-only migration forces a brain rollback)."),
-    broken: Optional[str] = typer.Option(None, "--broken", help="A configured deployment's own broken build to upgrade "
+    broken: Optional[str] = typer.Option(None, "--broken", metavar="VERSION", help="A configured deployment's own broken build to upgrade "
                                          "to (default: its [drill] broken_version; the Engine's build for --break "
                                          "otherwise)."),
-    staging_name: Optional[str] = typer.Option(None, "--staging", help="The staging deployment in backout.toml."),
+    staging_name: Optional[str] = typer.Option(None, "--staging", metavar="NAME",
+                                               help="The staging deployment in backout.toml."),
     production_ok: bool = typer.Option(False, "--i-know-this-is-production",
                                        help="Drill a deployment not marked `staging = true`."),
-    watch: Optional[int] = typer.Option(None, "--watch", min=5, max=900,
+    watch: Optional[int] = typer.Option(None, "--watch", min=5, max=900, metavar="SECONDS",
                                         help="Seconds the upgrade watches (default 45; 10 for --break drain, which "
                                              "the verdict cannot see: the drill then rolls back by hand)."),
     keep: bool = typer.Option(False, "--keep", help="Keep the self-contained drill's folder afterwards."),
@@ -45,7 +46,12 @@ def drill(
     Engine in a temporary folder and removes it afterwards. On a configured deployment of any other
     service it upgrades to the build named by [drill] broken_version (or --broken) and sends the
     [drill] requests meanwhile (none configured: detection relies on health and evals). Reports (JSON
-    and a self-contained HTML page) are kept in .backout/drills/. Exit 0 green, 1 red."""
+    and a self-contained HTML page) are kept in .backout/drills/. Exit 0 green, 1 red.
+
+    \b
+    Examples:
+      backout drill --break latency
+      backout drill --config backout.toml --staging staging --yes"""
     if broken is None and break_mode not in BREAKS:
         fail(f"--break must be one of {', '.join(BREAKS)}, not {break_mode!r}", EXIT_USAGE)
     configured = staging_name is not None or find_config(config) is not None

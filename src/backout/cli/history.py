@@ -14,14 +14,19 @@ __all__ = ["history"]
 
 
 def history(
-    limit: int = typer.Option(20, "--limit", "-n", min=1, help="Show the newest N changes."),
+    limit: int = typer.Option(20, "--limit", "-n", min=1, metavar="N", help="Show the newest N changes."),
     as_json: bool = JsonOpt,
     config: Optional[Path] = ConfigOpt,
     deployment: Optional[str] = DeploymentOpt,
     brain: Optional[Path] = BrainOpt,
 ) -> None:
     """List what ran when: time, kind (upgrade, promote, rollback, drill, manual, stop, verdict, unfreeze),
-    from, to, outcome (an upgrade undone by a later rollback shows as rolled-back)."""
+    from, to, outcome (an upgrade undone by a later rollback shows as rolled-back).
+
+    \b
+    Examples:
+      backout history -n 5
+      backout history --json"""
     target = target_from(config, deployment, brain)
     entries = Ledger(target).annotated()[-limit:]
     if as_json:

@@ -147,32 +147,53 @@ def _profile(name: str | None, brain: Path) -> "Detected":
 
 
 def init(
-    runtime: str = typer.Option("process", "--runtime", help="process (local command) or compose."),
-    name: str = typer.Option("engine", "--name", help="Deployment name."),
-    command: Optional[str] = typer.Option(None, "--command", help="Process: template with {version} {brain} {port}."),
-    check: Optional[str] = typer.Option(None, "--check", help="Process: command that exits 0 when {version} exists."),
-    port: Optional[int] = typer.Option(None, "--port", help="Process: the port the service listens on."),
-    migrate: Optional[str] = typer.Option(None, "--migrate", help="Migration command template, run before start."),
-    compose_file: Optional[Path] = typer.Option(None, "--compose-file", help="Compose: the compose file."),
-    service: Optional[str] = typer.Option(None, "--service", help="Compose: the service running the brain."),
-    brain: Optional[str] = typer.Option(None, "--brain", help="The brain's path on this host."),
-    health_url: Optional[str] = typer.Option(None, "--health-url", help="e.g. http://127.0.0.1:8000/health"),
-    env: list[str] = typer.Option([], "--env", help="Plain setting NAME=VALUE (repeatable)."),
-    pass_env: list[str] = typer.Option([], "--pass-env", help="Secret passed by name from backout's environment."),
-    env_file: list[str] = typer.Option([], "--env-file", help="Secret read from a file: NAME=PATH (repeatable)."),
+    runtime: str = typer.Option("process", "--runtime", metavar="RUNTIME", help="process (a local command) or compose."),
+    name: str = typer.Option("engine", "--name", metavar="NAME", help="Deployment name."),
+    command: Optional[str] = typer.Option(None, "--command", metavar="TEMPLATE",
+                                          help="Process: the command that starts a version, with {version} {brain} "
+                                          "{port}."),
+    check: Optional[str] = typer.Option(None, "--check", metavar="TEMPLATE",
+                                        help="Process: a command that exits 0 when {version} exists."),
+    port: Optional[int] = typer.Option(None, "--port", metavar="PORT", help="Process: the port the service listens on."),
+    migrate: Optional[str] = typer.Option(None, "--migrate", metavar="TEMPLATE",
+                                          help="Migration command, run before start."),
+    compose_file: Optional[Path] = typer.Option(None, "--compose-file", metavar="FILE", help="Compose: the compose file."),
+    service: Optional[str] = typer.Option(None, "--service", metavar="NAME", help="Compose: the service running the brain."),
+    brain: Optional[str] = typer.Option(None, "--brain", metavar="PATH", help="The brain's path on this host."),
+    health_url: Optional[str] = typer.Option(None, "--health-url", metavar="URL",
+                                             help="e.g. http://127.0.0.1:8000/health"),
+    env: list[str] = typer.Option([], "--env", metavar="NAME=VALUE", help="A plain setting (repeatable)."),
+    pass_env: list[str] = typer.Option([], "--pass-env", metavar="NAME",
+                                       help="A secret passed by name from backout's environment (repeatable)."),
+    env_file: list[str] = typer.Option([], "--env-file", metavar="NAME=PATH",
+                                       help="A secret read from a file (repeatable)."),
     staging: bool = typer.Option(False, "--staging", help="Mark the deployment as staging (drills run on it)."),
-    output: Path = typer.Option(Path(CONFIG_NAME), "--output", "-o", help="Where to write the config."),
-    config_file: list[str] = typer.Option([], "--config-file", help="Process: a config file the service reads, "
-                                          "rendered per run: TEMPLATE=NAME, used as {config}/NAME (repeatable)."),
-    named_port: list[str] = typer.Option([], "--named-port", help="Process: one more port, NAME=PORT, used as "
-                                         "{port:NAME} (repeatable)."),
-    profile: Optional[str] = typer.Option(None, "--profile", help="Service profile: engine, alembic, django or "
-                                          "generic (default: detected from the brain's tables)."),
-    force: bool = typer.Option(False, "--force", "--yes", "-y", help="Overwrite an existing file."),
+    output: Path = typer.Option(Path(CONFIG_NAME), "--output", "-o", metavar="FILE", help="Where to write the config."),
+    config_file: list[str] = typer.Option([], "--config-file", metavar="TEMPLATE=NAME",
+                                          help="Process: a config file the service reads, rendered per run from "
+                                          "TEMPLATE, used as {config}/NAME (repeatable)."),
+    named_port: list[str] = typer.Option([], "--named-port", metavar="NAME=PORT",
+                                         help="Process: one more port, used as {port:NAME} (repeatable)."),
+    profile: Optional[str] = typer.Option(None, "--profile", metavar="PROFILE",
+                                          help="Service profile: engine, alembic, django or generic (default: "
+                                          "detected from the brain's tables)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing config file (refused otherwise)."),
+    force_old: bool = typer.Option(False, "--yes", "-y", hidden=True),  # the old spelling of --force, for scripts
     dry_run: bool = DryRunOpt,
     as_json: bool = typer.Option(False, "--json", help="Print what was detected as JSON."),
 ) -> None:
-    """Write a commented backout.toml for one deployment (detects compose settings where it can)."""
+    """Write a commented backout.toml for one deployment (detects compose settings where it can).
+
+    Secrets never go into the file: pass them by name (--pass-env) or from a file (--env-file).
+    An existing file is left alone unless --force.
+
+    \b
+    Examples:
+      backout init --runtime process --brain ./brain.sqlite --port 8000 \\
+          --command "engine serve --release {version} --brain {brain} --port {port}" \\
+          --health-url http://127.0.0.1:8000/health --pass-env ENGINE_API_KEY
+      backout init --runtime compose --compose-file docker-compose.yml --service engine"""
+    force = force or force_old
     if not re.match(r"^[A-Za-z0-9_-]+$", name):
         fail(f"--name {name!r}: use letters, digits, '-' and '_' (it becomes a TOML table name)", EXIT_USAGE)
     for n in pass_env:

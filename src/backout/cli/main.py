@@ -1,4 +1,8 @@
-"""The `backout` command: global options and the command groups."""
+"""The `backout` command: global options and the commands, each imported only when it runs.
+
+`backout --help` and `backout --version` import no command module: the commands and their one-line help
+are listed here as data (`COMMANDS`), and `LazyGroup` imports a command's module when it is resolved.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,49 @@ from typing import Optional
 import typer
 
 from backout import __version__
+from backout.cli.framework import Lazy, LazyGroup
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "COMMANDS"]
+
+# name -> where the command lives and its line in `backout --help`, in the order listed there.
+COMMANDS: dict[str, Lazy] = {
+    "init": Lazy("backout.cli.init", "init", "Write a commented backout.toml for one deployment."),
+    "status": Lazy("backout.cli.status", "status", "What runs, its health, the brain, snapshots, the restore point."),
+    "history": Lazy("backout.cli.history", "history", "Every change of version: when, from, to, outcome."),
+    "switch": Lazy("backout.cli.deploy", "switch", "Drain, migrate, start VERSION, wait until healthy (no snapshot)."),
+    "stop": Lazy("backout.cli.deploy", "stop", "Drain and stop what runs."),
+    "check": Lazy("backout.cli.check", "check", "The rollback verdict now, with its evidence."),
+    "drill": Lazy("backout.cli.drill", "drill", "Rehearse a rollback, timed, on a staging deployment."),
+    "upgrade": Lazy("backout.cli.upgrade", "upgrade", "Upgrade with a restore point, then watch, ready to roll back."),
+    "watch": Lazy("backout.cli.upgrade", "watch_command", "Watch the last upgrade again (after Ctrl-C)."),
+    "rollback": Lazy("backout.cli.rollback", "rollback", "Roll back the image and, when needed, the brain."),
+    "freeze": Lazy("backout.cli.rollback", "freeze", "Refuse VERSION in upgrades and switches."),
+    "unfreeze": Lazy("backout.cli.rollback", "unfreeze", "Lift the freeze on VERSION, saying why."),
+    "snapshot": Lazy("backout.cli.snapshot", "app", "Verified snapshots of a live brain; restore with quarantine."),
+    "schema": Lazy("backout.cli.schema", "app", "Schema stamps and diffs: can an older version read this brain?"),
+    "salvage": Lazy("backout.cli.salvage", "app", "The bad window's rows: extract, show, replay."),
+    "baseline": Lazy("backout.cli.check", "baseline_app", "The good version's requests, health and evals."),
+    "volume": Lazy("backout.cli.volume", "app", "Snapshots of the whole data volume (local, ebs, gcp)."),
+}
+
+
+class Backout(LazyGroup):
+    lazy = COMMANDS
+
 
 app = typer.Typer(
     help=(
         "Make upgrades of an SQLite-backed service safe to undo: upgrade with a restore point, "
         "decide when to roll back, roll back the image and, when forward-only migrations made the "
         "brain unreadable for the old version, the brain too, without losing the bad window's "
-        "writes; and rehearse it all in timed drills."
+        "writes; and rehearse it all in timed drills.\n\n"
+        "Every command explains itself with --help.\n\n"
+        "\b\n"
+        "Examples:\n"
+        "  backout init --runtime compose --compose-file docker-compose.yml --service engine\n"
+        "  backout upgrade 2.4.0 --watch 15m"
     ),
+    cls=Backout,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -37,34 +74,6 @@ def root(
     ),
 ) -> None:
     """Plan rollback before you need it."""
-
-
-def _register() -> None:
-    """Attach the command groups (imported here so `backout --version` stays fast)."""
-    from backout.cli import (check, deploy, drill, history, init, rollback, salvage, schema, snapshot,
-                             status, upgrade, volume)
-
-    app.add_typer(snapshot.app, name="snapshot")
-    app.add_typer(schema.app, name="schema", help="Schema stamps and diffs: can an older version read this brain?")
-    app.add_typer(salvage.app, name="salvage",
-                  help="The bad window's rows: extract them, show an incident's, replay them.")
-    app.command("init")(init.init)
-    app.command("status")(status.status)
-    app.command("history")(history.history)
-    app.command("switch")(deploy.switch)
-    app.command("stop")(deploy.stop)
-    app.command("check")(check.check)
-    app.add_typer(check.baseline_app, name="baseline")
-    app.command("drill")(drill.drill)
-    app.add_typer(volume.app, name="volume")
-    app.command("upgrade")(upgrade.upgrade)
-    app.command("watch")(upgrade.watch_command)
-    app.command("rollback")(rollback.rollback)
-    app.command("freeze")(rollback.freeze)
-    app.command("unfreeze")(rollback.unfreeze)
-
-
-_register()
 
 
 def main() -> None:

@@ -27,11 +27,11 @@ __all__ = ["rollback", "freeze", "unfreeze"]
 
 
 def rollback(
-    to: Optional[str] = typer.Option(None, "--to", callback=version_arg, help="Version to return to (default: the restore point)."),
-    snapshot: Optional[str] = typer.Option(None, "--snapshot", help="Snapshot to restore if the brain is rolled back."),
-    reason: str = typer.Option("", "--reason", help="The symptom, for the announcement and the postmortem "
+    to: Optional[str] = typer.Option(None, "--to", callback=version_arg, metavar="VERSION", help="Version to return to (default: the restore point)."),
+    snapshot: Optional[str] = typer.Option(None, "--snapshot", metavar="ID", help="Snapshot to restore if the brain is rolled back."),
+    reason: str = typer.Option("", "--reason", metavar="TEXT", help="The symptom, for the announcement and the postmortem "
                                "(default: the latest verdict's reason)."),
-    mode: str = typer.Option("auto", "--mode", help="auto (choose the layer), image, or brain."),
+    mode: str = typer.Option("auto", "--mode", metavar="MODE", help="auto (choose the layer), image, or brain."),
     resume: bool = typer.Option(False, "--resume", help="Continue a rollback that was interrupted."),
     abandon: bool = typer.Option(False, "--abandon", help="Set an interrupted rollback's journal aside (kept, "
                                  "renamed) instead of finishing it."),
@@ -46,7 +46,12 @@ def rollback(
     Prints the plan first: target version and snapshot (with its age), the bad window, rows written
     since the snapshot, the layer (image only, or image + brain when the target cannot read the
     brain; a trial boot on a copy settles it) and every step with its commands and files.
-    --dry-run stops there. The run is journaled: after a crash, `--resume` finishes it."""
+    --dry-run stops there. The run is journaled: after a crash, `--resume` finishes it.
+
+    \b
+    Examples:
+      backout rollback --dry-run
+      backout rollback --reason "error rate 12% since the upgrade to 2.4.0" --yes"""
     if mode not in ("auto", "image", "brain"):
         fail(f"--mode must be auto, image or brain, not {mode!r}", EXIT_USAGE)
     target = target_from(config, deployment, None)
@@ -187,15 +192,21 @@ def _print_failure(run: RollbackRun, why: str) -> None:
 
 
 def freeze(
-    version: str = typer.Argument(..., callback=version_arg, help="Version to refuse in upgrades."),
-    reason: str = typer.Option(..., "--reason", help="Why (kept with the freeze and in the history)."),
+    version: str = typer.Argument(..., callback=version_arg, metavar="VERSION",
+                                help="Version to refuse in upgrades and switches."),
+    reason: str = typer.Option(..., "--reason", metavar="TEXT",
+                               help="Why, kept with the freeze and in the history."),
     dry_run: bool = DryRunOpt,
     yes: bool = YesOpt,
     as_json: bool = JsonOpt,
     config: Optional[Path] = ConfigOpt,
     deployment: Optional[str] = DeploymentOpt,
 ) -> None:
-    """Freeze VERSION by hand: upgrades and switches refuse it until it is unfrozen."""
+    """Freeze VERSION by hand: upgrades and switches refuse it until it is unfrozen.
+
+    \b
+    Examples:
+      backout freeze 2.4.0 --reason "corrupts threads with emoji (INC-231)" --yes"""
     target = target_from(config, deployment, None)
     if dry_run:
         emit_json({"dry_run": True, "freeze": version}) if as_json else typer.echo(f"would freeze {version}")
@@ -207,15 +218,20 @@ def freeze(
 
 
 def unfreeze(
-    version: str = typer.Argument(..., callback=version_arg, help="A version frozen by a rollback."),
-    reason: str = typer.Option(..., "--reason", help="Why it is safe again (kept in the history)."),
+    version: str = typer.Argument(..., callback=version_arg, metavar="VERSION",
+                                help="A version frozen by a rollback or by `backout freeze`."),
+    reason: str = typer.Option(..., "--reason", metavar="TEXT", help="Why it is safe again, kept in the history."),
     dry_run: bool = DryRunOpt,
     yes: bool = YesOpt,
     as_json: bool = JsonOpt,
     config: Optional[Path] = ConfigOpt,
     deployment: Optional[str] = DeploymentOpt,
 ) -> None:
-    """Lift the freeze a rollback put on VERSION, saying why; recorded in the history."""
+    """Lift the freeze a rollback put on VERSION, saying why; recorded in the history.
+
+    \b
+    Examples:
+      backout unfreeze 2.4.0 --reason "2.4.0 rebuilt with the fix for INC-231" --yes"""
     target = target_from(config, deployment, None)
     if dry_run:
         emit_json({"dry_run": True, "unfreeze": version}) if as_json else typer.echo(f"would unfreeze {version}")

@@ -27,6 +27,7 @@ from backout.cli.common import (
     progress_bar,
     target_from,
 )
+from backout.cli.framework import Typer
 from backout.config import ConfigError, Target, find_config, load_config
 from backout.errors import EXIT_FAILED, EXIT_USAGE
 from backout.history import deployment_state
@@ -36,33 +37,41 @@ __all__ = ["app"]
 
 INCIDENT_FILE = "incident.json"
 
-app = typer.Typer(
+app = Typer(
     help="The bad window's rows: extract them from a displaced brain, show an incident's "
-    "salvage, replay it into the running service.",
+    "salvage, replay it into the running service.\n\n"
+    "\b\nExamples:\n"
+    "  backout salvage show 20261204T143012Z-2.4.0\n"
+    "  backout salvage replay 20261204T143012Z-2.4.0 --dry-run",
     no_args_is_help=True,
 )
 
 IncidentArg = typer.Argument(
-    ..., metavar="INCIDENT", help="Incident id (a folder in <state_dir>/incidents)."
+    ..., metavar="INCIDENT", help="An incident id: a folder in the state folder's incidents/."
 )
 
 
 SnapshotOpt = typer.Option(
-    ..., "--snapshot", help="The snapshot the brain was (or will be) restored to."
+    ..., "--snapshot", metavar="ID", help="The snapshot the brain was, or will be, restored to."
 )
-FromOpt = typer.Option(..., "--from", help="The newer brain, e.g. the quarantined one.")
-OutOpt = typer.Option(
-    None, "--out", help="Bundle folder (default: <state>/salvage/<snapshot>-<time>)."
+FromOpt = typer.Option(..., "--from", metavar="PATH", help="The newer brain, e.g. the quarantined one.")
+BundleDirOpt = typer.Option(
+    None, "--bundle-dir", metavar="DIR",
+    help="Where to write the bundle (default: salvage/SNAPSHOT-TIME in the state folder).",
 )
-IncludeOpt = typer.Option(None, "--include", help="Only these tables (glob; repeatable).")
-ExcludeOpt = typer.Option(None, "--exclude", help="Skip these tables (glob; repeatable).")
+SnapshotDirOpt = typer.Option(
+    None, "--snapshot-dir", metavar="DIR",
+    help="The folder holding the snapshot (default: from the config, or ./.backout/snapshots).",
+)
+IncludeOpt = typer.Option(None, "--include", metavar="GLOB", help="Only these tables (repeatable).")
+ExcludeOpt = typer.Option(None, "--exclude", metavar="GLOB", help="Skip these tables (repeatable).")
 
 
 @app.command("extract")
 def extract(
     snapshot_id: str = SnapshotOpt,
     source: Path = FromOpt,
-    out: Path | None = OutOpt,
+    bundle_dir: Path | None = BundleDirOpt,
     include: list[str] | None = IncludeOpt,
     exclude: list[str] | None = ExcludeOpt,
     dry_run: bool = DryRunOpt,
@@ -70,12 +79,23 @@ def extract(
     config: Path | None = ConfigOpt,
     deployment: str | None = DeploymentOpt,
     brain: Path | None = BrainOpt,
-    into: Path | None = IntoOpt,
+    snapshot_dir: Path | None = SnapshotDirOpt,
+    out: Path | None = typer.Option(None, "--out", hidden=True),  # the old names of --bundle-dir and
+    into: Path | None = typer.Option(None, "--into", hidden=True),  # --snapshot-dir, for scripts
 ) -> None:
     """Extract the rows written after a snapshot from a newer brain into a replayable bundle.
 
     One JSONL file per table, a summary with counts and the schema diff, and for the Engine a
-    file that POST /memory/import accepts. Reads the newer brain only; writes only the bundle."""
+    file that POST /memory/import accepts. Reads the newer brain only; writes only the bundle.
+
+    \b
+    Examples:
+      backout salvage extract --snapshot 20261204T101500Z-3f9a1c \\
+          --from .backout/quarantine/20261204T143012Z-manual-restore/brain.sqlite --dry-run
+      backout salvage extract --snapshot 20261204T101500Z-3f9a1c --from old-brain.sqlite \\
+          --brain ./brain.sqlite --snapshot-dir ./snapshots --bundle-dir ./bundle"""
+    out = _one_of("--bundle-dir", bundle_dir, "--out", out)
+    into = _one_of("--snapshot-dir", snapshot_dir, "--into", into)
     target = target_from(config, deployment, brain, into)
     store = SnapshotStore(target.snapshot_dir)
     with handle_errors():
@@ -129,13 +149,25 @@ def extract(
     typer.echo(f"bundle: {report.out_dir}")
 
 
+def _one_of(name: str, value: Path | None, old_name: str, old_value: Path | None) -> Path | None:
+    """An option given by its name or by its old one (both: they must agree)."""
+    if value is not None and old_value is not None and value != old_value:
+        fail(f"{old_name} is the old name of {name}: give one of them", EXIT_USAGE)
+    return value if value is not None else old_value
+
+
 @app.command("show")
 def show(
     incident_id: str = IncidentArg,
     as_json: bool = JsonOpt,
     config: Path | None = ConfigOpt,
 ) -> None:
-    """Show an incident's salvage: tables, rows, the bundle, the schema diff, external effects."""
+    """Show an incident's salvage: tables, rows, the bundle, the schema diff, external effects.
+
+    \b
+    Examples:
+      backout salvage show 20261204T143012Z-2.4.0
+      backout salvage show 20261204T143012Z-2.4.0 --json"""
     incident, folder = _load_incident(_state_dir(config), incident_id)
     bundle = _bundle_dir(incident, folder)
     summary = _summary(bundle) if bundle is not None else None
@@ -165,7 +197,12 @@ def replay(
     another row took since the rollback (unless --renumber). A column the old version lacks
     is dropped from rows that left it empty; rows with a value there are listed. The profile's effects table (effects
     outside the brain) and migration ledgers are never replayed.
-    Exit 0 when every row was replayed or already present, 1 when some could not be."""
+    Exit 0 when every row was replayed or already present, 1 when some could not be.
+
+    \b
+    Examples:
+      backout salvage replay 20261204T143012Z-2.4.0 --dry-run
+      backout salvage replay 20261204T143012Z-2.4.0 --yes"""
     incident, folder = _load_incident(_state_dir(config), incident_id)
     bundle = _bundle_dir(incident, folder)
     if bundle is None:

@@ -13,6 +13,7 @@ import typer
 
 from backout import errors
 from backout.cli.common import emit_json, fail
+from backout.cli.framework import Typer
 from backout.brain.schema import LintReport, SchemaDiff, SchemaError, SchemaStamp, diff, lint, stamp
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_BREAKING", "EXIT_LINT_ERROR", "EXIT_OK", "app"]
@@ -22,11 +23,14 @@ EXIT_LINT_ERROR = errors.EXIT_FAILED
 EXIT_BAD_INPUT = errors.EXIT_USAGE
 EXIT_BREAKING = errors.EXIT_REFUSED  # "a reader of A would refuse B": the same code as a safety refusal
 
-app = typer.Typer(
+app = Typer(
     help=(
         "Schema stamps, diffs and migration lint: will the old version still read the brain? "
         "Exit codes: 0 identical or additive only, 1 a migration file failed (lint), "
-        "2 bad input, 3 breaking."
+        "2 bad input, 3 breaking.\n\n"
+        "\b\nExamples:\n"
+        "  backout schema stamp /data/brain.sqlite\n"
+        "  backout schema diff .backout/snapshots/engine/20261204T101500Z-3f9a1c.sqlite /data/brain.sqlite"
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -62,6 +66,11 @@ def stamp_command(
     """Print the schema stamp of a brain: migration head, its source, fingerprint, tables.
 
     The brain is opened read-only. Exit 0, or 2 when PATH is not a readable SQLite file.
+
+    \b
+    Examples:
+      backout schema stamp /data/brain.sqlite
+      backout schema stamp /data/brain.sqlite --json
     """
     found = _stamp_or_fail(path)
     if as_json:
@@ -99,6 +108,11 @@ def diff_command(
 
     Exit 0 when identical or additive only (a reader of A can read B), 3 when any change is
     breaking, 2 on bad input.
+
+    \b
+    Examples:
+      backout schema diff .backout/snapshots/engine/20261204T101500Z-3f9a1c.sqlite /data/brain.sqlite
+      backout schema diff old.sqlite new.sqlite --json
     """
     before, after = _stamp_or_fail(a), _stamp_or_fail(b)
     result = diff(before, after)
@@ -155,6 +169,11 @@ def lint_command(
 
     Exit 1 when a file failed to execute (that takes precedence), else 3 when a file is
     breaking, else 0; 2 on bad input.
+
+    \b
+    Examples:
+      backout schema lint migrations/
+      backout schema lint migrations/ --base /data/brain.sqlite --json
     """
     try:
         report = lint(folder, base)

@@ -16,6 +16,7 @@ from backout.brain.retention import PrunePlan, named_in, plan_prune
 from backout.brain.snapshot import create_snapshot, verify_snapshot
 from backout.cli.common import (BrainOpt, ConfigOpt, DeploymentOpt, DryRunOpt, IntoOpt, JsonOpt, YesOpt, confirm,
                                 emit_json, handle_errors, human_age, human_bytes, progress_bar, target_from)
+from backout.cli.framework import Typer
 from backout.commands import recording
 from backout.config import Target
 from backout.errors import EXIT_FAILED, EXIT_REFUSED, BackoutError
@@ -25,11 +26,16 @@ from backout.lock import operation_lock
 
 __all__ = ["app"]
 
-app = typer.Typer(
+app = Typer(
     help="Verified, consistent snapshots of a live brain, and atomic restore with quarantine. "
-    "Works without a config: --brain PATH and --into DIR, like the sqlite3 shell.",
+    "Works without a config: --brain PATH and --into DIR, like the sqlite3 shell.\n\n"
+    "\b\nExamples:\n"
+    "  backout snapshot create --label before-2.4.0\n"
+    "  backout snapshot list --brain ./brain.sqlite --into ./snapshots",
     no_args_is_help=True,
 )
+
+_ID_HELP = "A snapshot id, as `backout snapshot list` shows them."
 
 
 def _store(target: Target) -> SnapshotStore:
@@ -67,9 +73,10 @@ def _row(m: Manifest, target: Target) -> dict[str, object]:
 
 @app.command()
 def create(
-    label: Optional[str] = typer.Option(None, "--label", help="A note kept in the manifest."),
+    label: Optional[str] = typer.Option(None, "--label", metavar="TEXT", help="A note kept in the manifest."),
     pin: bool = typer.Option(False, "--pin", help="Never prune this snapshot."),
-    version: Optional[str] = typer.Option(None, "--version-running", help="Version the service runs now (recorded)."),
+    version: Optional[str] = typer.Option(None, "--version-running", metavar="VERSION",
+                                           help="Version the service runs now (recorded)."),
     dry_run: bool = DryRunOpt,
     yes: bool = YesOpt,
     as_json: bool = JsonOpt,
@@ -78,7 +85,12 @@ def create(
     brain: Optional[Path] = BrainOpt,
     into: Optional[Path] = IntoOpt,
 ) -> None:
-    """Take an online snapshot of the live brain (the service keeps running), verify it, record it."""
+    """Take an online snapshot of the live brain (the service keeps running), verify it, record it.
+
+    \b
+    Examples:
+      backout snapshot create --label before-2.4.0 --pin
+      backout snapshot create --brain /data/brain.sqlite --into /data/snapshots"""
     target = target_from(config, deployment, brain, into)
     if dry_run:
         plan = {"action": "snapshot create", "brain": str(target.brain), "into": str(target.snapshot_dir),
@@ -107,7 +119,12 @@ def list_(
 ) -> None:
     """List snapshots, newest first: age, size, label, version, pinned; stale ones are flagged.
 
-    Only complete snapshots of this brain are listed; broken ones and leftovers of killed runs are warned about."""
+    Only complete snapshots of this brain are listed; broken ones and leftovers of killed runs are warned about.
+
+    \b
+    Examples:
+      backout snapshot list
+      backout snapshot list --brain ./brain.sqlite --into ./snapshots --json"""
     target = target_from(config, deployment, brain, into)
     store = _store(target)
     manifests = store.of(target.deployment, target.brain)
@@ -140,14 +157,19 @@ def list_(
 
 @app.command()
 def show(
-    snapshot_id: str = typer.Argument(..., metavar="ID"),
+    snapshot_id: str = typer.Argument(..., metavar="ID", help=_ID_HELP),
     as_json: bool = JsonOpt,
     config: Optional[Path] = ConfigOpt,
     deployment: Optional[str] = DeploymentOpt,
     brain: Optional[Path] = BrainOpt,
     into: Optional[Path] = IntoOpt,
 ) -> None:
-    """Show one snapshot's manifest: source, schema stamp, tables and their high-water marks."""
+    """Show one snapshot's manifest: source, schema stamp, tables and their high-water marks.
+
+    \b
+    Examples:
+      backout snapshot show 20261204T101500Z-3f9a1c
+      backout snapshot show 20261204T101500Z-3f9a1c --json"""
     target = target_from(config, deployment, brain, into)
     with handle_errors():
         manifest = _store(target).load(snapshot_id)
@@ -168,14 +190,18 @@ def show(
 
 @app.command()
 def verify(
-    snapshot_id: str = typer.Argument(..., metavar="ID"),
+    snapshot_id: str = typer.Argument(..., metavar="ID", help=_ID_HELP),
     as_json: bool = JsonOpt,
     config: Optional[Path] = ConfigOpt,
     deployment: Optional[str] = DeploymentOpt,
     brain: Optional[Path] = BrainOpt,
     into: Optional[Path] = IntoOpt,
 ) -> None:
-    """Check a snapshot: sha256, integrity_check, and the manifest agreeing with the file. Exit 1 if not."""
+    """Check a snapshot: sha256, integrity_check, and the manifest agreeing with the file. Exit 1 if not.
+
+    \b
+    Examples:
+      backout snapshot verify 20261204T101500Z-3f9a1c"""
     target = target_from(config, deployment, brain, into)
     store = _store(target)
     with handle_errors(), progress_bar(not as_json) as bar:
@@ -204,18 +230,26 @@ def _set_pin(snapshot_id: str, pinned: bool, target: Target, dry_run: bool, as_j
 
 
 @app.command()
-def pin(snapshot_id: str = typer.Argument(..., metavar="ID"), dry_run: bool = DryRunOpt, yes: bool = YesOpt,
+def pin(snapshot_id: str = typer.Argument(..., metavar="ID", help=_ID_HELP), dry_run: bool = DryRunOpt, yes: bool = YesOpt,
         as_json: bool = JsonOpt, config: Optional[Path] = ConfigOpt, deployment: Optional[str] = DeploymentOpt,
         brain: Optional[Path] = BrainOpt, into: Optional[Path] = IntoOpt) -> None:
-    """Pin a snapshot so prune never deletes it (harmless, so no confirmation is asked)."""
+    """Pin a snapshot so prune never deletes it (harmless, so no confirmation is asked).
+
+    \b
+    Examples:
+      backout snapshot pin 20261204T101500Z-3f9a1c"""
     _set_pin(snapshot_id, True, target_from(config, deployment, brain, into), dry_run, as_json)
 
 
 @app.command()
-def unpin(snapshot_id: str = typer.Argument(..., metavar="ID"), dry_run: bool = DryRunOpt, yes: bool = YesOpt,
+def unpin(snapshot_id: str = typer.Argument(..., metavar="ID", help=_ID_HELP), dry_run: bool = DryRunOpt, yes: bool = YesOpt,
           as_json: bool = JsonOpt, config: Optional[Path] = ConfigOpt, deployment: Optional[str] = DeploymentOpt,
           brain: Optional[Path] = BrainOpt, into: Optional[Path] = IntoOpt) -> None:
-    """Unpin a snapshot (prune may then delete it once it is not among the last N)."""
+    """Unpin a snapshot (prune may then delete it once it is not among the last N).
+
+    \b
+    Examples:
+      backout snapshot unpin 20261204T101500Z-3f9a1c --yes"""
     target = target_from(config, deployment, brain, into)
     if not dry_run:
         confirm(f"unpin snapshot {snapshot_id} (prune may then delete it)?", yes)
@@ -255,7 +289,8 @@ def _print_plan(plan: PrunePlan) -> None:
 
 @app.command()
 def prune(
-    keep_last: Optional[int] = typer.Option(None, "--keep-last", min=1, help="Keep this many newest (default: config, 10)."),
+    keep_last: Optional[int] = typer.Option(None, "--keep-last", min=1, metavar="N",
+                                            help="Keep the N newest (default: the config's keep_last, or 10)."),
     dry_run: bool = DryRunOpt,
     yes: bool = YesOpt,
     as_json: bool = JsonOpt,
@@ -266,7 +301,12 @@ def prune(
 ) -> None:
     """Delete old snapshots: keeps the last N, everything pinned, the restore point and whatever an unfinished
     rollback, upgrade, watch window or restore names; also deletes broken snapshots and the leftovers of killed
-    snapshot runs. Only snapshots of this deployment's brain are touched (a folder may be shared)."""
+    snapshot runs. Only snapshots of this deployment's brain are touched (a folder may be shared).
+
+    \b
+    Examples:
+      backout snapshot prune --keep-last 5 --dry-run
+      backout snapshot prune --keep-last 5 --yes"""
     target = target_from(config, deployment, brain, into)
     store = _store(target)
     plan = _plan(target, store, keep_last or target.keep_last)
@@ -311,8 +351,9 @@ def _refuse_if_runtime_runs(target: Target, service_stopped: bool) -> None:
 
 @app.command()
 def restore(
-    snapshot_id: str = typer.Argument(..., metavar="ID"),
-    reason: str = typer.Option("manual restore", "--reason", help="Why; names the quarantine folder."),
+    snapshot_id: str = typer.Argument(..., metavar="ID", help=_ID_HELP),
+    reason: str = typer.Option("manual restore", "--reason", metavar="TEXT",
+                                 help="Why; names the quarantine folder."),
     service_stopped: bool = typer.Option(False, "--service-stopped",
                                          help="Vouch that the service is stopped when backout cannot tell (the "
                                          "runtime cannot be asked, the brain's locks cannot be probed); never "
@@ -327,7 +368,12 @@ def restore(
 ) -> None:
     """Restore a snapshot over the brain. The service must be stopped; the current brain goes to quarantine.
 
-    Journaled: if interrupted, run the same command again to finish."""
+    Journaled: if interrupted, run the same command again to finish.
+
+    \b
+    Examples:
+      backout snapshot restore 20261204T101500Z-3f9a1c --dry-run
+      backout snapshot restore 20261204T101500Z-3f9a1c --reason "bad import at 14:02" --yes"""
     target = target_from(config, deployment, brain, into)
     store = _store(target)
     req = RestoreRequest(store, snapshot_id, target.brain, target.deployment, target.state_dir, reason,

@@ -118,7 +118,15 @@ def status(
     into: Optional[Path] = IntoOpt,
 ) -> None:
     """Show the version running, health, brain size, newest snapshot (STALE when too old), the restore
-    point and whether it is ready, frozen versions and the last drill."""
+    point and whether it is ready, frozen versions and the last drill.
+
+    Anything left unfinished (an interrupted upgrade, rollback or restore) is listed with the command
+    that finishes it.
+
+    \b
+    Examples:
+      backout status
+      backout status --config /etc/backout/backout.toml --deployment engine --json"""
     target = target_from(config, deployment, brain, into)
     with handle_errors():
         data = collect_status(target, verify)

@@ -37,9 +37,9 @@ AutoOpt = typer.Option(None, "--auto-rollback/--no-auto-rollback",
 
 
 def upgrade(
-    version: Optional[str] = typer.Argument(None, callback=version_arg, help="The version to upgrade to (image tag, or the command "
+    version: Optional[str] = typer.Argument(None, callback=version_arg, metavar="VERSION", help="The version to upgrade to (image tag, or the command "
                                             "template's value); not needed with --resume or --abandon."),
-    watch_for: Optional[str] = typer.Option(None, "--watch", help="Watch window, e.g. 15m (default: upgrade.watch; "
+    watch_for: Optional[str] = typer.Option(None, "--watch", metavar="DURATION", help="Watch window, e.g. 15m (default: upgrade.watch; "
                                                                   "0 to skip)."),
     auto_rollback: Optional[bool] = AutoOpt,
     force: bool = typer.Option(False, "--force", help="Upgrade even though the running version is not healthy, the "
@@ -60,7 +60,12 @@ def upgrade(
     recovery-time target. Then: online snapshot, drain, final snapshot of the quiescent brain
     (the restore point, pinned), migrate + start + wait healthy, regression evals, pre-armed
     rollback, and the watch window. A failure after the drain rolls back at once. With --json,
-    events stream as JSON lines."""
+    events stream as JSON lines.
+
+    \b
+    Examples:
+      backout upgrade 2.4.0 --dry-run
+      backout upgrade 2.4.0 --watch 15m --yes"""
     target = target_from(config, deployment, None)
     if abandon:
         abandon_journal(target, upgrade_journal(target), "upgrade", yes)
@@ -276,7 +281,12 @@ def watch_command(
     config: Optional[Path] = ConfigOpt,
     deployment: Optional[str] = DeploymentOpt,
 ) -> None:
-    """Watch the last upgrade again (after Ctrl-C): the verdict until its window ends; promote or roll back."""
+    """Watch the last upgrade again (after Ctrl-C): the verdict until its window ends; promote or roll back.
+
+    \b
+    Examples:
+      backout watch
+      backout watch --no-auto-rollback --json"""
     target = target_from(config, deployment, None)
     with handle_errors():
         runtime = runtime_for(target)

@@ -10,6 +10,7 @@ import typer
 from backout.brain.restore import checkpoint_wal
 from backout.cli.common import (ConfigOpt, DeploymentOpt, DryRunOpt, JsonOpt, YesOpt, confirm, emit_json, fail,
                                 handle_errors, target_from)
+from backout.cli.framework import Typer
 from backout.config import Target
 from backout.errors import EXIT_USAGE
 from backout.flows.switch import brain_stamp
@@ -17,8 +18,9 @@ from backout.volumes import VolumeProvider
 
 __all__ = ["app"]
 
-app = typer.Typer(help="Volume-level snapshots of the data volume holding the brain (local, ebs, gcp).",
-                  no_args_is_help=True)
+app = Typer(help="Volume-level snapshots of the data volume holding the brain (local, ebs, gcp).\n\n"
+            "\b\nExamples:\n  backout volume snapshot --version-running 2.3.1 --yes\n  backout volume list",
+            no_args_is_help=True)
 
 
 def _provider(target: Target) -> VolumeProvider:
@@ -40,14 +42,20 @@ def _checkpoint(brain: Path) -> str:
 
 @app.command("snapshot")
 def snapshot(
-    version: Optional[str] = typer.Option(None, "--version-running", help="Version running now (a tag)."),
+    version: Optional[str] = typer.Option(None, "--version-running", metavar="VERSION",
+                                           help="Version running now (a tag)."),
     dry_run: bool = DryRunOpt,
     yes: bool = YesOpt,
     as_json: bool = JsonOpt,
     config: Optional[Path] = ConfigOpt,
     deployment: Optional[str] = DeploymentOpt,
 ) -> None:
-    """Checkpoint the brain's WAL, then snapshot the whole volume, tagged with deployment, version and schema."""
+    """Checkpoint the brain's WAL, then snapshot the whole volume, tagged with deployment, version and schema.
+
+    \b
+    Examples:
+      backout volume snapshot --dry-run
+      backout volume snapshot --version-running 2.3.1 --yes"""
     target = target_from(config, deployment, None)
     with handle_errors():
         provider = _provider(target)
@@ -72,7 +80,12 @@ def list_(
     config: Optional[Path] = ConfigOpt,
     deployment: Optional[str] = DeploymentOpt,
 ) -> None:
-    """The deployment's volume snapshots, newest first."""
+    """The deployment's volume snapshots, newest first.
+
+    \b
+    Examples:
+      backout volume list
+      backout volume list --deployment engine --json"""
     target = target_from(config, deployment, None)
     with handle_errors():
         snaps = _provider(target).snapshots(target.deployment)
