@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup drill quickstart test docker bench bench-detection bench-rollback soak clean
+.PHONY: setup drill quickstart test docker bench bench-detection bench-rollback bench-startup soak clean
 
 setup: $(STAMP)
 
@@ -52,6 +52,10 @@ bench-detection: $(STAMP)
 # Time from `backout rollback --yes` to healthy per step, image and brain layer, 1 GB brain, vs the runbook's commands (about 5 minutes).
 bench-rollback: $(STAMP)
 	$(BIN)/python bench/bench_rollback.py
+
+# Start-up time of backout --version, --help and status against `python -c pass` (under a minute).
+bench-startup: $(STAMP)
+	$(BIN)/python bench/bench_startup.py
 
 # Long profiles: >= 300 random operator scenarios and a long fault-injection sweep (hours); counts to bench/RESULTS.md.
 soak: $(STAMP)
