@@ -17,13 +17,17 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from engine import openapi
+from engine.brain import BundleError
 from engine.core import EngineCore
 from engine.releases import POISONED_TASK_ID
+from engine.validation import Invalid, decode_json, request_id as _request_id, validate
 
 __all__ = ["create_app", "EngineError", "MAX_BODY"]
 
 MAX_BODY = 1024 * 1024
-_MS = re.compile(r"-?[0-9]{1,15}")
+_MS = re.compile(rf"-?[0-9]{{1,{openapi.MAX_MS_DIGITS}}}")
+_EVENT_ID = re.compile(r"[0-9]{1,19}")
 _ERRORS_SHARE = 3  # out of 10 turns fail on the errors-broken build
 
 
@@ -65,7 +69,7 @@ def _guard(request: Request) -> EngineCore:
 async def _json_body(request: Request) -> dict[str, Any]:
     """Read a JSON object body of at most 1 MiB."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY:
         raise EngineError(413, "PAYLOAD_TOO_LARGE", f"request body over {MAX_BODY} bytes")
     body = bytearray()
     async for chunk in request.stream():
@@ -73,23 +77,21 @@ async def _json_body(request: Request) -> dict[str, Any]:
         if len(body) > MAX_BODY:
             raise EngineError(413, "PAYLOAD_TOO_LARGE", f"request body over {MAX_BODY} bytes")
     try:
-        data = json.loads(body or b"null")
-    except (ValueError, UnicodeDecodeError):
-        raise EngineError(400, "INVALID_JSON", "request body is not valid JSON") from None
+        data = decode_json(bytes(body))
+    except Invalid as exc:
+        raise EngineError(400, "INVALID_JSON", str(exc)) from None
     if not isinstance(data, dict):
         raise EngineError(400, "INVALID_REQUEST", "request body must be a JSON object")
     return data
 
 
-def _field(data: dict[str, Any], name: str, kind: type, required: bool = True, default: Any = None) -> Any:
-    value = data.get(name, default)
-    if value is None and not required:
-        return default
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise EngineError(400, "INVALID_REQUEST", f"field {name!r} must be a {kind.__name__}")
-    if kind is str and required and not value.strip():
-        raise EngineError(400, "INVALID_REQUEST", f"field {name!r} must not be empty")
-    return value
+def _checked(data: dict[str, Any], schema: str, code: str = "INVALID_REQUEST") -> dict[str, Any]:
+    """The body checked against its schema in the OpenAPI document (integers normalised)."""
+    try:
+        checked: dict[str, Any] = validate(openapi.body_schema(schema), data, components=openapi.SCHEMAS)
+    except Invalid as exc:
+        raise EngineError(400, code, str(exc)) from None
+    return checked
 
 
 async def health(request: Request) -> Response:
@@ -113,9 +115,8 @@ def _should_fail(core: EngineCore, task_id: str, message: str, request_id: str) 
 async def execute(request: Request) -> Response:
     """POST /execute: run a turn, streaming its events as SSE."""
     core = _guard(request)
-    data = await _json_body(request)
-    message = _field(data, "message", str)
-    task_id = _field(data, "task_id", str)
+    data = _checked(await _json_body(request), "ExecuteRequest")
+    message, task_id = data["message"], data["task_id"]
     request.scope["state"]["task_id"] = task_id
     request_id = request.scope["state"]["request_id"]
     failure = _should_fail(core, task_id, message, request_id)
@@ -142,8 +143,9 @@ async def replay(request: Request) -> Response:
     if not _MS.fullmatch(raw):
         raise EngineError(400, "INVALID_REQUEST", "query parameter 'after' must be a millisecond timestamp")
     after_id = request.query_params.get("after_id", "0")
-    if not after_id.isascii() or not after_id.isdigit():
-        raise EngineError(400, "INVALID_REQUEST", "query parameter 'after_id' must be an event id")
+    if not _EVENT_ID.fullmatch(after_id) or int(after_id) > openapi.MAX_EVENT_ID:
+        raise EngineError(400, "INVALID_REQUEST",
+                          f"query parameter 'after_id' must be an event id from 0 to {openapi.MAX_EVENT_ID}")
     task_id = request.query_params.get("task_id")
     if task_id:
         request.scope["state"]["task_id"] = task_id
@@ -154,14 +156,10 @@ async def replay(request: Request) -> Response:
 async def feedback(request: Request) -> Response:
     """POST /feedback: store a learning signal."""
     core = _guard(request)
-    data = await _json_body(request)
-    task_id = _field(data, "task_id", str)
+    data = _checked(await _json_body(request), "FeedbackRequest")
+    task_id, rating = data["task_id"], data["rating"]
     request.scope["state"]["task_id"] = task_id
-    rating = _field(data, "rating", int)
-    if not -1 <= rating <= 5:
-        raise EngineError(400, "INVALID_REQUEST", "field 'rating' must be between -1 and 5")
-    message_id = _field(data, "message_id", str, required=False)
-    comment = _field(data, "comment", str, required=False)
+    message_id, comment = data.get("message_id"), data.get("comment")
     signal_id = await core.db(lambda b: b.add_feedback(task_id, message_id, rating, comment))
     return JSONResponse({"id": signal_id, "status": "recorded"}, status_code=201)
 
@@ -169,11 +167,9 @@ async def feedback(request: Request) -> Response:
 def _search(store: str) -> Any:
     async def endpoint(request: Request) -> Response:
         core = _guard(request)
-        data = await _json_body(request)
-        query = _field(data, "query", str, required=False, default="")
-        limit = _field(data, "limit", int, required=False, default=20)
-        if not 1 <= limit <= 100:
-            raise EngineError(400, "INVALID_REQUEST", "field 'limit' must be between 1 and 100")
+        data = _checked(await _json_body(request), "SearchRequest")
+        query = data.get("query") or ""
+        limit = 20 if data.get("limit") is None else data["limit"]
         search = {"knowledge": lambda b: b.search_knowledge(query, limit),
                   "episodes": lambda b: b.search_episodes(query, limit),
                   "social": lambda b: b.search_social(query, limit)}[store]
@@ -196,13 +192,19 @@ async def memory_import(request: Request) -> Response:
     """POST /memory/import: merge a bundle made by /memory/export."""
     core = _guard(request)
     data = await _json_body(request)
-    if data.get("format") != "engine-memory/1":
+    if data.get("format") != openapi.BUNDLE_FORMAT:
         raise EngineError(400, "INVALID_BUNDLE", "not an engine-memory/1 bundle (made by GET /memory/export)")
+    bundle = _checked(data, "MemoryBundle", "INVALID_BUNDLE")
     try:
-        added = await core.db(lambda b: b.import_bundle(data))
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise EngineError(400, "INVALID_BUNDLE", f"bundle is malformed: {exc!r}") from None
+        added = await core.db(lambda b: b.import_bundle(bundle))
+    except BundleError as exc:
+        raise EngineError(400, "INVALID_BUNDLE", str(exc)) from None
     return JSONResponse({"status": "imported", "added": added})
+
+
+async def openapi_document(request: Request) -> Response:
+    """GET /openapi.json: the API as an OpenAPI 3.1 document (no key needed)."""
+    return JSONResponse(openapi.document(_core(request).release.version))
 
 
 async def metrics(request: Request) -> Response:
@@ -234,7 +236,7 @@ class AccessLog:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        request_id = headers.get(b"x-request-id", b"").decode()[:64] or f"req-{uuid.uuid4().hex[:12]}"
+        request_id = _request_id(headers.get(b"x-request-id")) or f"req-{uuid.uuid4().hex[:12]}"
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         start = time.perf_counter()
@@ -282,6 +284,7 @@ class AccessLog:
 
 _ROUTES = [
     Route("/health", health, methods=["GET"]),
+    Route("/openapi.json", openapi_document, methods=["GET"]),
     Route("/execute", execute, methods=["POST"]),
     Route("/execute/replay", replay, methods=["GET"]),
     Route("/feedback", feedback, methods=["POST"]),
@@ -298,7 +301,9 @@ _ROUTE_PATHS = {r.path for r in _ROUTES}
 async def _not_found(request: Request, exc: Exception) -> Response:
     status = getattr(exc, "status_code", 404)
     code = "METHOD_NOT_ALLOWED" if status == 405 else "NOT_FOUND"
-    return _error_response(request, EngineError(status, code, f"{request.method} {request.url.path}: {code.lower()}"))
+    headers = dict(getattr(exc, "headers", None) or {})  # 405: Allow names the methods the path takes
+    return _error_response(request, EngineError(status, code, f"{request.method} {request.url.path}: {code.lower()}",
+                                                headers))
 
 
 def create_app(core: EngineCore) -> Starlette:

@@ -10,7 +10,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Brain", "TurnRecord", "open_connection", "utcnow"]
+__all__ = ["Brain", "BundleError", "TurnRecord", "open_connection", "utcnow"]
+
+
+class BundleError(ValueError):
+    """A memory bundle that cannot be merged (e.g. a relation naming a person nobody knows)."""
 
 
 def utcnow() -> str:
@@ -148,6 +152,12 @@ class Brain:
         return int(
             self.conn.execute("SELECT id FROM social_graph_nodes WHERE name = ?", (name,)).fetchone()[0]
         )
+
+    def _known_node(self, name: str, where: str) -> int:
+        row = self.conn.execute("SELECT id FROM social_graph_nodes WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise BundleError(f"field {where!r} names {name!r}, a person neither in the brain nor in the bundle")
+        return int(row[0])
 
     def _edge(self, src: int, dst: int, relation: str, task_id: str | None, now: str) -> None:
         self.conn.execute(
@@ -298,7 +308,9 @@ class Brain:
         }
 
     def import_bundle(self, bundle: dict[str, Any]) -> dict[str, int]:
-        """Merge an exported bundle; rows already present are skipped. Returns rows added per store."""
+        """Merge an exported bundle (checked against the MemoryBundle schema of engine.openapi); rows
+        already present are skipped; all or nothing. Returns rows added per store; BundleError when a
+        relation names an unknown person."""
         added = {"episodes": 0, "knowledge": 0, "people": 0, "edges": 0, "conversations": 0,
                  "learning_signals": 0}
         c = self.conn
@@ -322,8 +334,8 @@ class Brain:
                     c, "social_graph_nodes",
                     {"name": n["name"], "kind": n.get("kind", "person"), "mentions": n.get("mentions", 0),
                      "first_seen": n["first_seen"], "last_seen": n["last_seen"]}, key=("name",))
-            for e in social.get("edges", []):
-                src, dst = self._node_id(e["src"]), self._node_id(e["dst"])
+            for i, e in enumerate(social.get("edges", [])):
+                src, dst = (self._known_node(e[end], f"social.edges[{i}].{end}") for end in ("src", "dst"))
                 added["edges"] += _insert_absent(
                     c, "social_graph_edges",
                     {"src": src, "dst": dst, "relation": e["relation"], "task_id": e.get("task_id"),
