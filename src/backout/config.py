@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -13,9 +14,10 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from backout.config_errors import KeyProblem, NestedErrors, describe_not_toml, describe_not_utf8, describe_problems
 from backout.errors import BackoutError
 from backout.fsutil import check_component
-from backout.profiles.model import SmokeRequest
+from backout.profiles.model import Profile, SmokeRequest
 
 if TYPE_CHECKING:
     from backout.profiles import Detected, Profile
@@ -43,8 +45,14 @@ __all__ = [
 ]
 
 CONFIG_NAME = "backout.toml"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]+)\s*")
+_UNITS = {"s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1,
+          "m": 60, "min": 60, "mins": 60, "minute": 60, "minutes": 60,
+          "h": 3600, "hr": 3600, "hrs": 3600, "hour": 3600, "hours": 3600,
+          "d": 86400, "day": 86400, "days": 86400,
+          "w": 604800, "week": 604800, "weeks": 604800}
+MAX_DURATION = timedelta(days=3650)  # longer is a typo, and would overflow date arithmetic
+_DURATION_FORMS = "write a number and a unit: 90s, 15m, 24h, 7d, 2w (or 90 seconds, 15 minutes, 24 hours, 7 days, 2 weeks)"
 
 
 class ConfigError(ValueError):
@@ -52,15 +60,42 @@ class ConfigError(ValueError):
 
 
 def parse_duration(value: Any) -> timedelta:
-    """'90s', '15m', '24h', '7d', '2w' (or a number of seconds) -> timedelta."""
+    """'90s', '15m', '24h', '7d', '2w', '1h30m', '24 hours', '2 minutes' (or a number of seconds) -> timedelta;
+    ValueError with a sentence for anything else, negative or longer than MAX_DURATION."""
     if isinstance(value, timedelta):
         return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return timedelta(seconds=float(value))
-    match = _DURATION.match(str(value))
-    if not match:
-        raise ValueError(f"{value!r} is not a duration like 90s, 15m, 24h or 7d")
-    return timedelta(seconds=float(match[1]) * _SECONDS[match[2]])
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = float(min(value, 2 * int(MAX_DURATION.total_seconds())))  # a huge int does not fit a float
+    elif isinstance(value, float):
+        seconds = value
+    elif isinstance(value, str):
+        seconds = _duration_seconds(value.strip().lower())
+        if seconds is None:
+            raise ValueError(f"{shown} is not a duration; {_DURATION_FORMS}")
+    else:
+        raise ValueError(f"{shown} is not a duration; {_DURATION_FORMS}")
+    if math.isnan(seconds):
+        raise ValueError(f"{shown} is not a duration; {_DURATION_FORMS}")
+    if seconds < 0:
+        raise ValueError(f"{shown} is not a duration; it cannot be negative")
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"{shown} is too long for a duration; the longest accepted is "
+                         f"{MAX_DURATION.days}d (ten years)")
+    return timedelta(seconds=seconds)
+
+
+def _duration_seconds(text: str) -> float | None:
+    """Seconds in '1h30m' or '1 hour 30 minutes' (each unit once); None when it is not a duration."""
+    seconds, seen, pos = 0.0, set(), 0
+    while pos < len(text):
+        match = _DURATION_PART.match(text, pos)
+        if match is None or match[2] not in _UNITS or _UNITS[match[2]] in seen:
+            return None
+        seen.add(_UNITS[match[2]])
+        seconds += float(match[1]) * _UNITS[match[2]]
+        pos = match.end()
+    return seconds if seen else None
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
@@ -76,7 +111,7 @@ class _Model(BaseModel):
         """A key that moved: say where it went, rather than "extra inputs are not permitted"."""
         for key, (name, where) in cls._moved.items():
             if isinstance(data, dict) and key in data:
-                raise ValueError(f"`{name}` moved to the service profile: {where}")
+                raise KeyProblem(key, f"`{name}` moved to the service profile: {where}")
         return data
 
 
@@ -350,6 +385,7 @@ class ProfileChoice(BaseModel):
     brain) and any field of the profile to override (see backout.profiles.model.Profile)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
+    _keys_of: ClassVar[type[BaseModel]] = Profile  # its keys, for suggestions in config errors
 
     name: str | None = None
 
@@ -370,7 +406,7 @@ class ProfileChoice(BaseModel):
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
-            raise ValueError(f"{where}: {first['msg']}") from None
+            raise NestedErrors(exc.errors(), f"{where}: {first['msg']}") from None
         return self
 
     def overrides(self) -> dict[str, Any]:
@@ -431,7 +467,7 @@ class Config(_Model):
             try:
                 check_component(name, "deployment name")
             except BackoutError as exc:
-                raise ValueError(str(exc)) from None
+                raise KeyProblem(name, str(exc)) from None
         return deployments
 
 
@@ -450,22 +486,39 @@ def _relative_to(base: Path, path: Path) -> Path:
     return path if path.is_absolute() else (base / path)
 
 
-def load_config(path: Path) -> Config:
-    """Read and validate a backout.toml; relative paths in it are relative to its folder."""
+def _read_config(path: Path) -> str:
+    """The text of a config file; ConfigError with one sentence when it cannot be read as UTF-8 text."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist; create it or drop --config") from None
+        raise ConfigError(f"config file {path} does not exist; check the path, or write one with `backout init`"
+                          ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder; name the file in it, e.g. --config "
+                          f"{path / CONFIG_NAME}") from None
+    except PermissionError:
+        raise ConfigError(f"cannot read config file {path}: permission denied; give this user read access to it "
+                          "(or run as a user who has it)") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8-sig")  # an editor's byte-order mark is not worth an error
+    except UnicodeDecodeError as exc:
+        raise ConfigError(describe_not_utf8(path, data, exc)) from None
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a backout.toml; relative paths in it are relative to its folder. ConfigError says
+    what is wrong: the file, the line, the key as written, what to do (every problem, up to ten)."""
+    text = _read_config(path)
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        raise ConfigError(describe_not_toml(path, text, str(exc))) from None
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: {where}: {first['msg']} ({len(exc.errors())} problem(s) in all)") from None
+        raise ConfigError(describe_problems(path, text, exc.errors(), Config)) from None
     base = path.absolute().parent
     deployments = {name: _absolute_paths(dep, base) for name, dep in config.deployments.items()}
     state_dir = _relative_to(base, config.state_dir)

@@ -23,7 +23,7 @@ __all__ = [
     "abandon_journal", "fail", "version_arg", "emit_json", "target_from", "progress_bar", "confirm", "human_bytes", "human_age", "handle_errors",
 ]
 
-ConfigOpt = typer.Option(None, "--config", "-c", metavar="FILE", help="backout.toml to use (default: ./backout.toml or $BACKOUT_CONFIG).")
+ConfigOpt = typer.Option(None, "--config", "-c", metavar="FILE", readable=False, help="backout.toml to use (default: ./backout.toml or $BACKOUT_CONFIG).")
 DeploymentOpt = typer.Option(None, "--deployment", "-d", metavar="NAME", help="Deployment in the config (needed when it has several).")
 BrainOpt = typer.Option(None, "--brain", metavar="PATH", help="The brain (SQLite file); without a config this names the deployment.")
 IntoOpt = typer.Option(None, "--into", metavar="DIR", help="Snapshot folder (default: from the config, or ./.backout/snapshots).")
