@@ -30,8 +30,8 @@ LIBRARY_WORDS = ["Value error,", "Extra inputs are not permitted", "Input should
 
 
 def _status(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`backout status --config backout.toml` in `folder`: it must fail with exit 2, one clear message, and
-    leave the folder as it was."""
+    """`backout status ARGS` (default: --config backout.toml) in `folder`: it must fail with exit 2, one
+    clear message, and leave the folder as it was."""
     before = sorted(p.name for p in folder.iterdir())
     out = backout("status", *(args or ("--config", "backout.toml")), cwd=folder)
     assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
@@ -204,6 +204,16 @@ def test_a_config_that_cannot_be_read() -> None:
      "backout.toml:9: deployments.engine.profile.health.status_fild: unknown key; did you mean status_field?"),
     ('[[deployments.engine.profile.smoke]]\npath = "/a"\n[[deployments.engine.profile.smoke]]\npth = "/b"\n',
      "backout.toml:11: deployments.engine.profile.smoke[1].pth: unknown key; did you mean path?"),
+    # a value that fits none of the types a key takes: one error at the key
+    ('[[deployments.engine.profile.smoke]]\npath = "/a"\nbody = 5\n',
+     "backout.toml:10: deployments.engine.profile.smoke[0].body: 5 is not a table or a list"),
+    ('profile = "rails"\n',
+     "backout.toml:7: deployments.engine.profile: unknown service profile 'rails'; known: engine, alembic"),
+    ('[deployments."../x"]\nbrain = "b"\n',
+     "backout.toml:8: deployments.\"../x\": deployment name '../x' is refused"),
+    ('timeout = "5m"\n',
+     "backout.toml:7: deployments.engine.timeout: unknown key here; it belongs in [deployments.engine.evals] "
+     "or [deployments.engine.notify] or [deployments.engine.volume]"),
 ])
 def test_each_mistake_in_plain_words(tmp_path: Path, extra: str, said: str) -> None:
     message = _error(tmp_path, BASE + "\n" + extra if extra.startswith("[") else BASE + extra)
@@ -366,3 +376,16 @@ def test_key_lines_with_windows_line_ends_and_escaped_quotes() -> None:
 
     text = '[a]\r\nb = "say \\"[x]\\" = 1"\r\nc = 2\r\n[a.d]\r\ne = 3\r\n'
     assert key_lines(text) == {("a",): 1, ("a", "b"): 2, ("a", "c"): 3, ("a", "d"): 4, ("a", "d", "e"): 5}
+
+
+def test_the_readme_shows_what_a_person_sees(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = readme.split("```toml", 1)[1].split("```", 1)[0].lstrip("\n")
+    shown = readme.split("$ backout status\n", 1)[1].split("```", 1)[0]
+    wrong = example.replace("health_url =", "health_ur =").replace('max_age = "24h"', 'max_age = "a day"')
+    assert wrong.count("health_ur =") == 1 and 'max_age = "a day"' in wrong
+    (tmp_path / "backout.toml").write_text(wrong)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = backout("status", cwd=tmp_path)  # ./backout.toml, as the README runs it
+    assert (out.returncode, out.stderr) == (2, shown)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

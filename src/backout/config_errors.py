@@ -276,7 +276,7 @@ def describe_problems(path: object, text: str, errors: Sequence[Any], root: type
     """Validation errors of `root` for the TOML document `text`: one line each (file:line: key: sentence),
     in the order of the file, up to MAX_LISTED, then how many in all."""
     lines = key_lines(text)
-    flat = list(_flatten(errors))
+    flat = _merge_unions(root, list(_flatten(errors)))
     suggested = {(loc[:-1], near) for loc, kind, _, _, _ in flat if kind == "extra_forbidden"
                  for near in [_nearest(root, loc)] if near}
     problems: list[tuple[int, str]] = []
@@ -312,6 +312,62 @@ def _flatten(errors: Iterable[Any]) -> Iterator[tuple[Loc, str, Any, dict[str, A
         if isinstance(cause, KeyProblem):
             loc = loc + (cause.key,)
         yield loc, error.get("type", ""), error.get("input"), ctx, error.get("msg", "")
+
+
+def _merge_unions(root: type[BaseModel], flat: list[tuple[Loc, str, Any, dict[str, Any], str]]
+                  ) -> list[tuple[Loc, str, Any, dict[str, Any], str]]:
+    """A value that fits none of the types of a union (a body that is a table or a list) gets one error at
+    its key, not one per type named after the type ("dict[str,any]")."""
+    merged: list[tuple[Loc, str, Any, dict[str, Any], str]] = []
+    kinds: dict[Loc, list[str]] = {}
+    for loc, kind, value, ctx, msg in flat:
+        tag = _union_tag(root, loc)
+        if tag is None:
+            merged.append((loc, kind, value, ctx, msg))
+            continue
+        at = loc[:tag]
+        if at not in kinds:
+            kinds[at] = []
+            merged.append((at, "union", value, {"kinds": kinds[at]}, msg))
+        word = _type_word(str(loc[tag]))
+        if word not in kinds[at]:
+            kinds[at].append(word)
+    return merged
+
+
+def _union_tag(root: type[BaseModel], loc: Loc) -> int | None:
+    """Where in `loc` the validation named a member of a union type, if it did."""
+    for i in range(1, len(loc)):
+        tp = _raw_type_at(root, loc[:i])
+        while get_origin(tp) is Annotated:
+            tp = get_args(tp)[0]
+        if tp is None:
+            return None
+        if get_origin(tp) in (Union, types.UnionType) and len([a for a in get_args(tp) if a is not type(None)]) > 1:
+            return i
+    return None
+
+
+def _raw_type_at(root: type[BaseModel], loc: Loc) -> Any:
+    """The declared type at `loc`, unions and all."""
+    parent = _type_at(root, loc[:-1])
+    model = _model(parent)
+    if model is not None:
+        field = model.model_fields.get(str(loc[-1]))
+        return field.annotation if field is not None else None
+    if get_origin(parent) is dict:
+        return get_args(parent)[1]
+    if get_origin(parent) is list:
+        return get_args(parent)[0]
+    return None
+
+
+def _type_word(tag: str) -> str:
+    for prefix, word in (("dict", "a table"), ("list", "a list"), ("str", "text"), ("int", "a whole number"),
+                         ("float", "a number"), ("bool", "true or false")):
+        if tag.startswith(prefix):
+            return word
+    return "a table"
 
 
 def _unwrap(tp: Any) -> Any:
@@ -450,6 +506,8 @@ def _sentence(root: type[BaseModel], loc: Loc, kind: str, value: Any, ctx: dict[
     if kind in ("dict_type", "model_type", "model_attributes_type"):
         return (f"{_show(value)} is not a table; write {_table(loc)} with its keys below it, "
                 f"or {key} = {{ ... }}"), True
+    if kind == "union":
+        return f"{_show(value)} is not {' or '.join(ctx['kinds'])}", True
     if kind in ("value_error", "assertion_error") and ctx.get("error") is not None:
         return str(ctx["error"]), True
     sentence = re.sub(r"^(Value error|Assertion failed), ", "", msg).replace("Input should be", "must be")
