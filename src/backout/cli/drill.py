@@ -74,19 +74,25 @@ def drill(
 
 def _run(staging: Staging, mode: str, plan: Rehearsal, watch: int, keep: bool, as_json: bool) -> dict[str, Any]:
     from backout.flows.drill_run import run_drill
-    from backout.report import render_terminal
+    from backout.report import duration_text, render_terminal
 
-    def show(phase: dict[str, Any]) -> None:
-        if not as_json:
-            typer.echo(f"  … {phase['name']:<9} {phase['seconds']:>6.1f}s", err=True)
+    live = not as_json and sys.stderr.isatty()
+
+    def show(phase: dict[str, Any]) -> None:  # one status line on a terminal; the phases are listed at the end
+        if live:
+            typer.echo(f"\r\x1b[K  … {phase['name']} done ({duration_text(phase['seconds'])})", nl=False, err=True)
 
     if not as_json:
         where = "a self-contained staging deployment" if staging.temporary else staging.target.deployment
         traffic = {"engine": "the Engine's turns throughout", "requests": "its [drill] requests throughout",
                    "none": "no traffic (none configured: detection relies on health and evals)"}[plan.traffic]
         typer.echo(f"drill: {where}, {plan.production} -> {plan.broken} (break: {mode}), {traffic}", err=True)
-    with handle_errors():
-        result = run_drill(staging, mode, plan, show, watch, keep)
+    try:
+        with handle_errors():
+            result = run_drill(staging, mode, plan, show, watch, keep)
+    finally:
+        if live:
+            typer.echo("\r\x1b[K", nl=False, err=True)
     if as_json:
         emit_json(result)
         return result
@@ -95,7 +101,7 @@ def _run(staging: Staging, mode: str, plan: Rehearsal, watch: int, keep: bool, a
         verdict = line.startswith(("PASS  GREEN", "GREEN", "FAIL  RED", "RED"))
         typer.echo(typer.style(line, fg="green" if result["passed"] else "red", bold=True) if verdict and colour
                    else line)
-    typer.echo(f"report: {result['report']['html']}")
+    typer.echo(f"report: {result['report']['html']}\n        {result['report']['json']}")
     return result
 
 
@@ -107,8 +113,8 @@ def _dry_run(configured: bool, config: Optional[Path], name: Optional[str], mode
     else:
         where = "a self-contained staging deployment"
         rehearsed = Rehearsal("2.3.1", BREAKS[mode][0], BREAKS[mode][1], "brain", "engine")
-    phases = ["bring-up", "seed", "baseline", "snapshot", "upgrade", "detect", "decide", "drain", "restore",
-              "start", "verify", "notify"]
+    phases = ["bring-up", "seed", "baseline", "pre-flight", "snapshot", "upgrade", "detect", "decide", "drain",
+              "restore", "start", "salvage", "verify", "notify", "checks"]
     plan: dict[str, Any] = {"dry_run": True, "staging": where, "break": mode if rehearsed.expected else "custom",
                             "production_version": rehearsed.production, "broken_version": rehearsed.broken,
                             "traffic": rehearsed.traffic, "expect_layer": rehearsed.layer, "phases": phases}

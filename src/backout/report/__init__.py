@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from backout.report.drill import (
     drill_paths,
+    duration_text,
     history_rows,
     load_history,
     render_html,
@@ -14,6 +15,7 @@ from backout.report.drill import (
 
 __all__ = [
     "drill_paths",
+    "duration_text",
     "history_rows",
     "load_history",
     "render_html",

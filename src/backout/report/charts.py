@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["WIDTH", "TimeScale", "line_chart", "nice_ceiling", "nice_step", "timeline_chart",
-           "trend_chart"]
+__all__ = ["WIDTH", "TimeScale", "duration_text", "line_chart", "nice_ceiling", "nice_step",
+           "timeline_chart", "trend_chart"]
 
 WIDTH = 1000
 PLOT_X0 = 150.0
@@ -20,9 +20,21 @@ PLOT_X1 = 940.0
 _ROW_H = 23
 _MARK_LABELS = {"switch": "switch", "detect": "detected", "recovered": "recovered"}
 _TICK_STEPS = (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)
-_PHASE_GROUPS = {"bring-up": "prep", "seed": "prep", "baseline": "prep", "snapshot": "prep",
-                 "upgrade": "bad", "detect": "detect", "decide": "detect", "drain": "recover",
-                 "restore": "recover", "start": "recover", "verify": "verify", "notify": "verify"}
+_PHASE_GROUPS = {"bring-up": "prep", "seed": "prep", "baseline": "prep", "pre-flight": "prep",
+                 "snapshot": "prep", "upgrade": "bad", "detect": "detect", "decide": "detect",
+                 "drain": "recover", "restore": "recover", "start": "recover", "salvage": "recover",
+                 "verify": "verify", "notify": "verify", "checks": "verify"}
+
+
+def duration_text(seconds: float | None) -> str:
+    """'2.6 s'; under a second in milliseconds ('27 ms', '<1 ms'), so that no phase reads '0.0 s'."""
+    if seconds is None:
+        return "n/a"
+    if seconds < 0.0005:
+        return "<1 ms"
+    if seconds < 0.9995:
+        return f"{seconds * 1000:.0f} ms"
+    return f"{seconds:.1f} s"
 
 
 def nice_ceiling(value: float) -> float:
@@ -90,6 +102,18 @@ def _marks(marks: dict[str, Any], scale: TimeScale) -> list[dict[str, Any]]:
     return out
 
 
+def _overs(overs: list[dict[str, Any]] | None, scale: TimeScale) -> list[dict[str, Any]]:
+    """The switch-overs (neither version serving) as x ranges, each with its tooltip."""
+    out = []
+    for o in overs or []:
+        x0, x1 = scale.x(o["from"]), scale.x(o["to"])
+        what = f" ({o['what']})" if o.get("what") else ""
+        out.append({"x": x0, "w": round(max(x1 - x0, 1.0), 1),
+                    "title": f"switch-over{what}, {duration_text(o['to'] - o['from'])}: the old version "
+                             "draining, then no answer until the new one was healthy"})
+    return out
+
+
 def _band(marks: dict[str, Any], scale: TimeScale) -> dict[str, float] | None:
     """The bad window (switch to recovered, or to the end) as an x range."""
     start = marks.get("switch")
@@ -102,7 +126,8 @@ def _band(marks: dict[str, Any], scale: TimeScale) -> dict[str, float] | None:
 
 
 def timeline_chart(phases: list[dict[str, Any]], marks: dict[str, Any], scale: TimeScale,
-                   failed_phase: str | None) -> dict[str, Any]:
+                   failed_phase: str | None,
+                   overs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Gantt rows (one per phase), the time axis, marker lines and the bad-window band."""
     lines = _marks(marks, scale)
     top = 22 + 12 * max((m["level"] for m in lines), default=0)
@@ -110,7 +135,7 @@ def timeline_chart(phases: list[dict[str, Any]], marks: dict[str, Any], scale: T
     height = top + max(len(rows), 1) * _ROW_H + 26
     return {"width": WIDTH, "height": height, "rows": rows, "top": top,
             "bottom": top + max(len(rows), 1) * _ROW_H, "ticks": scale.ticks(),
-            "marks": lines, "band": _band(marks, scale),
+            "marks": lines, "band": _band(marks, scale), "overs": _overs(overs, scale),
             "x0": PLOT_X0, "x1": PLOT_X1, "empty": not rows}
 
 
@@ -123,44 +148,57 @@ def _phase_row(p: dict[str, Any], i: int, top: int, scale: TimeScale,
     label_inside = not room_right and w >= 50
     label_x = x + w + 6 if room_right else x + w - 6 if label_inside else x - 6
     group = "failed" if p["name"] == failed_phase else _PHASE_GROUPS.get(p["name"], "other")
-    return {"name": p["name"], "seconds": f"{secs:.1f} s", "detail": p.get("detail", ""),
+    return {"name": p["name"], "seconds": duration_text(secs), "detail": p.get("detail", ""),
             "x": x, "w": round(w, 1), "y": top + i * _ROW_H + 5, "h": _ROW_H - 9,
             "text_y": top + i * _ROW_H + _ROW_H / 2 + 4, "group": group,
             "label_x": round(label_x, 1), "anchor": "start" if room_right else "end",
             "inside": label_inside}
 
 
-def line_chart(points: list[tuple[float, float | None]], marks: dict[str, Any], scale: TimeScale,
-               floor: float, unit: str) -> dict[str, Any]:
-    """An area chart of (epoch second, value) with gaps at None, y from 0 to a nice maximum."""
+def line_chart(buckets: list[tuple[float, float, float | None, str]], marks: dict[str, Any],
+               scale: TimeScale, floor: float, unit: str,
+               overs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A step chart of buckets (start, end, value or None, tooltip): each value drawn flat over its own
+    bucket from its start to its end, so a bucket cut at a mark is drawn on its own side of it; gaps at
+    None and between buckets that do not touch. y from 0 to a nice maximum."""
     top, height = 24, 170
     base = height - 30
-    values = [v for _, v in points if v is not None]
+    values = [v for _, _, v, _ in buckets if v is not None]
     ymax = 4 * nice_step(max(values + [floor]) * 1.1 / 4)
 
     def y(v: float) -> float:
         return round(base - (base - top) * min(v / ymax, 1.0), 1)
 
-    segments = _segments([(scale.x(t), None if v is None else y(v)) for t, v in points])
+    segments: list[list[tuple[float, float, float]]] = [[]]
+    last_end: float | None = None
+    for start, end, v, _ in buckets:
+        if v is None or (last_end is not None and start - last_end > 1e-6):
+            if segments[-1]:
+                segments.append([])
+        if v is not None:
+            segments[-1].append((scale.x(start), scale.x(end), y(v)))
+        last_end = end
+    segments = [seg for seg in segments if seg]
     return {"width": WIDTH, "height": height, "top": top, "base": base,
-            "lines": [_line_path(s) for s in segments],
-            "areas": [_area_path(s, base) for s in segments if len(s) > 1],
+            "lines": [_step_path(seg) for seg in segments],
+            "areas": [_step_path(seg) + f" L{seg[-1][1]},{base} L{seg[0][0]},{base} Z"
+                      for seg in segments],
+            "buckets": [{"x": scale.x(start), "w": round(max(scale.x(end) - scale.x(start), 0.5), 1),
+                         "title": title} for start, end, _, title in buckets],
             "yticks": [{"y": y(ymax * i / 4), "label": f"{_fmt(ymax * i / 4)}{unit}"}
                        for i in range(5)],
             "ticks": scale.ticks(), "marks": _marks(marks, scale), "band": _band(marks, scale),
+            "overs": _overs(overs, scale),
             "x0": PLOT_X0, "x1": PLOT_X1, "empty": not values,
             "peak": f"{_fmt(max(values))}{unit}" if values else None}
 
 
-def _segments(pts: list[tuple[float, float | None]]) -> list[list[tuple[float, float]]]:
-    out: list[list[tuple[float, float]]] = [[]]
-    for x, y in pts:
-        if y is None:
-            if out[-1]:
-                out.append([])
-        else:
-            out[-1].append((x, y))
-    return [s for s in out if s]
+def _step_path(seg: list[tuple[float, float, float]]) -> str:
+    """Flat over each bucket [x0, x1] at its level, straight up or down at the boundary to the next."""
+    out = f"M{seg[0][0]},{seg[0][2]} L{seg[0][1]},{seg[0][2]}"
+    for x0, x1, y in seg[1:]:
+        out += f" L{x0},{y} L{x1},{y}"
+    return out
 
 
 def _line_path(seg: list[tuple[float, float]]) -> str:
@@ -168,10 +206,6 @@ def _line_path(seg: list[tuple[float, float]]) -> str:
     if len(seg) == 1:
         return head + " l0.01,0"  # a dot, drawn by the round line cap
     return head + "".join(f" L{x},{y}" for x, y in seg[1:])
-
-
-def _area_path(seg: list[tuple[float, float]], base: float) -> str:
-    return _line_path(seg) + f" L{seg[-1][0]},{base} L{seg[0][0]},{base} Z"
 
 
 def trend_chart(drills: list[dict[str, Any]], rto: float | None) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,11 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 
 from backout.fsutil import atomic_write_json, ensure_private_dir, replace_text
 from backout.report import charts
+from backout.report.charts import duration_text
 
 __all__ = [
     "drill_paths",
+    "duration_text",
     "history_rows",
     "load_history",
     "render_html",
@@ -180,67 +184,140 @@ def _phases(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _secs(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f} s"
+    return duration_text(value)
+
+
+SAME_S, SAME_SHARE = 0.1, 0.02  # a change smaller than both is the same time as last drill
 
 
 def _change(now: float, before: float | None) -> dict[str, str] | None:
-    """'+2.1 s (+35%)' against the previous drill, with a class saying slower or faster."""
+    """'+2.1 s (+35%)' against the previous drill, with a class saying slower or faster; a change under
+    0.1 s or under 2% is 'same as last drill' (no '-0.0 s (-1%)')."""
     if before is None:
         return None
     delta = now - before
+    if abs(delta) < SAME_S or (before > 0 and abs(delta) < SAME_SHARE * before):
+        return {"text": "same as last drill", "cls": "same"}
     pct = f" ({delta / before:+.0%})" if before > 0 else ""
-    cls = "slower" if delta > 0.05 else "faster" if delta < -0.05 else "same"
-    return {"text": f"{delta:+.1f} s{pct}", "cls": cls}
+    return {"text": f"{'+' if delta > 0 else '-'}{duration_text(abs(delta))}{pct}",
+            "cls": "slower" if delta > 0 else "faster"}
+
+
+def _compared(now: float, before: float | None) -> str:
+    """The comparison as one phrase: '-3.0 s (-23%) vs 13.0 s last time', 'same as last drill (2.8 s)'."""
+    change = _change(now, before)
+    if change is None:
+        return "no previous drill of this kind"
+    if change["cls"] == "same":
+        return f"same as last drill ({duration_text(before)})"
+    return f"{change['text']} vs {duration_text(before)} last time"
+
+
+# -- paths into a removed folder -----------------------------------------------------------------
+
+REMOVED = "the drill's temporary folder (removed afterwards)"
+
+
+def _removed_folder(result: dict[str, Any]) -> str | None:
+    """The self-contained drill's folder when it is removed (or gone already), else None."""
+    folder = _text(result.get("staging_folder"))
+    if not folder or result.get("self_contained") is False:
+        return None
+    removed = result.get("staging_folder_removed")
+    if removed is None:  # a report written before the drill said: the folder is removed when it is gone
+        removed = not Path(folder).exists()
+    return folder.rstrip("/") if removed else None
+
+
+def _without_removed_paths(result: dict[str, Any]) -> dict[str, Any]:
+    """The result with every path into the removed drill folder replaced by words (the data keeps them)."""
+    folder = _removed_folder(result)
+    if folder is None:
+        return result
+    pattern = re.compile(re.escape(folder) + r"(?:/[^\s;,)\]]*)?")
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return pattern.sub(REMOVED, value)
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        return value
+    return {k: (v if k == "staging_folder" else clean(v)) for k, v in result.items()}
 
 
 # -- terminal ------------------------------------------------------------------------------------
 
 
-def render_terminal(result: dict[str, Any]) -> list[str]:
-    """Plain lines for the terminal: phases, checks, slowest phases, then the verdict last."""
-    return [*_terminal_phases(result), *_terminal_checks(result), *_terminal_slowest(result),
-            *_terminal_targets(result), *_terminal_failure(result), _verdict_line(result)]
+def render_terminal(result: dict[str, Any], width: int | None = None) -> list[str]:
+    """Plain lines for the terminal: phases, checks, slowest phases, then the verdict last.
+
+    Long details wrap onto lines of their own under the detail column (`width` columns in all, by default
+    the terminal's), never cut; paths into a self-contained drill's removed folder are not shown."""
+    result = _without_removed_paths(result)
+    width = width or max(60, min(shutil.get_terminal_size((100, 24)).columns, 160))
+    return [*_terminal_phases(result, width), *_terminal_checks(result, width),
+            *_terminal_slowest(result, width), *_terminal_targets(result),
+            *_terminal_failure(result), _verdict_line(result)]
 
 
-def _table(rows: list[tuple[str, ...]], indent: str = "  ") -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))] if rows else []
-    return [(indent + "  ".join(c.ljust(w) for c, w in zip(r, widths))).rstrip() for r in rows]
+def _table(rows: list[tuple[str, ...]], width: int, indent: str = "  ") -> list[str]:
+    """Columns padded to their widest cell; the last one wrapped at spaces (a path is never split). When
+    the columns before it leave too little room for the details, each detail goes under its row."""
+    if not rows:
+        return []
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lead = len(indent) + sum(w + 2 for w in widths)
+    under = len(indent) + (widths[0] + 2 if len(widths) > 1 else 4)
+    below = width - lead < 50 and any(len(" ".join(r[-1].split())) > width - lead for r in rows)
+    lines = []
+    for r in rows:
+        head = indent + "".join(c.ljust(w) + "  " for c, w in zip(r, widths))
+        text = " ".join(r[-1].split())
+        if below:
+            lines.append(head.rstrip())
+            lines += [" " * under + part for part in _wrap(text, width - under)]
+            continue
+        parts = _wrap(text, max(width - lead, 20)) or [""]
+        lines.append((head + parts[0]).rstrip())
+        lines += [" " * lead + part for part in parts[1:]]
+    return lines
 
 
-def _clip(text: str, limit: int = 90) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _wrap(text: str, room: int) -> list[str]:
+    return textwrap.wrap(text, room, break_long_words=False, break_on_hyphens=False)
 
 
-def _terminal_phases(result: dict[str, Any]) -> list[str]:
+def _terminal_phases(result: dict[str, Any], width: int) -> list[str]:
     phases = _phases(result)
     if not phases:
         return ["phases: none recorded"]
-    rows = [(p["name"], f"{p['seconds']:.1f} s".rjust(8), _clip(p["detail"])) for p in phases]
+    rows = [(p["name"], duration_text(p["seconds"]).rjust(8), p["detail"]) for p in phases]
     total = sum(p["seconds"] for p in phases)
-    return ["phases", *_table(rows + [("total", f"{total:.1f} s".rjust(8), "")])]
+    return ["phases", *_table(rows + [("total", duration_text(total).rjust(8), "")], width)]
 
 
-def _terminal_checks(result: dict[str, Any]) -> list[str]:
+def _terminal_checks(result: dict[str, Any], width: int) -> list[str]:
     checks = [_dict(c) for c in _list(result.get("checks"))]
     if not checks:
         return ["checks: none run"]
     rows = [("PASS" if c.get("passed") is True else "FAIL", _text(c.get("name")),
-             _clip(_text(c.get("detail")))) for c in checks]
-    return ["checks", *_table(rows)]
+             _text(c.get("detail"))) for c in checks]
+    return ["checks", *_table(rows, width)]
 
 
-def _terminal_slowest(result: dict[str, Any]) -> list[str]:
+def _terminal_slowest(result: dict[str, Any], width: int) -> list[str]:
     slowest = _slowest(result, [])
     if not slowest:
         return []
     rows = []
     for s in slowest:
         change = _change(s["seconds"], s["previous_s"])
-        than = (f"previous {s['previous_s']:.1f} s, {change['text']}" if change
+        than = (f"previous {duration_text(s['previous_s'])}, {change['text']}" if change
                 else "no previous drill of this kind")
-        rows.append((s["name"], f"{s['seconds']:.1f} s".rjust(8), than))
-    return ["slowest", *_table(rows)]
+        rows.append((s["name"], duration_text(s["seconds"]).rjust(8), than))
+    return ["slowest", *_table(rows, width)]
 
 
 def _terminal_targets(result: dict[str, Any]) -> list[str]:
@@ -285,7 +362,7 @@ def _slowest(result: dict[str, Any], history: list[dict[str, Any]]) -> list[dict
 
 def render_html(result: dict[str, Any], history: list[dict[str, Any]]) -> str:
     """The self-contained HTML report of a drill (inline CSS and SVG, nothing loaded)."""
-    return _ENV.get_template(TEMPLATE).render(**_view(result, history))
+    return _ENV.get_template(TEMPLATE).render(**_view(_without_removed_paths(result), history))
 
 
 def _view(result: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -293,6 +370,7 @@ def _view(result: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, An
     phases = _phases(result)
     marks = _dict(result.get("marks"))
     scale = _scale(result, phases)
+    overs = _switch_overs(result)
     return {
         "id": _text(result.get("id")) or "unknown",
         "deployment": _text(result.get("deployment")) or "unknown",
@@ -300,11 +378,12 @@ def _view(result: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, An
         "passed": result.get("passed") is True,
         "summary": _text(result.get("summary")),
         "facts": _facts(result),
-        "timeline": charts.timeline_chart(phases, marks, scale, _text(failure.get("where"))),
+        "timeline": charts.timeline_chart(phases, marks, scale, _text(failure.get("where")), overs),
         "total_s": _secs(sum(p["seconds"] for p in phases)) if phases else "n/a",
-        **_traffic_view(result, marks, scale),
+        **_traffic_view(result, marks, scale, overs),
         "checks": _checks_view(result),
         "tables": _tables_view(result),
+        "rows_total": _rows_total(result),
         "slowest": _slowest_view(result, history),
         **_trend_view(result, history),
         "failure": _failure_view(failure) if failure else None,
@@ -315,7 +394,8 @@ def _view(result: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, An
 def _scale(result: dict[str, Any], phases: list[dict[str, Any]]) -> charts.TimeScale:
     """One time scale for the timeline and the traffic charts: everything the drill recorded."""
     times = [p["start"] for p in phases] + [p["start"] + p["seconds"] for p in phases]
-    times += [t for t in (_num(_dict(s).get("t")) for s in _series(result)) if t is not None]
+    times += [t for s in _series(result) for t in (_num(_dict(s).get("t")), _num(_dict(s).get("t_end")))
+              if t is not None]
     times += [t for t in map(_num, _dict(result.get("marks")).values()) if t is not None]
     if not times:
         return charts.TimeScale(0.0, 60.0)
@@ -333,9 +413,10 @@ def _facts(result: dict[str, Any]) -> list[dict[str, str]]:
     lost, rpo = _num(t.get("data_loss_rows")), _num(t.get("rpo_rows"))
     versions = (f"{_text(result.get('production_version')) or '?'} → "
                 f"{_text(result.get('broken_version')) or '?'}")
-    trigger = ", ".join(map(str, _list(result.get("trigger"))))
     facts = [
-        _fact("break", result.get("break"), hint=f"detected by {trigger}" if trigger else ""),
+        _fact("break", result.get("break"), hint=_meant_to_show(result)),
+        _fact("triggered by", ", ".join(_triggers(result)) or "nothing",
+              hint=_first_signal_note(result)),
         _fact("versions", versions),
         _fact("recovery", f"{_secs(recovery)} (RTO {_secs(rto)})", _target_cls(recovery, rto)),
         _fact("rows lost", f"{_rows(lost)} (RPO {_rows(rpo)})", _target_cls(lost, rpo)),
@@ -345,6 +426,37 @@ def _facts(result: dict[str, Any]) -> list[dict[str, str]]:
         _fact("when", _span(result.get("started_at"), result.get("finished_at"))),
     ]
     return facts + ([_fact("incident", result["incident"])] if result.get("incident") else [])
+
+
+def _triggers(result: dict[str, Any]) -> list[str]:
+    """Every signal that called for the rollback; the one the break was meant to show first leads."""
+    triggers = [str(t) for t in _list(result.get("trigger"))]
+    first = _text(result.get("expected_trigger"))
+    return sorted(triggers, key=lambda t: t != first)
+
+
+def _meant_to_show(result: dict[str, Any]) -> str:
+    """'meant to show first in errors (also in evals)', from what the drill expected of its build."""
+    first = _text(result.get("expected_trigger"))
+    if not first:
+        return ""
+    others = [str(t) for t in _list(result.get("expected_triggers")) if t != first]
+    return f"meant to show first in {first}" + (f" (also in {', '.join(others)})" if others else "")
+
+
+def _first_signal_note(result: dict[str, Any]) -> str:
+    """When the signal the break was meant to show first did not trigger: what it read at the verdict."""
+    first = _text(result.get("expected_trigger"))
+    if not first or first in _triggers(result) or not _list(result.get("trigger")):
+        return ""
+    row = next((r for r in map(_dict, _list(result.get("signals"))) if r.get("signal") == first), None)
+    if row is None:
+        return f"{first} did not trigger"
+    read = [_text(row.get("now"))] + ([f"baseline {row['baseline']}"] if _text(row.get("baseline")) not in
+                                        ("", "—") else [])
+    read = [r for r in read if r]
+    return (f"{first} did not trigger yet: {_text(row.get('verdict')) or 'no verdict'}"
+            + (f" ({', '.join(read)})" if read else ""))
 
 
 def _fact(label: str, value: Any, cls: str = "", hint: str = "") -> dict[str, str]:
@@ -377,14 +489,60 @@ def _utc(value: Any) -> datetime | None:
     return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def _traffic_view(result: dict[str, Any], marks: dict[str, Any],
-                  scale: charts.TimeScale) -> dict[str, Any]:
-    buckets = sorted((_dict(s) for s in _series(result) if _num(_dict(s).get("t")) is not None),
-                     key=lambda s: s["t"])
-    rate = [(float(s["t"]), _rate(s)) for s in buckets]
-    p95 = [(float(s["t"]), _num(s.get("p95_ms"))) for s in buckets]
-    return {"errors_chart": charts.line_chart(rate, marks, scale, floor=1.0, unit=" %"),
-            "latency_chart": charts.line_chart(p95, marks, scale, floor=10.0, unit=" ms")}
+def _switch_overs(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The stretches when neither version served (drain of one to the other healthy): from, to, what."""
+    out = []
+    for o in map(_dict, _list(result.get("switch_overs"))):
+        start, end = _num(o.get("from")), _num(o.get("to"))
+        if start is not None and end is not None and end >= start:
+            out.append({"from": start, "to": end, "what": _text(o.get("what"))})
+    return out
+
+
+def _buckets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The traffic buckets, each with its start `t` and end `t_end` (a one-second bucket when not said)."""
+    out = []
+    for s in map(_dict, _series(result)):
+        start = _num(s.get("t"))
+        if start is None:
+            continue
+        end = _num(s.get("t_end"))
+        out.append({**s, "t": start, "t_end": end if end is not None and end > start else start + 1.0})
+    return sorted(out, key=lambda b: b["t"])
+
+
+def _traffic_view(result: dict[str, Any], marks: dict[str, Any], scale: charts.TimeScale,
+                  overs: list[dict[str, Any]]) -> dict[str, Any]:
+    buckets = _buckets(result)
+    rate = [(b["t"], b["t_end"], _rate(b), _bucket_title(b, scale)) for b in buckets]
+    p95 = [(b["t"], b["t_end"], _num(b.get("p95_ms")), _bucket_title(b, scale)) for b in buckets]
+    return {"errors_chart": charts.line_chart(rate, marks, scale, floor=1.0, unit=" %", overs=overs),
+            "latency_chart": charts.line_chart(p95, marks, scale, floor=10.0, unit=" ms", overs=overs),
+            "traffic_note": _traffic_note(result, buckets, scale)}
+
+
+def _bucket_title(b: dict[str, Any], scale: charts.TimeScale) -> str:
+    """'12.8-13.5 s: 6 of 8 failed (3 no answer), p95 66.7 ms', for the bucket's tooltip."""
+    span = f"{b['t'] - scale.t0:.1f}-{b['t_end'] - scale.t0:.1f} s"
+    requests = int(_num(b.get("requests")) or 0)
+    if not requests:
+        return f"{span}: no request ended"
+    errors, silent = int(_num(b.get("errors")) or 0), _num(b.get("no_answer"))
+    failed = f"{errors} of {requests} failed" + (f" ({silent:.0f} no answer)" if silent else "")
+    p95 = _num(b.get("p95_ms"))
+    return f"{span}: {failed}" + (f", p95 {p95:.1f} ms" if p95 is not None else "")
+
+
+def _traffic_note(result: dict[str, Any], buckets: list[dict[str, Any]], scale: charts.TimeScale) -> str:
+    """Where the traffic starts and what came before it, for the subtitle."""
+    if not buckets:
+        return ""
+    started = _num(_dict(result.get("traffic")).get("started"))
+    start = min(started if started is not None else buckets[0]["t"], buckets[0]["t"])
+    seed = next((p for p in _phases(result) if p["name"] == "seed"), None)
+    after = (" (after the seed; its turns are not plotted)"
+             if seed and start >= seed["start"] + seed["seconds"] - 0.5 else "")
+    return f"Traffic from {start - scale.t0:.1f} s{after} to the end of the drill"
 
 
 def _rate(bucket: dict[str, Any]) -> float | None:
@@ -401,15 +559,18 @@ def _checks_view(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _tables_view(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per table: counts, and the bar split of its bad-window rows into salvaged and lost."""
-    rows = []
-    for t in map(_dict, _list(result.get("tables"))):
-        counts = {k: int(_num(t.get(k)) or 0) for k in ("before", "bad_window", "salvaged", "lost")}
-        whole = max(counts["bad_window"], counts["salvaged"] + counts["lost"], 1)
-        rows.append({"table": _text(t.get("table")), **counts,
-                     "salvaged_pct": round(100 * counts["salvaged"] / whole, 1),
-                     "lost_pct": round(100 * counts["lost"] / whole, 1)})
-    return rows
+    """Per table: rows before, written in the bad window, salvaged and lost."""
+    return [{"table": _text(t.get("table")),
+             **{k: int(_num(t.get(k)) or 0) for k in ("before", "bad_window", "salvaged", "lost")}}
+            for t in map(_dict, _list(result.get("tables")))]
+
+
+def _rows_total(result: dict[str, Any]) -> dict[str, int] | None:
+    """The bad window's rows over all tables: written, salvaged, lost."""
+    tables = _tables_view(result)
+    if not tables:
+        return None
+    return {k: sum(t[k] for t in tables) for k in ("bad_window", "salvaged", "lost")}
 
 
 def _slowest_view(result: dict[str, Any], history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -419,7 +580,8 @@ def _slowest_view(result: dict[str, Any], history: list[dict[str, Any]]) -> list
     return [{"name": r["name"], "seconds": _secs(r["seconds"]),
              "pct": round(100 * r["seconds"] / top, 1), "detail": detail.get(r["name"], ""),
              "previous": _secs(r["previous_s"]) if r["previous_s"] is not None else None,
-             "change": _change(r["seconds"], r["previous_s"])} for r in rows]
+             "change": _change(r["seconds"], r["previous_s"]),
+             "compared": _compared(r["seconds"], r["previous_s"])} for r in rows]
 
 
 def _trend_view(result: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
