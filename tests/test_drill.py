@@ -24,8 +24,21 @@ def test_the_default_drill_is_green_and_keeps_its_report(tmp_path: Path) -> None
     assert code == 0 and result["passed"], result["checks"]
     assert result["break"] == "errors" and result["layer"] == "brain" and result["self_contained"]
     phases = [p["name"] for p in result["phases"]]
-    assert phases == ["bring-up", "seed", "baseline", "snapshot", "upgrade", "detect", "decide", "drain", "restore",
-                      "start", "verify", "notify"]
+    assert phases == ["bring-up", "seed", "baseline", "pre-flight", "snapshot", "upgrade", "detect", "decide", "drain",
+                      "restore", "start", "salvage", "verify", "notify", "checks"]
+    spans = sorted((p["start"], p["start"] + p["seconds"], p["name"]) for p in result["phases"])
+    reach = spans[0][1]
+    for start, end, name in spans[1:]:  # every stretch of the drill is in a phase
+        assert start - reach < 0.25, (name, start - reach)
+        reach = max(reach, end)
+    series, overs = result["traffic"]["series"], result["switch_overs"]
+    assert [o["what"] for o in overs] == ["2.3.1 -> 2.4.0-errors", "2.4.0-errors -> 2.3.1"]
+    bounds = [b["t"] for b in series] + [series[-1]["t_end"]]
+    for t in [*result["marks"].values(), *(x for o in overs for x in (o["from"], o["to"]))]:
+        assert any(abs(t - b) < 1e-5 for b in bounds), t  # every mark is a bucket boundary
+    assert all(b["errors"] == 0 for b in series if b["t_end"] <= overs[0]["from"])  # 2.3.1 served well
+    assert result["expected_trigger"] == "errors" and result["trigger"]
+    assert {s["signal"] for s in result["signals"]} >= {"errors", "evals"}
     assert all(c["passed"] for c in result["checks"]) and len(result["checks"]) == 9
     assert result["targets"]["data_loss_rows"] == 0 and result["targets"]["recovery_s"] < 120
     assert result["traffic"]["total"] > 50 and result["traffic"]["series"]

@@ -26,6 +26,7 @@ from backout.flows.check import base_url
 from backout.flows.drill_setup import Rehearsal, Staging
 from backout.flows.drill_traffic import EngineTraffic, RequestTraffic, Traffic, burst
 from backout.flows.paths import rollback_journal
+from backout.report.drill import duration_text
 
 __all__ = ["Drill"]
 
@@ -53,6 +54,9 @@ class Drill:
         self.watch_s = watch_s
         self.phases: list[dict[str, Any]] = []
         self.marks: dict[str, float | None] = {"switch": None, "detect": None, "recovered": None}
+        # Stretches when neither version served: drain of the old one to the new one healthy, both ways.
+        self.switch_overs: list[dict[str, Any]] = []
+        self.upgrade_launched: float | None = None
         self.events: list[dict[str, Any]] = []
         self.traffic: Traffic | None = None
         self.failure: dict[str, Any] | None = None
@@ -133,6 +137,7 @@ class Drill:
         argv = [sys.executable, "-m", "backout", "upgrade", self.broken, "--yes", "--json", "--watch",
                 f"{self.watch_s:g}s", "--config", str(self.staging.config), "--deployment", self.target.deployment,
                 "--force"]
+        self.upgrade_launched = time.time()
         child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                  env=self._env(fault=True))
         watchdog = threading.Timer(self.watch_s + 600, child.kill)  # a hung upgrade must not hang the drill
@@ -196,26 +201,47 @@ class Drill:
         return dict(json.loads(out.stdout)["result"])
 
     def rollback_phases(self, rollback: dict[str, Any]) -> None:
-        """decide, drain, restore, start, verify, notify: from the rollback's own timeline."""
+        """decide, drain, restore, start, salvage, verify, notify: from the rollback's own timeline, each from the
+        start of its first step to the end of its last, so that they follow one another without a gap."""
         incident = json.loads((Path(rollback["incident_folder"]) / "incident.json").read_text())
         steps = {e["step"]: e for e in incident["timeline"] if e["outcome"] == "ok"}
         first = min((_iso_epoch(e["started_at"]) or 0) for e in steps.values())
         detected = self.marks["detect"] or first
-        self.add_phase({"name": "decide", "start": detected, "seconds": round(max(0.0, first - detected), 3),
-                        "detail": f"{rollback['layer']} layer: {rollback['layer_reason']}"})
+        told = [what for step, what in (("announce", "incident announced"), ("diagnostics", "diagnostics captured"))
+                if step in steps]
+        decided = max([_iso_epoch(steps[p]["finished_at"]) or first for p in ("announce", "diagnostics")
+                       if p in steps] or [first])
+        self.add_phase({"name": "decide", "start": detected, "seconds": round(max(0.0, decided - detected), 3),
+                        "detail": f"{rollback['layer']} layer: {rollback['layer_reason']}"
+                                  + (f"; {', '.join(told)}" if told else "")})
         for name, parts in (("drain", ["drain"]), ("restore", ["restore"]), ("start", ["start"]),
-                            ("verify", ["verify"]), ("notify", ["announce", "notify"])):
+                            ("salvage", ["salvage"]), ("verify", ["verify"]),
+                            ("notify", ["freeze", "notify", "postmortem", "record"])):
             present = [steps[p] for p in parts if p in steps]
             if present:
-                self.add_phase({"name": name, "start": _iso_epoch(present[0]["started_at"]),
-                                "seconds": round(sum(e["seconds"] for e in present), 3),
+                begun = _iso_epoch(present[0]["started_at"]) or first
+                ended = max(_iso_epoch(e["finished_at"]) or begun for e in present)
+                self.add_phase({"name": name, "start": begun, "seconds": round(max(0.0, ended - begun), 3),
                                 "detail": "; ".join(e["detail"] for e in present if e["detail"])})
         verify = steps.get("verify")
         self.marks["recovered"] = _iso_epoch(verify["finished_at"]) if verify else None
+        drain, start = steps.get("drain"), steps.get("start")
+        if drain and start:
+            self.switch_overs.append({"from": _iso_epoch(drain["started_at"]), "to": _iso_epoch(start["finished_at"]),
+                                      "what": f"{self.broken} -> {self.production}"})
 
     def upgrade_phases(self) -> None:
-        """snapshot and upgrade, from the upgrade's step events; detect from the marks."""
+        """pre-flight, snapshot and upgrade, from the upgrade's step events; detect from the marks."""
         steps = {e["step"]: e for e in self.events if e.get("event") == "step"}
+        later = [_iso_epoch(e["started_at"]) for name, e in steps.items() if name != "baseline"]
+        if self.upgrade_launched is not None and later:
+            begun = min(t for t in later if t is not None)
+            base = steps.get("baseline")
+            self.add_phase({"name": "pre-flight", "start": self.upgrade_launched,
+                            "seconds": round(max(0.0, begun - self.upgrade_launched), 3),
+                            "detail": f"backout upgrade {self.broken}: pre-flight checks"
+                                      + (f", then the baseline of {self.production} ({base['detail']}, "
+                                         f"{duration_text(base['seconds'])})" if base else "")})
         groups = (("snapshot", ["snapshot-online", "snapshot-final", "restore-point"]),
                   ("upgrade", ["drain", "start", "evals", "arm", "record"]))
         for name, parts in groups:
@@ -223,11 +249,15 @@ class Drill:
             if present:
                 self.add_phase({"name": name, "start": _iso_epoch(present[0]["started_at"]),
                                 "seconds": round(sum(e["seconds"] for e in present), 3),
-                                "detail": ", ".join(f"{e['step']} {e['seconds']:.1f}s" for e in present)})
+                                "detail": ", ".join(f"{e['step']} {duration_text(e['seconds'])}" for e in present)})
         if self.marks["switch"] and self.marks["detect"]:
             self.add_phase({"name": "detect", "start": self.marks["switch"],
                             "seconds": round(self.marks["detect"] - self.marks["switch"], 3),
                             "detail": self._trigger_text()})
+        drain = steps.get("drain")
+        if drain and self.marks["switch"]:
+            self.switch_overs.append({"from": _iso_epoch(drain["started_at"]), "to": self.marks["switch"],
+                                      "what": f"{self.production} -> {self.broken}"})
 
     def _trigger_text(self) -> str:
         decided = next((e for e in self.events if e["event"] == "rollback"), None)
@@ -235,6 +265,11 @@ class Drill:
             return f"roll-back verdict: {decided['verdict']['reason']}"
         failed = next((e for e in self.events if e["event"] == "upgrade-failed"), None)
         return f"before it was healthy: {failed['why']}" if failed else "by the drill (the verdict cannot see it)"
+
+    def signals(self) -> list[dict[str, Any]]:
+        """The evidence of the roll-back verdict, one row per signal (what it read and whether it triggered)."""
+        decided = next((e for e in self.events if e["event"] == "rollback"), None)
+        return list(decided["verdict"].get("evidence") or []) if decided else []
 
     def triggers(self, rollback: dict[str, Any]) -> list[str]:
         """Which signals called for the rollback, in the words of BREAKS."""

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from backout.flows.drill import Drill, DrillFailed
 from backout.flows.drill_checks import drill_checks, table_rows
-from backout.flows.drill_setup import Rehearsal, Staging
+from backout.flows.drill_setup import FIRST_SIGNAL, Rehearsal, Staging
 from backout.fsutil import ensure_private_dir
 from backout.report import load_history, slowest_phases, write_report
 
@@ -58,6 +58,8 @@ def run_drill(staging: Staging, mode: str, plan: Rehearsal, on_phase: Callable[[
         passed = drill.failure is None and all(c["passed"] for c in checks)
         loss = sum(r["lost"] for r in tables) if tables else None
         result = _result(drill, rollback, tables, checks, passed, loss)
+        # a self-contained drill's folder goes away when it passed: the report names no path inside it
+        result["staging_folder_removed"] = staging.temporary is not None and passed and not keep
         folder = drills_folder(staging)
         _keep_incident(result, staging, folder)
         history = load_history(folder)
@@ -76,8 +78,10 @@ def _rehearse_and_check(drill: Drill, staging: Staging) -> tuple[dict[str, Any] 
     checks: list[dict[str, Any]] = []
     try:
         rollback = _rehearse(drill)
-        tables = table_rows(drill, rollback)
-        checks = drill_checks(drill, rollback, tables)
+        with drill.phase("checks") as p:  # rows per table, the bad window's replay, health and evals
+            tables = table_rows(drill, rollback)
+            checks = drill_checks(drill, rollback, tables)
+            p["detail"] = f"{sum(1 for c in checks if c['passed'])} of {len(checks)} passed"
     except DrillFailed as exc:
         drill.failure = {"where": exc.where, "why": exc.why, "next": _next_steps(staging, exc)}
     except Exception as exc:  # a red report and a clean-up beat a traceback that leaves processes behind
@@ -94,6 +98,7 @@ def _result(drill: Drill, rollback: dict[str, Any] | None, tables: list[dict[str
     recovery = (drill.marks["recovered"] - drill.marks["switch"]) \
         if drill.marks["recovered"] and drill.marks["switch"] else None
     traffic = drill.traffic.turns if drill.traffic else []
+    edges = [t for t in drill.marks.values() if t] + [t for s in drill.switch_overs for t in (s["from"], s["to"]) if t]
     return {
         "format": "backout-drill/1", "id": datetime.fromtimestamp(drill.started, timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
         "started_at": _stamp(drill.started), "finished_at": _stamp(time.time()),
@@ -103,13 +108,17 @@ def _result(drill: Drill, rollback: dict[str, Any] | None, tables: list[dict[str
         "staging_folder": str(drill.staging.temporary) if drill.staging.temporary else None,
         "production_version": drill.production, "broken_version": drill.broken, "passed": passed,
         "summary": _summary(drill, passed, rollback, loss), "phases": drill.phases, "marks": drill.marks,
-        "trigger": drill.triggers(rollback) if rollback else [], "layer": (rollback or {}).get("layer"),
+        "trigger": drill.triggers(rollback) if rollback else [], "signals": drill.signals(),
+        "expected_trigger": FIRST_SIGNAL.get(drill.mode) if drill.expected else None,
+        "expected_triggers": sorted(drill.expected) if drill.expected else None,
+        "switch_overs": drill.switch_overs, "layer": (rollback or {}).get("layer"),
         "layer_reason": (rollback or {}).get("layer_reason", ""), "checks": checks,
         "targets": {"rto_s": drill.settings.drill.rto.total_seconds(), "rpo_rows": drill.settings.drill.rpo_rows,
                     "recovery_s": round(recovery, 3) if recovery is not None else None, "data_loss_rows": loss},
         "tables": tables,
         "traffic": {"total": len(traffic), "errors": sum(1 for t in traffic if t.status >= 500 or t.status == 0),
-                    "series": drill.traffic.series() if drill.traffic else []},
+                    "started": drill.traffic.started_at if drill.traffic else None,
+                    "series": drill.traffic.series(edges) if drill.traffic else []},
         "incident": (rollback or {}).get("incident_folder"), "failure": drill.failure,
         "total_seconds": round(time.time() - drill.started, 3),
     }

@@ -16,7 +16,7 @@ from backout.config import Target, resolve_target
 from backout.errors import EXIT_REFUSED, EXIT_USAGE, BackoutError
 from backout.flows.drill_traffic import engine_traffic
 
-__all__ = ["BREAKS", "Rehearsal", "Staging", "configured_staging", "rehearsal", "self_contained_staging"]
+__all__ = ["BREAKS", "FIRST_SIGNAL", "Rehearsal", "Staging", "configured_staging", "rehearsal", "self_contained_staging"]
 
 # --break MODE -> (the broken build, the signals that should call for the rollback)
 BREAKS: dict[str, tuple[str, frozenset[str]]] = {
@@ -27,6 +27,10 @@ BREAKS: dict[str, tuple[str, frozenset[str]]] = {
     "crash": ("2.4.0-crash", frozenset({"not healthy at start"})),
     "drain": ("2.4.0-drain", frozenset({"forced stop at the drain"})),
 }
+# --break MODE -> the signal its build is meant to show first (the errors build's failing turns fail evals too,
+# and the evals may answer first)
+FIRST_SIGNAL: dict[str, str] = {"errors": "errors", "latency": "latency", "health": "not healthy at start",
+                                "eval": "evals", "crash": "not healthy at start", "drain": "forced stop at the drain"}
 
 _CONFIG = """\
 # A self-contained staging deployment written by `backout drill`.

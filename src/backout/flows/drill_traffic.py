@@ -7,13 +7,14 @@ default drill), or, for any other service, the requests of the staging deploymen
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, Iterable
 
 import httpx
 
@@ -53,11 +54,13 @@ class Traffic:
     def __init__(self, rate: float) -> None:
         self.rate = rate
         self.turns: list[Turn] = []
+        self.started_at: float | None = None  # when sending began (epoch seconds)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> "Traffic":
         """Begin sending (in a thread)."""
+        self.started_at = time.time()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -75,17 +78,33 @@ class Traffic:
         """Turns that ended at or after `start`."""
         return [t for t in list(self.turns) if t.at >= start]
 
-    def series(self) -> list[dict[str, Any]]:
-        """Per second: requests, server errors (5xx or no answer) and p95 latency of the good ones."""
-        buckets: dict[int, list[Turn]] = {}
-        for turn in list(self.turns):
-            buckets.setdefault(int(turn.at), []).append(turn)
+    def series(self, edges: Iterable[float] = (), width: float = 1.0) -> list[dict[str, Any]]:
+        """Buckets of about `width` seconds from the start of the traffic to its last turn: requests, server
+        errors (5xx or no answer), of those no answer, and p95 latency of the good ones.
+
+        Every time in `edges` (the switch, the detection, ...) is a bucket boundary: the stretch between two
+        edges is cut into equal buckets of `width` seconds or so, so no bucket holds turns from both sides of a
+        mark. Each bucket is [t, t_end); a turn counts when it ended. A bucket without a turn has requests 0."""
+        turns = sorted(list(self.turns), key=lambda turn: turn.at)
+        if not turns:
+            return []
+        first = min(self.started_at or turns[0].at, turns[0].at)
+        last = max(turns[-1].at, first + 1e-3)
+        cuts = sorted({first, last, *(e for e in edges if first < e < last)})
+        bounds: list[float] = []
+        for a, b in zip(cuts, cuts[1:]):
+            n = max(1, round((b - a) / width))
+            bounds += [a + (b - a) * i / n for i in range(n)]
+        bounds.append(last)
         out = []
-        for second in sorted(buckets):
-            turns = buckets[second]
-            good = sorted(t.latency_ms for t in turns if t.ok)
-            out.append({"t": second, "requests": len(turns),
-                        "errors": sum(1 for t in turns if t.status >= 500 or t.status == 0),
+        at = [turn.at for turn in turns]
+        for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+            final = i == len(bounds) - 2  # the last bucket holds the last turn
+            inside = turns[bisect.bisect_left(at, a):bisect.bisect_right(at, b) if final else bisect.bisect_left(at, b)]
+            good = sorted(t.latency_ms for t in inside if t.ok)
+            out.append({"t": round(a, 6), "t_end": round(b, 6), "requests": len(inside),
+                        "errors": sum(1 for t in inside if t.status >= 500 or t.status == 0),
+                        "no_answer": sum(1 for t in inside if t.status == 0),
                         "p95_ms": round(good[min(len(good) - 1, int(0.95 * len(good)))], 1) if good else None})
         return out
 
