@@ -402,3 +402,25 @@ def test_the_older_recording_renders_without_its_removed_paths() -> None:
     assert result["staging_folder"] in json.dumps(result)  # the data keep them
     assert result["staging_folder"] not in render_html(result, [])
     assert result["staging_folder"] not in "\n".join(render_terminal(result, 100))
+
+
+def test_traffic_buckets_are_cut_at_every_mark() -> None:
+    from backout.flows.drill_traffic import Traffic, Turn
+
+    traffic = Traffic(rate=8)
+    traffic.started_at = 100.0
+    # 2.3.1 answers well until 104.3, nothing answers until 105.1, then 2.4.0 fails every other turn
+    for i in range(80):
+        at = 100.0 + i / 8
+        status = 200 if at < 104.3 else 0 if at < 105.1 else (500 if i % 2 else 200)
+        traffic.turns.append(Turn(at, f"t{i}", status, status == 200, 40.0))
+    series = traffic.series([104.3, 105.1, 107.77])
+    bounds = [b["t"] for b in series] + [series[-1]["t_end"]]
+    assert bounds[0] == 100.0 and bounds[-1] == traffic.turns[-1].at
+    for edge in (104.3, 105.1, 107.77):
+        assert any(abs(edge - b) < 1e-6 for b in bounds), edge
+    assert all(0.5 <= b["t_end"] - b["t"] <= 1.5 for b in series if b["t_end"] <= 104.3)
+    assert sum(b["requests"] for b in series) == 80
+    assert all(b["errors"] == 0 for b in series if b["t_end"] <= 104.3)
+    over = next(b for b in series if b["t"] == pytest.approx(104.3))
+    assert over["t_end"] == pytest.approx(105.1) and over["errors"] == over["no_answer"] == over["requests"]
