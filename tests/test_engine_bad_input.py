@@ -198,7 +198,6 @@ BAD_FIELDS = [
     ("nodes", "name", None),
     ("nodes", "kind", ["person"]),
     ("edges", "src", {"name": "x"}),
-    ("edges", "dst", "Nobody Known"),  # not a person in the brain or the bundle
     ("edges", "relation", None),
 ]
 
@@ -211,6 +210,15 @@ def test_import_refuses_a_badly_typed_row_and_stores_nothing(engine, store: str,
     error = _refused(r, 400, "INVALID_BUNDLE")
     assert field in error["message"]
     # The whole bundle is refused: not even the good rows of the other stores are added.
+    assert _memory(engine) == before
+
+
+def test_import_refuses_a_relation_to_an_unknown_person_and_stores_nothing(engine) -> None:  # type: ignore[no-untyped-def]
+    before = _memory(engine)
+    r = httpx.post(f"{engine.url}/memory/import", headers=engine.headers,
+                   json=_bundle("edges", "dst", "Nobody Known"))
+    error = _refused(r, 409, "UNKNOWN_PERSON")
+    assert "social.edges[0].dst" in error["message"] and "Nobody Known" in error["message"]
     assert _memory(engine) == before
 
 

@@ -197,8 +197,8 @@ async def memory_import(request: Request) -> Response:
     bundle = _checked(data, "MemoryBundle", "INVALID_BUNDLE")
     try:
         added = await core.db(lambda b: b.import_bundle(bundle))
-    except BundleError as exc:
-        raise EngineError(400, "INVALID_BUNDLE", str(exc)) from None
+    except BundleError as exc:  # well-formed, but not about this brain's people: a conflict, not a bad request
+        raise EngineError(409, "UNKNOWN_PERSON", str(exc)) from None
     return JSONResponse({"status": "imported", "added": added})
 
 

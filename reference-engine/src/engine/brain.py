@@ -14,7 +14,8 @@ __all__ = ["Brain", "BundleError", "TurnRecord", "open_connection", "utcnow"]
 
 
 class BundleError(ValueError):
-    """A memory bundle that cannot be merged (e.g. a relation naming a person nobody knows)."""
+    """A well-formed memory bundle that does not fit this brain: a relation naming a person that is
+    neither in the brain nor earlier in the bundle."""
 
 
 def utcnow() -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from engine.validation import NON_BLANK
+
 __all__ = ["BUNDLE_FORMAT", "SCHEMAS", "MAX_EVENT_ID", "MAX_MS_DIGITS", "MAX_MENTIONS", "document", "body_schema"]
 
 MAX_EVENT_ID = 2**63 - 1  # SQLite's largest integer: channel event ids never exceed it
@@ -17,7 +19,8 @@ MAX_MS_DIGITS = 15  # `after` of /execute/replay: a millisecond timestamp of at 
 MAX_MENTIONS = 2**31 - 1
 BUNDLE_FORMAT = "engine-memory/1"
 
-_NON_BLANK = {"type": "string", "pattern": r"\S", "description": "a string with at least one non-space character"}
+_NON_BLANK = {"type": "string", "pattern": NON_BLANK,
+              "description": "a string with a character other than ASCII whitespace"}
 _TEXT = {"type": "string"}
 _TIMESTAMP = {"type": "string", "minLength": 1, "maxLength": 64,
               "description": "when, as the brain stores it (ISO 8601 UTC, e.g. 2026-01-02T03:04:05.000+00:00)"}
@@ -196,6 +199,13 @@ def _operation(operation_id: str, summary: str, responses: dict[str, Any], *, bo
     return op
 
 
+_TURN_EVENT = _obj(["event", "data"], {
+    "event": {"type": "string", "enum": ["thread_lifecycle", "tool_call", "tool_result", "text_delta", "usage",
+                                         "error"]},
+    "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": {"type": "object"}},
+}, "one event of a turn; `data` is a JSON object")
+
+
 def _search(store: str, what: str) -> dict[str, Any]:
     return {"post": _operation(f"search_{store}", f"Search {what}", {
         "200": _json("SearchResults", "the newest matches first"),
@@ -212,9 +222,9 @@ _PATHS: dict[str, dict[str, Any]] = {
                 "content": {"application/json": {"schema": {"type": "object"}}}},
     }, public=True)},
     "/execute": {"post": _operation("execute", "Run one agent turn, streaming its events", {
-        "200": {"description": "Server-sent events (thread_lifecycle, tool_call, tool_result, text_delta, usage); "
-                               "the last is thread_lifecycle with phase completed (or errored)",
-                "headers": _ANSWER_HEADERS, "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        "200": {"description": "Server-sent events (the schema is that of one event); the last is "
+                               "thread_lifecycle with phase completed (or errored)",
+                "headers": _ANSWER_HEADERS, "content": {"text/event-stream": {"schema": _TURN_EVENT}}},
         "500": _error("INTERNAL_ERROR: the turn failed (the task task-poisoned fails on every version; the "
                       "errors-broken build fails some turns)"),
         "502": _error("LLM_PROVIDER_ERROR: the (simulated) LLM provider is down"),
@@ -244,8 +254,10 @@ _PATHS: dict[str, dict[str, Any]] = {
     "/memory/import": {"post": _operation("memory_import", "Merge a memory bundle", {
         "200": _json("ImportResult", "rows added per store (rows already present are skipped)"),
         "400": _error("INVALID_JSON, INVALID_REQUEST, or INVALID_BUNDLE: not an engine-memory/1 bundle, or a "
-                      "row with a missing field, a field of the wrong type or out of range, or a relation "
-                      "naming an unknown person (nothing of the bundle is stored)"),
+                      "row with a missing field, a field of the wrong type or out of range (nothing of the "
+                      "bundle is stored)"),
+        "409": _error("UNKNOWN_PERSON: a relation names a person neither in the brain nor earlier in the "
+                      "bundle (nothing of the bundle is stored)"),
     }, body="MemoryBundle")},
     "/metrics": {"get": _operation("metrics", "Prometheus metrics", {
         "200": {"description": "Prometheus text exposition format 0.0.4", "headers": _ANSWER_HEADERS,

@@ -9,10 +9,14 @@ import math
 import re
 from typing import Any, Mapping
 
-__all__ = ["Invalid", "MAX_JSON_DEPTH", "decode_json", "validate", "request_id"]
+__all__ = ["Invalid", "MAX_JSON_DEPTH", "NON_BLANK", "decode_json", "validate", "request_id"]
 
 MAX_JSON_DEPTH = 32  # nesting levels of arrays and objects; the outermost value is level 1
 MAX_REQUEST_ID = 64  # characters of an X-Request-Id that are kept
+# A non-blank string has a character other than ASCII whitespace. Spelled out, not `\S`: regex engines
+# disagree on what `\s` covers (Python: Unicode spaces and \x1c-\x1f; JSON Schema validators and
+# generators often ASCII only), and the document must mean what the Engine checks.
+NON_BLANK = r"[^ \t\n\r\x0B\x0C]"
 
 _SPECIAL = re.compile(r'[\[\]{}"]')
 _STRING_TAIL = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*"', re.S)  # the rest of a string after its `"`
@@ -178,7 +182,7 @@ def _describe(schema: Mapping[str, Any], kinds: list[str]) -> str:
         elif high is not None:
             words += f" of at most {high}"
     if "string" in main:
-        if schema.get("pattern") == r"\S":
+        if schema.get("pattern") == NON_BLANK:
             words = "a non-blank string"
         elif schema.get("minLength", 0) > 0 or "maxLength" in schema:
             words += f" of {schema.get('minLength', 0)} to {schema.get('maxLength', 'any number of')} characters"
