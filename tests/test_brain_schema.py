@@ -17,7 +17,7 @@ from engine.releases import get_release
 from engine.schema import migrate
 
 runner = CliRunner()
-MIGRATIONS = Path(__file__).resolve().parents[1] / "src" / "engine" / "migrations"
+MIGRATIONS = Path(__file__).resolve().parents[1] / "reference-engine" / "src" / "engine" / "migrations"
 
 
 def _engine_brain(path: Path, *releases: str) -> Path:

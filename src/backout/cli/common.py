@@ -16,6 +16,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress as RichProgress, T
 
 from backout.config import ConfigError, Target, resolve_target
 from backout.errors import EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_USAGE, BackoutError
+from backout.brain.sqlite_errors import explain
 from backout.fsutil import check_version, describe_os_error
 
 __all__ = [
@@ -52,7 +53,7 @@ def handle_errors() -> Iterator[None]:
     except OSError as exc:
         fail(describe_os_error(exc, Path(exc.filename or ".")), EXIT_ENVIRONMENT)
     except sqlite3.Error as exc:
-        fail(f"SQLite: {exc}; check that the file is the right SQLite database", EXIT_USAGE)
+        fail(*explain(exc, None))
     except KeyboardInterrupt:
         fail("interrupted; `backout status` lists anything left unfinished with the command that finishes it",
              EXIT_INTERRUPTED)
