@@ -199,8 +199,21 @@ def test_terminal_details_are_whole_and_name_no_path_in_the_removed_folder(which
     assert "displaced brain in the drill's temporary folder (removed afterwards)" in details["restore"]
 
 
+def _unwrapped(screen: list[str]) -> list[str]:
+    """The logical lines of `screen`: a row filled to the last column continues on the next one."""
+    out: list[str] = []
+    carry = False
+    for row in screen:
+        if carry:
+            out[-1] += row
+        else:
+            out.append(row)
+        carry = len(row) >= COLS
+    return out
+
+
 def test_terminal_names_the_json_and_the_html_report(now_run: dict[str, Any]) -> None:
-    screen = now_run["screen"]
+    screen = _unwrapped(now_run["screen"])  # a path longer than the terminal wraps onto the next row
     at = next(i for i, line in enumerate(screen) if line.startswith("report: "))
     named = [screen[at].removeprefix("report: ").strip(), screen[at + 1].strip()]
     assert sorted(named) == sorted([str(now_run["html"]), str(now_run["json"])])
