@@ -41,11 +41,14 @@ def test_compose_switch_paths_with_history_and_status(project, docker_env) -> No
     assert backout_json("status", *cfg, env=docker_env)["running"]["version"] == "2.4.0"
     started = time.monotonic()
     out = backout("switch", "2.3.1", "--force", "--yes", "--json", *cfg, env=docker_env)
-    assert out.returncode == 1 and "MIGRATION_REQUIRED" in json.loads(out.stdout)["health"]["reason"]
-    assert time.monotonic() - started < 30
+    forced = json.loads(out.stdout)
+    assert out.returncode == 1 and "MIGRATION_REQUIRED" in forced["health"]["reason"]
+    assert forced["switched_back"]["healthy"]  # a failed forced switch does not leave the service down
+    assert time.monotonic() - started < 60
     status = backout_json("status", *cfg, env=docker_env)
-    assert status["running"]["version"] == "2.3.1" and not status["health"]["ok"]
-    assert [h["to_version"] for h in backout_json("history", *cfg)] == ["2.3.0", "2.3.1", "2.3.0", "2.4.0", "2.3.1"]
+    assert status["running"]["version"] == "2.4.0" and status["health"]["ok"]
+    assert [h["to_version"] for h in backout_json("history", *cfg)] == ["2.3.0", "2.3.1", "2.3.0", "2.4.0", "2.3.1",
+                                                                        "2.4.0"]
     snap = backout_json("snapshot", "create", *cfg, env=docker_env)  # snapshots work on the host
     assert snap["integrity_check"] == "ok" and snap["schema_stamp"]["head"] == "4"
 
