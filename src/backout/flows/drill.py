@@ -54,6 +54,7 @@ class Drill:
         self.watch_s = watch_s
         self.phases: list[dict[str, Any]] = []
         self.marks: dict[str, float | None] = {"switch": None, "detect": None, "recovered": None}
+        self.returned: float | None = None  # when the command that rolled back (upgrade or rollback) exited
         # Stretches when neither version served: drain of the old one to the new one healthy, both ways.
         self.switch_overs: list[dict[str, Any]] = []
         self.upgrade_launched: float | None = None
@@ -148,6 +149,7 @@ class Drill:
                 if line.startswith("{"):
                     self._event(json.loads(line))
             code = child.wait()
+            self.returned = time.time()
             stderr = child.stderr.read() if child.stderr else ""
         finally:
             watchdog.cancel()
@@ -194,6 +196,7 @@ class Drill:
         """The drain build serves normally: the drill rolls it back as an operator would."""
         self.marks["detect"] = time.time()
         out = self.backout("rollback", "--yes", "--json", "--reason", f"drill: roll back {self.broken}", fault=True)
+        self.returned = time.time()
         if out.returncode < 0:
             raise DrillFailed(self._where_killed(), f"backout was killed (signal {-out.returncode})")
         if not out.stdout.strip():
@@ -221,6 +224,8 @@ class Drill:
             if present:
                 begun = _iso_epoch(present[0]["started_at"]) or first
                 ended = max(_iso_epoch(e["finished_at"]) or begun for e in present)
+                if name == "notify" and self.returned:  # the command's own exit belongs to its last phase
+                    ended = max(ended, self.returned)
                 self.add_phase({"name": name, "start": begun, "seconds": round(max(0.0, ended - begun), 3),
                                 "detail": "; ".join(e["detail"] for e in present if e["detail"])})
         verify = steps.get("verify")
