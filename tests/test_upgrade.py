@@ -206,7 +206,11 @@ def test_ctrl_c_stops_watching_and_backout_watch_resumes(config: Path) -> None:
     assert "backout watch" in (child.stderr.read() if child.stderr else "")
     status = backout_json("status", *_cfg(config), env=ENV)
     assert status["running"]["version"] == "2.4.0" and status["health"]["ok"]  # nothing was touched
-    out = backout("watch", "--json", *_cfg(config), env=ENV, timeout=120)
+    plan = backout_json("watch", "--dry-run", "--json", *_cfg(config), env=ENV)["plan"]
+    assert plan["watching"].startswith("2.4.0") and "2.3.1" in plan["roll-back"]
+    out = backout("watch", "--json", *_cfg(config), env=ENV)
+    assert out.returncode == 2 and "--yes" in out.stderr  # it may roll back: not without asking
+    out = backout("watch", "--json", "--yes", *_cfg(config), env=ENV, timeout=120)
     assert out.returncode == 0 and json.loads(out.stdout.splitlines()[-1])["outcome"] == "promoted"
     out = backout("watch", *_cfg(config), env=ENV)
     assert out.returncode == 2 and "no upgrade" in out.stderr

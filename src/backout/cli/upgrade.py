@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,7 +14,7 @@ from rich.table import Table
 
 from backout.cli.common import (abandon_journal, ConfigOpt, DeploymentOpt, DryRunOpt, JsonOpt, YesOpt, confirm, fail,
                                 handle_errors, human_bytes, progress_bar, target_from)
-from backout.cli.common import version_arg
+from backout.cli.common import emit_json, version_arg
 from backout.config import Target, parse_duration
 from backout.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_REFUSED, EXIT_ROLL_BACK, EXIT_USAGE
 from backout.flows.decisions import UpgradeDecision
@@ -277,6 +278,8 @@ class _WatchView:
 
 def watch_command(
     auto_rollback: Optional[bool] = AutoOpt,
+    dry_run: bool = DryRunOpt,
+    yes: bool = YesOpt,
     as_json: bool = JsonOpt,
     config: Optional[Path] = ConfigOpt,
     deployment: Optional[str] = DeploymentOpt,
@@ -285,12 +288,37 @@ def watch_command(
 
     \b
     Examples:
-      backout watch
-      backout watch --no-auto-rollback --json"""
+      backout watch --dry-run
+      backout watch --yes
+      backout watch --no-auto-rollback --json --yes"""
     target = target_from(config, deployment, None)
     with handle_errors():
         runtime = runtime_for(target)
-        load_watch(target)
+        state = load_watch(target)
         auto = target.require_settings().upgrade.auto_rollback if auto_rollback is None else auto_rollback
+        said = _watch_plan(target, state, auto)
+        if as_json and dry_run:
+            emit_json({"dry_run": True, "plan": said})
+        elif not as_json:
+            typer.echo("\n".join(f"  {k:<14} {v}" for k, v in said.items()), err=not dry_run)
+        if dry_run:
+            return
+        confirm(f"watch {state['version']} on {target.deployment} again "
+                f"({'rolls back' if auto else 'advises a rollback'} on a roll-back verdict)?", yes)
         _watch(target, runtime, auto, as_json)
 
+
+def _watch_plan(target: Target, state: dict[str, Any], auto: bool) -> dict[str, str]:
+    """What `backout watch` would do, in the words it prints (and --json keys)."""
+    left = state["until"] - time.time()
+    every = target.require_settings().upgrade.check_every.total_seconds()
+    point = state.get("restore_point") or {}
+    back = f"{state['previous']}" + (f" (restore point, snapshot {point['snapshot_id']})" if point.get("snapshot_id")
+                                     else "")
+    return {
+        "watching": f"{state['version']} (upgraded from {state['previous']})",
+        "window": f"{max(0.0, left):.0f}s left, a verdict every {every:g}s" if left > 0
+                  else "ended: one last verdict decides",
+        "roll-back": f"{'roll back at once' if auto else 'print the rollback command'} to {back}",
+        "otherwise": f"promote {state['version']} when the window ends",
+    }
