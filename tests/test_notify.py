@@ -174,7 +174,7 @@ def test_a_dead_channel_does_not_stop_the_others(receiver: Receiver, monkeypatch
     monkeypatch.setenv("GARBAGE_URL", f"hooks.example/{SLACK_SECRET}")
     dead, good, garbage, hook, file = notifier.broadcast(MESSAGE)
     assert not dead.ok and dead.attempts == 2
-    assert dead.detail.startswith("slack 'dead': cannot reach it (ConnectError")
+    assert dead.detail.startswith("slack 'dead': cannot reach it: nothing listens on its address (connection refused)")
     assert not garbage.ok and garbage.attempts == 0
     assert garbage.detail == ("slack 'garbage': the URL is not an http:// or https:// URL; "
                               "check the secret that holds it")

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from backout.cli.common import (ConfigOpt, DeploymentOpt, DryRunOpt, JsonOpt, YesOpt, confirm, emit_json, fail,
-                                handle_errors, target_from)
+                                handle_errors, human_age, target_from, time_and_age, utc_time)
 from backout.cli.framework import Typer
 from backout.config import ConfigError
 from backout.errors import EXIT_ENVIRONMENT, EXIT_INCONCLUSIVE, EXIT_OK, EXIT_ROLL_BACK, EXIT_USAGE, BackoutError
 from backout.flows.check import capture_baseline, check as compute, state_files
 from backout.runtime.factory import runtime_for
+from backout.signals.baseline import Baseline
 
 __all__ = ["check", "baseline_app", "EXIT_HOLD", "EXIT_ROLL_BACK", "EXIT_INCONCLUSIVE"]
 
@@ -85,7 +85,8 @@ def capture(
       backout baseline capture --no-evals --yes"""
     target = target_from(config, deployment, None)
     if dry_run:
-        typer.echo(f"would record the running version's last {target.require_settings().verdict.baseline_window} of "
+        window = target.require_settings().verdict.baseline_window.total_seconds()
+        typer.echo(f"would record the running version's last {human_age(window)} of "
                    f"requests, a health probe{'' if no_evals else ' and an eval run'} as the baseline of "
                    f"{target.deployment} (replacing the stored one)")
         return
@@ -93,13 +94,10 @@ def capture(
         confirm(f"replace the stored baseline of {target.deployment}?", yes)
     with handle_errors():
         baseline = capture_baseline(target, runtime_for(target), not no_evals)
-    summary = baseline.summary()
     if as_json:
-        emit_json(summary)
+        emit_json(baseline.summary())
     else:
-        typer.echo(f"baseline of {summary['version']}: {summary['requests']} requests, error rate "
-                   f"{summary['error_rate']}, p95 {summary['p95_ms']} ms, healthy {summary['healthy']}, "
-                   f"eval cases {summary['eval_cases']} (failing: {summary['eval_failing']})")
+        typer.echo("\n".join(_baseline_lines(baseline)))
 
 
 @baseline_app.command("show")
@@ -115,13 +113,40 @@ def show(as_json: bool = JsonOpt, config: Optional[Path] = ConfigOpt,
     baseline = state_files(target).load_baseline()
     if baseline is None:
         fail("no baseline recorded: run `backout baseline capture` while the good version serves", EXIT_USAGE)
-    summary = baseline.summary()
     if as_json:
-        emit_json(summary)
+        emit_json(baseline.summary())
         return
-    typer.echo(f"baseline of {summary['version']}: {summary['requests']} requests, error rate "
-               f"{summary['error_rate']}, p95 {summary['p95_ms']} ms")
-    for w in summary["windows"]:
-        end = datetime.fromtimestamp(w["to"], timezone.utc).isoformat(timespec="seconds") if w["to"] else "capture"
-        typer.echo(f"  served by {w['version']} from "
-                   f"{datetime.fromtimestamp(w['from'], timezone.utc).isoformat(timespec='seconds')} to {end}")
+    typer.echo("\n".join(_baseline_lines(baseline)))
+    for w in baseline.windows:
+        typer.echo(f"  served by {w['version']} from {utc_time(w['from'])} to {utc_time(w['to'], 'the capture')}")
+
+
+def _baseline_lines(baseline: Baseline) -> list[str]:
+    """The baseline for a person: when, the requests, health and evals (what was not measured says so)."""
+    s = baseline.summary()
+    return [f"baseline of {s['version'] or 'a version not recorded'}",
+            f"  captured   {time_and_age(s['captured_at'])}",
+            f"  requests   {_requests_text(s)}",
+            f"  health     {_health_text(baseline)}",
+            f"  evals      {_evals_text(s)}"]
+
+
+def _requests_text(s: dict[str, Any]) -> str:
+    if not s["requests"]:
+        return "none recorded (error rate and p95 latency not measured)"
+    p95 = f"{s['p95_ms']:.1f} ms" if s["p95_ms"] is not None else "not measured"
+    return f"{s['requests']}, error rate {s['error_rate']:.1%}, p95 latency {p95}"
+
+
+def _health_text(baseline: Baseline) -> str:
+    probe = baseline.health
+    if probe is None:
+        return "not probed"
+    return "healthy" if probe.ok else f"failing ({probe.reason or f'HTTP {probe.status_code}'})"
+
+
+def _evals_text(s: dict[str, Any]) -> str:
+    if s["eval_cases"] is None:
+        return "not run"
+    failing = s["eval_failing"]
+    return f"{s['eval_cases']} cases, {len(failing)} failing" + (f": {', '.join(failing)}" if failing else "")

@@ -7,6 +7,7 @@ import sqlite3
 import sys
 import time
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, NoReturn, Optional
 
@@ -21,6 +22,7 @@ from backout.fsutil import check_version, describe_os_error
 
 __all__ = [
     "ConfigOpt", "DeploymentOpt", "BrainOpt", "IntoOpt", "JsonOpt", "YesOpt", "DryRunOpt",
+    "utc_time", "time_and_age", "yes_no", "or_word",
     "abandon_journal", "fail", "version_arg", "emit_json", "target_from", "progress_bar", "confirm", "human_bytes", "human_age", "handle_errors",
 ]
 
@@ -158,6 +160,38 @@ def human_age(seconds: float) -> str:
     if seconds < 86400:
         return f"{seconds // 3600}h {seconds % 3600 // 60}m"
     return f"{seconds // 86400}d {seconds % 86400 // 3600}h"
+
+
+def utc_time(when: float | str | None, missing: str = "unknown") -> str:
+    """An epoch (seconds) or an ISO time, as ISO 8601 UTC to the second: '2026-12-04T10:15:00+00:00'."""
+    if when is None or when == "":
+        return missing
+    try:
+        moment = datetime.fromtimestamp(float(when), timezone.utc)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(str(when))
+        except ValueError:
+            return str(when)  # not a time after all: shown as it was recorded
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds")
+
+
+def time_and_age(epoch: float | None, missing: str = "unknown") -> str:
+    """'2026-12-04T10:15:00+00:00 (5m ago)'."""
+    if epoch is None:
+        return missing
+    return f"{utc_time(epoch)} ({human_age(time.time() - epoch)} ago)"
+
+
+def yes_no(value: bool | None, unknown: str = "unknown") -> str:
+    """True -> 'yes', False -> 'no', None -> `unknown`."""
+    return unknown if value is None else "yes" if value else "no"
+
+
+def or_word(value: Any, word: str = "none") -> str:
+    """`value` as text, or `word` when there is none (None or empty)."""
+    return word if value is None or value == "" else str(value)
 
 
 def abandon_journal(target: Target, path: Path, what: str, yes: bool) -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
-from backout.cli.common import BrainOpt, ConfigOpt, DeploymentOpt, JsonOpt, emit_json, target_from
+from backout.cli.common import BrainOpt, ConfigOpt, DeploymentOpt, JsonOpt, emit_json, or_word, target_from
 from backout.ledger import Ledger
 
 __all__ = ["history"]
@@ -37,9 +37,22 @@ def history(
         return
     typer.echo(f"{'AT':<24} {'KIND':<9} {'FROM':<14} {'TO':<14} {'OUTCOME':<11} DETAIL")
     for e in entries:
-        drain = e.get("drain") or {}
-        extra = "" if not drain.get("stopped") else f" drain {'clean' if drain.get('clean') else 'FORCED'} {drain.get('seconds')}s;"
-        head = lambda s: (s or {}).get("head")  # noqa: E731
-        schema = f" schema {head(e.get('schema_before'))}->{head(e.get('schema_after'))}" if e.get("schema_after") else ""
+        detail = "; ".join(part for part in (_drain(e), _schema(e), e.get("detail")) if part)
         typer.echo(f"{e['at'][:23]:<24} {e['kind']:<9} {str(e.get('from_version') or '-'):<14} "
-                   f"{str(e.get('to_version') or '-'):<14} {e['outcome']:<11}{extra}{schema} {e.get('detail', '')}")
+                   f"{str(e.get('to_version') or '-'):<14} {e['outcome']:<11} {detail}")
+
+
+def _drain(entry: dict[str, Any]) -> str:
+    drain = entry.get("drain") or {}
+    if not drain.get("stopped"):
+        return ""
+    seconds = f" in {drain['seconds']:.1f}s" if isinstance(drain.get("seconds"), (int, float)) else ""
+    return f"drain {'clean' if drain.get('clean') else 'FORCED'}{seconds}"
+
+
+def _schema(entry: dict[str, Any]) -> str:
+    """'schema 2 -> 4'; '(none)' where the brain had no migration recorded (or no brain yet)."""
+    if not entry.get("schema_after"):
+        return ""
+    before, after = ((entry.get(key) or {}).get("head") for key in ("schema_before", "schema_after"))
+    return f"schema {or_word(before, '(none)')} -> {or_word(after, '(none)')}"

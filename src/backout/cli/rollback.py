@@ -140,8 +140,7 @@ def render_plan(plan: Plan) -> list[str]:
     if d.trial:
         lines.append(f"  trial boot    {d.trial['how']}: {d.trial['reason']} ({d.trial['seconds']:.1f}s)")
         lines += [f"                | {line[:160]}" for line in d.trial.get("log_tail", [])[-3:]]
-    impact = d.signals.impact
-    lines.append(f"  impact        {'customers affected' if impact.real else 'no customer impact'}: {impact.why}")
+    lines.append(f"  impact        {d.signals.impact.why}")  # says "customer impact: …" or "no customer impact: …"
     lines.append("steps:")
     for number, step in enumerate(plan.steps, 1):
         lines += step.render(number)

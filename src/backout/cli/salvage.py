@@ -24,6 +24,7 @@ from backout.cli.common import (
     emit_json,
     fail,
     handle_errors,
+    or_word,
     progress_bar,
     target_from,
 )
@@ -351,8 +352,9 @@ def _show_facts(
 
 def _render_show(facts: dict[str, Any], summary: dict[str, Any] | None) -> str:
     head = (
-        f"incident {facts['incident']}: {facts['deployment']}, {facts['from_version']} -> "
-        f"{facts['to_version']}, snapshot {facts['snapshot_id']}"
+        f"incident {facts['incident']}: {or_word(facts['deployment'], 'deployment not recorded')}, "
+        f"{or_word(facts['from_version'], '?')} -> {or_word(facts['to_version'], '?')}, "
+        f"snapshot {or_word(facts['snapshot_id'])}"
     )
     if summary is None:
         return (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import httpx
 import typer
@@ -15,7 +15,8 @@ from backout.brain.restore import restore_journals
 from backout.brain.retention import PrunePlan, named_in, plan_prune
 from backout.brain.snapshot import create_snapshot, verify_snapshot
 from backout.cli.common import (BrainOpt, ConfigOpt, DeploymentOpt, DryRunOpt, IntoOpt, JsonOpt, YesOpt, confirm,
-                                emit_json, handle_errors, human_age, human_bytes, progress_bar, target_from)
+                                emit_json, handle_errors, human_age, human_bytes, or_word, progress_bar, target_from,
+                                yes_no)
 from backout.cli.framework import Typer
 from backout.commands import recording
 from backout.config import Target
@@ -105,8 +106,14 @@ def create(
         emit_json(manifest.model_dump(mode="json"))
         return
     typer.echo(f"snapshot {manifest.id}: {human_bytes(manifest.size)}, integrity {manifest.integrity_check}, "
-               f"schema head {manifest.schema_stamp.get('head')}, {manifest.duration_s:.2f}s "
+               f"schema {_schema_text(manifest.schema_stamp)}, {manifest.duration_s:.2f}s "
                f"-> {_store(target).db_path(manifest.id)}")
+
+
+def _schema_text(stamp: dict[str, Any]) -> str:
+    """'head 2 (schema_migrations)', or 'no migration recorded' for a brain without a migration ledger."""
+    head = stamp.get("head")
+    return f"head {head} ({stamp.get('head_source')})" if head is not None else "no migration recorded"
 
 
 @app.command("list")
@@ -178,11 +185,10 @@ def show(
         return
     typer.echo(f"id          {manifest.id}\ndeployment  {manifest.deployment}\ncreated     {manifest.created_at} "
                f"({human_age(manifest.age_seconds())} ago)\nsource      {manifest.source}\nversion     "
-               f"{manifest.version or '-'}\nlabel       {manifest.label or '-'}\npinned      {manifest.pinned}\n"
+               f"{manifest.version or '-'}\nlabel       {manifest.label or '-'}\npinned      {yes_no(manifest.pinned)}\n"
                f"size        {human_bytes(manifest.size)}\nsha256      {manifest.sha256}\nintegrity   "
-               f"{manifest.integrity_check}\nschema      head {manifest.schema_stamp.get('head')} "
-               f"({manifest.schema_stamp.get('head_source')}), fingerprint "
-               f"{str(manifest.schema_stamp.get('fingerprint'))[:16]}…\nmethod      {manifest.method}")
+               f"{manifest.integrity_check}\nschema      {_schema_text(manifest.schema_stamp)}, fingerprint "
+               f"{or_word(manifest.schema_stamp.get('fingerprint'), 'not recorded')[:16]}…\nmethod      {manifest.method}")
     typer.echo(f"{'TABLE':<28} {'ROWS':>10} {'MAX ROWID':>10}")
     for table, mark in manifest.tables.items():
         typer.echo(f"{table:<28} {mark['rows']:>10} {str(mark['max_rowid'] or '-'):>10}")

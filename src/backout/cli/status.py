@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import typer
 
@@ -16,9 +16,22 @@ from backout.freeze import frozen_versions
 from backout.history import History
 from backout.ledger import Ledger, NoRollback, Running, pending_operations, running_version
 from backout.runtime.base import Runtime
+from backout.runtime.env import MissingSecret
 from backout.runtime.factory import runtime_for
 
 __all__ = ["status", "collect_status"]
+
+T = TypeVar("T")
+
+
+def _readable(unread: list[dict[str, str]], part: str, read: Callable[[], T]) -> T | None:
+    """`read()`; None, and a note of the part and the secret it needs, when backout's environment lacks that
+    secret (the rest of the status is still shown)."""
+    try:
+        return read()
+    except MissingSecret as exc:
+        unread.append({"part": part, "needs": exc.name, "why": str(exc)})
+        return None
 
 
 def _brain(target: Target) -> dict[str, Any]:
@@ -36,7 +49,8 @@ def _snapshots(target: Target) -> dict[str, Any]:
             "max_age_seconds": target.max_age.total_seconds()}
 
 
-def _restore_point(target: Target, ledger: Ledger, runtime: Runtime | None, verify: bool) -> dict[str, Any] | None:
+def _restore_point(target: Target, ledger: Ledger, runtime: Runtime | None, verify: bool,
+                   unread: list[dict[str, str]]) -> dict[str, Any] | None:
     point = ledger.point
     if point is None:
         return None
@@ -44,7 +58,8 @@ def _restore_point(target: Target, ledger: Ledger, runtime: Runtime | None, veri
     snapshot_ok = store.db_path(point.snapshot_id).exists() and store.manifest_path(point.snapshot_id).exists()
     if verify and snapshot_ok:
         snapshot_ok = verify_snapshot(store, point.snapshot_id).ok
-    version_ok = runtime.is_available(point.version).ok if runtime is not None else None
+    version_ok = _readable(unread, f"whether {point.version} can still start",
+                           lambda: runtime.is_available(point.version).ok) if runtime is not None else None
     judged = ledger.standing(point.version)
     return {**point.to_dict(), "snapshot_present": snapshot_ok, "snapshot_verified": verify and snapshot_ok,
             "version_available": version_ok, "standing": judged.to_dict(),
@@ -75,21 +90,23 @@ def _last_drill(target: Target) -> dict[str, Any] | None:
 
 def collect_status(target: Target, verify: bool = False) -> dict[str, Any]:
     """Everything `backout status` shows, as data."""
-    out: dict[str, Any] = {"deployment": target.deployment, "brain": _brain(target), "snapshots": _snapshots(target)}
+    out: dict[str, Any] = {"deployment": target.deployment, "brain": _brain(target), "snapshots": _snapshots(target),
+                           "unread": []}
     found = target.detected_profile
     out["profile"] = {"name": found.profile.name, "how": found.how}
     ledger = Ledger(target)
     runtime = runtime_for(target) if target.settings is not None and target.settings.runtime is not None else None
     if runtime is not None:
         out["runtime"] = runtime.name
-        running = running_version(target, runtime)
-        out["running"] = running.to_dict()
+        running = _readable(out["unread"], "what runs", lambda: running_version(target, runtime))
+        if running is not None:
+            out["running"] = running.to_dict()
+            out["rollback_target"] = _rollback_target(target, ledger, running)
         out["frozen"] = sorted(frozen_versions(target))
-        out["rollback_target"] = _rollback_target(target, ledger, running)
     out["pending"] = [p.to_dict() for p in pending_operations(target)]
     if target.health_url:
         out["health"] = target.probe(timeout=5).to_dict()
-    out["restore_point"] = _restore_point(target, ledger, runtime, verify)
+    out["restore_point"] = _restore_point(target, ledger, runtime, verify, out["unread"])
     out["versions"] = [j.to_dict() for j in ledger.judgements()]
     changes = History(target.state_dir).entries(target.deployment)
     out["last_change"] = changes[-1] if changes else None
@@ -136,6 +153,8 @@ def status(
     typer.echo(f"deployment   {data['deployment']}" + (f" ({data['runtime']})" if "runtime" in data else ""))
     if "running" in data:
         typer.echo(f"running      {_running_line(data)}")
+    elif "runtime" in data:
+        typer.echo("running      not read (see below)")
     if "health" in data:
         typer.echo(f"health       {data['health']['reason']}")
     b = data["brain"]
@@ -152,7 +171,7 @@ def status(
         standing = rp["standing"]["standing"]
         typer.echo(f"restore pt   {rp['version']} + snapshot {rp['snapshot_id']}: {'ready' if rp['ready'] else 'NOT READY'}"
                    f" (snapshot {'verified' if rp['snapshot_verified'] else 'present' if rp['snapshot_present'] else 'MISSING'},"
-                   f" version {'available' if rp['version_available'] else 'unknown' if rp['version_available'] is None else 'NOT AVAILABLE'}"
+                   f" version {'available' if rp['version_available'] else 'not checked' if rp['version_available'] is None else 'NOT AVAILABLE'}"
                    + (f", JUDGED BAD: {rp['standing']['why']}" if standing == "bad" else "") + ")")
     else:
         typer.echo("restore pt   none recorded")
@@ -168,3 +187,5 @@ def status(
     d = data["last_drill"]
     warn = "  OLDER THAN 90 DAYS: rehearse with `backout drill`" if d and d["stale"] else ""
     typer.echo(f"last drill   {human_age(d['age_seconds']) + ' ago' + warn if d else 'never (rehearse with `backout drill`)'}")
+    for part in data["unread"]:  # what needed a secret backout's environment lacks (its name, never a value)
+        typer.echo(f"not read     {part['part']}: {part['why']}")

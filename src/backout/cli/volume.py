@@ -9,7 +9,7 @@ import typer
 
 from backout.brain.restore import checkpoint_wal
 from backout.cli.common import (ConfigOpt, DeploymentOpt, DryRunOpt, JsonOpt, YesOpt, confirm, emit_json, fail,
-                                handle_errors, target_from)
+                                handle_errors, or_word, target_from)
 from backout.cli.framework import Typer
 from backout.config import Target
 from backout.errors import EXIT_USAGE
@@ -62,9 +62,9 @@ def snapshot(
         facts = provider.describe()
     if dry_run:
         emit_json({"dry_run": True, "volume": facts}) if as_json else typer.echo(
-            f"would checkpoint {target.brain} and snapshot {provider.name} volume {facts.get('id')}")
+            f"would checkpoint {target.brain} and snapshot {provider.name} volume {or_word(facts.get('id'), '(id unknown)')}")
         return
-    confirm(f"snapshot the {provider.name} volume {facts.get('id')}?", yes)
+    confirm(f"snapshot the {provider.name} volume {or_word(facts.get('id'), '(id unknown)')}?", yes)
     with handle_errors():
         said = _checkpoint(target.brain)
         stamp = brain_stamp(target) or {}

@@ -7,7 +7,6 @@ Everything is redacted twice: the record before rendering, the Markdown after.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -112,7 +111,7 @@ def _verdict(v: dict[str, Any]) -> dict[str, Any]:
 
 
 def _failed_requests(rows: list[Any]) -> dict[str, Any]:
-    shown = [{k: _cell(r.get(k)) for k in ("ts", "status", "code", "path", "task_id")}
+    shown = [{**{k: _cell(r.get(k)) for k in ("status", "code", "path", "task_id")}, "ts": _cell(_iso(r.get("ts")))}
              for r in rows[:20] if isinstance(r, dict)]
     return {"total": len(rows), "rows": shown}
 
@@ -160,16 +159,28 @@ def _effects(effects: dict[str, Any]) -> dict[str, Any]:
             "rows": [[_cell(r.get(c)) for c in columns] for r in rows]}
 
 
+_VERDICT_KEYS = ("ok", "healthy", "passed")
+
+
 def _verify(v: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per check (the record's overall flag is not a check: the rows say it)."""
     rows = []
     for check, result in v.items():
-        result_d = _dict(result)
-        ok = result_d.get("ok", result_d.get("healthy", result_d.get("passed")))
+        if not isinstance(result, dict):
+            continue
+        ok = next((result[k] for k in _VERDICT_KEYS if k in result), None)
         state = "ok" if ok is True else "FAILED" if ok is False else UNKNOWN
-        rest = {k: val for k, val in result_d.items() if k not in ("ok", "healthy", "passed")}
-        detail = json.dumps(rest, sort_keys=True, default=str) if rest else _text(result)
-        rows.append({"check": _cell(check), "state": state, "detail": _cell(detail, limit=200)})
+        rows.append({"check": _cell(check), "state": state, "detail": _cell(_verify_detail(result), limit=200)})
     return rows
+
+
+def _verify_detail(result: dict[str, Any]) -> str:
+    """The check's own sentence, else its plain facts in words ('rate 0.004; failed auth_required')."""
+    said = result.get("detail") or result.get("reason")
+    if said:
+        return str(said)
+    facts = {k: val for k, val in result.items() if k not in _VERDICT_KEYS and not isinstance(val, dict)}
+    return "; ".join(f"{k.replace('_', ' ')} {_word(val)}" for k, val in sorted(facts.items()))
 
 
 def _notification(n: Any) -> dict[str, str]:
@@ -213,6 +224,15 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def _word(value: Any) -> str:
+    """A value as a person reads it: yes/no, none, a list joined with commas."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "none"
+    return "none" if value is None else str(value)
+
+
 def _text(value: Any) -> str:
     return UNKNOWN if value is None or value == "" else str(value)
 
@@ -235,8 +255,14 @@ def _step(s: Any) -> dict[str, str]:
 
 
 def _parse(value: Any) -> datetime | None:
-    if not value:
+    """An ISO time or an epoch (seconds, as request logs record them), as an aware datetime."""
+    if not value or isinstance(value, bool):
         return None
+    if isinstance(value, (int, float)):
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (ValueError, OverflowError, OSError):  # not seconds since 1970
+            return None
     try:
         parsed = datetime.fromisoformat(str(value))
     except ValueError:
@@ -254,6 +280,12 @@ def _when(value: Any) -> str:
 
 def _clock(moment: datetime) -> str:
     return f"{moment.astimezone(UTC):%H:%M:%S} UTC"
+
+
+def _iso(value: Any) -> str:
+    """ISO 8601 UTC to the millisecond ('2026-11-27T01:10:00.250+00:00'); what cannot be read, as it is."""
+    parsed = _parse(value)
+    return parsed.astimezone(UTC).isoformat(timespec="milliseconds") if parsed else ("" if value is None else str(value))
 
 
 def _short_time(value: Any) -> str:

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import httpx
 
 from backout.config import ConfigError
+from backout.http_errors import describe_http_error
 from backout.notify.message import Delivery
 
 __all__ = ["HttpOutcome", "deliver", "make_client", "post_json"]
@@ -108,9 +109,9 @@ def _attempt(client: httpx.Client, method: str, url: str, json: Any,
     except httpx.TimeoutException:
         return None, f"no answer within {client.timeout.read or 0:g} s", True
     except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
-        return None, f"cannot reach it ({type(exc).__name__}: {exc})", True
+        return None, f"cannot reach it: {describe_http_error(exc)}", True
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        return None, f"request failed ({type(exc).__name__})", False
+        return None, f"request failed: {describe_http_error(exc)}", False
     if response.is_success:
         return response, "", False
     return response, f"HTTP {response.status_code}", response.status_code in _RETRY_STATUS

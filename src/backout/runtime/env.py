@@ -11,7 +11,16 @@ from backout.config import Secrets
 from backout.errors import EXIT_USAGE
 from backout.runtime.base import RuntimeFailure
 
-__all__ = ["env_names", "service_env", "secret_values"]
+__all__ = ["MissingSecret", "env_names", "service_env", "secret_values"]
+
+
+class MissingSecret(RuntimeFailure):
+    """A secret the deployment passes to its service is not in backout's environment (or its file is unreadable):
+    a command that does not need the service's runtime can still show everything else."""
+
+    def __init__(self, message: str, name: str) -> None:
+        super().__init__(message, EXIT_USAGE)
+        self.name = name  # the variable's name, never its value
 
 
 def secret_values(settings: Secrets) -> dict[str, str]:
@@ -19,15 +28,14 @@ def secret_values(settings: Secrets) -> dict[str, str]:
     values: dict[str, str] = {}
     for name in settings.pass_env:
         if name not in os.environ:
-            raise RuntimeFailure(f"{name} is not set in backout's environment; the deployment passes it "
-                                 "to the service (pass_env). Export it, or read it from a file (env_files)",
-                                 EXIT_USAGE)
+            raise MissingSecret(f"{name} is not set in backout's environment; the deployment passes it "
+                                "to the service (pass_env). Export it, or read it from a file (env_files)", name)
         values[name] = os.environ[name]
     for name, path in settings.env_files.items():
         try:
             values[name] = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise RuntimeFailure(f"cannot read {name} from {path}: {exc.strerror}", EXIT_USAGE) from None
+            raise MissingSecret(f"cannot read {name} from {path}: {exc.strerror}", name) from None
     return values
 
 

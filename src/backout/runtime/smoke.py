@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from backout.http_errors import describe_http_error
 from backout.profiles.model import SmokeRequest
 
 __all__ = ["run_smoke"]
@@ -42,7 +43,7 @@ def _one(client: httpx.Client, request: SmokeRequest) -> dict[str, Any]:
     try:
         response = client.request(request.method, request.path, json=request.body)
     except httpx.HTTPError as exc:
-        return {**out, "detail": f"no answer ({type(exc).__name__})"}
+        return {**out, "detail": f"no answer: {describe_http_error(exc, str(client.base_url))}"}
     out["status"] = response.status_code
     if response.status_code not in request.expect_status:
         expected = " or ".join(str(s) for s in request.expect_status)

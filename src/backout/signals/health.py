@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 
+from backout.http_errors import describe_http_error
 from backout.profiles.model import HealthRule
 
 __all__ = ["HealthProbe", "probe"]
@@ -27,7 +28,7 @@ class HealthProbe:
         if self.ok:
             return "healthy"
         if self.status_code is None:
-            return f"no answer ({self.error})"
+            return self.error or "no answer"
         status = self.body.get("status") if isinstance(self.body, dict) else None  # the usual spelling
         error = self.body.get("error") if isinstance(self.body, dict) else None
         code = error.get("code") if isinstance(error, dict) else None
@@ -54,7 +55,7 @@ def probe(url: str, timeout: float = 10.0, rule: HealthRule = HealthRule()) -> H
         # every probe costs 30-50 ms (a watch window probes every few seconds). https is verified as usual.
         response = httpx.get(url, timeout=timeout, verify=not url.lower().startswith("http://"))
     except httpx.HTTPError as exc:
-        return HealthProbe(False, error=type(exc).__name__ + (f": {exc}" if str(exc) else ""))
+        return HealthProbe(False, error=describe_http_error(exc, url))
     try:
         body: Any = response.json()
     except ValueError:
