@@ -121,6 +121,7 @@ class SnapshotSettings(_Model):
     dir: Path | None = None  # default: <state_dir>/snapshots/<deployment>
     keep_last: int = Field(10, ge=1)
     max_age: Duration = timedelta(hours=24)
+    keep_restore_points: int = Field(3, ge=1)  # the last N promoted upgrades' restore points stay pinned
 
 
 class SalvageSettings(_Model):
@@ -577,6 +578,7 @@ class Target:
     state_dir: Path
     keep_last: int = 10
     max_age: timedelta = timedelta(hours=24)
+    keep_restore_points: int = 3
     salvage: SalvageSettings = SalvageSettings()
     health_url: str | None = None
     staging: bool = False
@@ -640,7 +642,8 @@ def resolve_target(
     snapshot_dir = into or dep.snapshots.dir or config.state_dir / "snapshots" / name
     return Target(deployment=name, brain=(brain or dep.brain).resolve(), snapshot_dir=snapshot_dir.absolute(),
                   state_dir=config.state_dir.absolute(), keep_last=dep.snapshots.keep_last,
-                  max_age=dep.snapshots.max_age, salvage=dep.salvage, health_url=dep.health_url,
+                  max_age=dep.snapshots.max_age, keep_restore_points=dep.snapshots.keep_restore_points,
+                  salvage=dep.salvage, health_url=dep.health_url,
                   staging=dep.staging, config_path=found.absolute(), settings=dep)
 
 

@@ -25,8 +25,8 @@ from backout.errors import EXIT_REFUSED, BackoutError
 from backout.freeze import frozen_versions
 from backout.history import STARTS, History, RestorePoint, load_restore_point
 
-__all__ = ["Judgement", "Ledger", "NoRollback", "Pending", "RollbackTarget", "Running", "ServedWindow", "Standing",
-           "command_for", "pending_operations", "running_version"]
+__all__ = ["Judgement", "Ledger", "NoRollback", "Pending", "RestorePointOf", "RollbackTarget", "Running",
+           "ServedWindow", "Standing", "command_for", "pending_operations", "running_version"]
 
 Standing = Literal["good", "bad", "unknown"]
 
@@ -72,6 +72,22 @@ class ServedWindow:
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         return {"version": self.version, "from": self.start, "to": self.end}
+
+
+@dataclass(frozen=True)
+class RestorePointOf:
+    """The restore point one upgrade took (its final snapshot), and whether that upgrade was promoted."""
+
+    snapshot_id: str
+    from_version: str | None
+    to_version: str | None
+    at: str | None
+    promoted: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"snapshot_id": self.snapshot_id, "from": self.from_version, "to": self.to_version, "at": self.at,
+                "promoted": self.promoted}
 
 
 def _ts(iso: str) -> float:
@@ -199,6 +215,24 @@ class Ledger:
             if after and after.get("kind") == "rollback" and after.get("from_version") == entry.get("to_version"):
                 entry.update(outcome="rolled-back", recorded_outcome="ok", rolled_back_at=after.get("at"))
         return out
+
+    def restore_points(self) -> list[RestorePointOf]:
+        """Every upgrade that took a restore point, newest first; promoted when a promote line for its version
+        follows before anything else is started or stopped (the end of its watch window)."""
+        out = []
+        for i, entry in enumerate(self.entries):
+            if entry.get("kind") != "upgrade" or not entry.get("snapshot_before"):
+                continue
+            promoted = False
+            for later in self.entries[i + 1:] if entry.get("outcome") == "ok" else []:
+                if later.get("kind") == "promote":
+                    promoted = later.get("outcome") == "ok" and later.get("to_version") == entry.get("to_version")
+                    break
+                if later.get("kind") in (*STARTS, "stop"):
+                    break
+            out.append(RestorePointOf(str(entry["snapshot_before"]), entry.get("from_version"),
+                                      entry.get("to_version"), entry.get("at"), promoted))
+        return out[::-1]
 
     def served_windows(self, now: float) -> list[ServedWindow]:
         """When each version served, from the history (a switch's line is written once it is healthy; a

@@ -18,12 +18,14 @@ from backout.brain.tables import TableMark
 from backout.errors import BackoutError
 from backout.fsutil import atomic_write_json, ensure_private_dir, fsync_dir
 
-__all__ = ["FORMAT", "ID_PATTERN", "Manifest", "SnapshotError", "SnapshotStore", "hold_run", "new_snapshot_id",
-           "same_brain", "utcnow"]
+__all__ = ["FORMAT", "ID_PATTERN", "LATEST", "Manifest", "SnapshotError", "SnapshotStore", "hold_run",
+           "new_snapshot_id", "same_brain", "utcnow"]
 
 FORMAT = "backout-snapshot/1"
 ID_PATTERN = r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}"
 _ID = re.compile(rf"^{ID_PATTERN}$")
+_PREFIX = re.compile(r"^[0-9TZa-f-]+$")  # what a beginning of an id can look like (never a path)
+LATEST = "latest"  # names the newest complete snapshot wherever an id is taken
 # What a snapshot run leaves while it works: its copy (and SQLite's sidecars of it), the copy renamed into place
 # before its manifest exists, and the manifest's own temporary file (named after the writer's pid).
 _RUN_FILE = re.compile(rf"^(?:\.(?P<tmp>{ID_PATTERN})\.tmp(?:-wal|-shm|-journal)?"
@@ -131,10 +133,35 @@ class SnapshotStore:
         """Reject ids that are not ours, so no id can name a path outside the folder."""
         if not _ID.match(snapshot_id):
             raise SnapshotError(
-                f"{snapshot_id!r} is not a snapshot id (they look like 20261126T221530Z-a1b2c3); "
-                "see `backout snapshot list`"
+                f"{snapshot_id!r} is not a snapshot id (they look like 20261126T221530Z-a1b2c3; a unique "
+                "beginning of one, or `latest`, also works); see `backout snapshot list`"
             )
         return snapshot_id
+
+    def resolve(self, ref: str, deployment: str, brain: Path | None = None) -> str:
+        """The id `ref` names: a whole id, `latest` (the newest complete snapshot of the deployment's brain) or a
+        unique beginning of one of its snapshots' ids. SnapshotError (exit 2) for an unknown or ambiguous one, the
+        candidates listed."""
+        if ref == LATEST:
+            newest = self.of(deployment, brain)
+            if not newest:
+                raise SnapshotError(f"no snapshot of {deployment} in {self.folder} yet, so `latest` names none; "
+                                    "take one with `backout snapshot create`")
+            return newest[0].id
+        if _ID.match(ref):
+            if not self.manifest_path(ref).exists():
+                raise SnapshotError(f"no snapshot {ref} in {self.folder}; `backout snapshot list` shows them")
+            return ref
+        if not _PREFIX.match(ref):
+            self.check_id(ref)  # says what an id looks like
+        found = sorted({m.id for m in self._mine(deployment, brain) if m.id.startswith(ref)}, reverse=True)
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise SnapshotError(f"no snapshot {ref}… in {self.folder}; `backout snapshot list` shows them")
+        shown = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
+        raise SnapshotError(f"{ref!r} is the beginning of {len(found)} snapshot ids ({shown}); give more of the "
+                            "id, or `latest` for the newest")
 
     def db_path(self, snapshot_id: str) -> Path:
         """Path of the snapshot's SQLite file."""

@@ -20,6 +20,7 @@ COMMANDS: dict[str, Lazy] = {
     "init": Lazy("backout.cli.init", "init", "Write a commented backout.toml for one deployment."),
     "status": Lazy("backout.cli.status", "status", "What runs, its health, the brain, snapshots, the restore point."),
     "history": Lazy("backout.cli.history", "history", "Every change of version: when, from, to, outcome."),
+    "incidents": Lazy("backout.cli.incidents", "incidents", "Every rollback's incident: id, time, versions, layer, outcome."),
     "switch": Lazy("backout.cli.deploy", "switch", "Drain, migrate, start VERSION, wait until healthy (no snapshot)."),
     "stop": Lazy("backout.cli.deploy", "stop", "Drain and stop what runs."),
     "check": Lazy("backout.cli.check", "check", "The rollback verdict now, with its evidence."),

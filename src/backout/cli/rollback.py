@@ -28,7 +28,8 @@ __all__ = ["rollback", "freeze", "unfreeze"]
 
 def rollback(
     to: Optional[str] = typer.Option(None, "--to", callback=version_arg, metavar="VERSION", help="Version to return to (default: the restore point)."),
-    snapshot: Optional[str] = typer.Option(None, "--snapshot", metavar="ID", help="Snapshot to restore if the brain is rolled back."),
+    snapshot: Optional[str] = typer.Option(None, "--snapshot", metavar="ID", help="Snapshot to restore if the brain is rolled back. A unique beginning of "
+                                          "its id works too, and latest names the newest."),
     reason: str = typer.Option("", "--reason", metavar="TEXT", help="The symptom, for the announcement and the postmortem "
                                "(default: the latest verdict's reason)."),
     mode: str = typer.Option("auto", "--mode", metavar="MODE", help="auto (choose the layer), image, or brain."),
@@ -59,6 +60,10 @@ def rollback(
         abandon_journal(target, rollback_journal(target), "rollback", yes)
         return
     with handle_errors():
+        if snapshot and not resume:
+            from backout.brain.manifest import SnapshotStore
+
+            snapshot = SnapshotStore(target.snapshot_dir).resolve(snapshot, target.deployment, target.brain)
         runtime = runtime_for(target)
         with operation_lock(deployment_state(target.state_dir, target.deployment), "rollback"):
             journal = _journal(target, runtime, RollbackRequest(to, snapshot, reason, cast(Mode, mode)), resume, dry_run, yes,

@@ -29,14 +29,13 @@ from backout.cli.common import (
     target_from,
 )
 from backout.cli.framework import Typer
-from backout.config import ConfigError, Target, find_config, load_config
+from backout.cli.incidents import load_incident, state_dir_of as _state_dir
+from backout.config import ConfigError, Target, find_config
 from backout.errors import EXIT_FAILED, EXIT_USAGE
 from backout.history import deployment_state
 from backout.lock import operation_lock
 
 __all__ = ["app"]
-
-INCIDENT_FILE = "incident.json"
 
 app = Typer(
     help="The bad window's rows: extract them from a displaced brain, show an incident's "
@@ -48,12 +47,14 @@ app = Typer(
 )
 
 IncidentArg = typer.Argument(
-    ..., metavar="INCIDENT", help="An incident id: a folder in the state folder's incidents/."
+    ..., metavar="INCIDENT", help="An incident id, as `backout incidents` lists them. A unique beginning of one "
+    "works too, and latest names the newest."
 )
 
 
 SnapshotOpt = typer.Option(
-    ..., "--snapshot", metavar="ID", help="The snapshot the brain was, or will be, restored to."
+    ..., "--snapshot", metavar="ID", help="The snapshot the brain was, or will be, restored to. A unique beginning "
+    "of its id works too, and latest names the newest."
 )
 FromOpt = typer.Option(..., "--from", metavar="PATH", help="The newer brain, e.g. the quarantined one.")
 BundleDirOpt = typer.Option(
@@ -100,6 +101,7 @@ def extract(
     target = target_from(config, deployment, brain, into)
     store = SnapshotStore(target.snapshot_dir)
     with handle_errors():
+        snapshot_id = store.resolve(snapshot_id, target.deployment, target.brain)
         manifest = store.load(snapshot_id)
     stamp_now = utcnow().strftime("%Y%m%dT%H%M%SZ")
     folder = out or target.state_dir / "salvage" / f"{snapshot_id}-{stamp_now}"
@@ -168,8 +170,8 @@ def show(
     \b
     Examples:
       backout salvage show 20261204T143012Z-2.4.0
-      backout salvage show 20261204T143012Z-2.4.0 --json"""
-    incident, folder = _load_incident(_state_dir(config), incident_id)
+      backout salvage show latest --json"""
+    incident_id, incident, folder = load_incident(_state_dir(config), incident_id)
     bundle = _bundle_dir(incident, folder)
     summary = _summary(bundle) if bundle is not None else None
     facts = _show_facts(incident_id, incident, bundle, summary)
@@ -204,7 +206,7 @@ def replay(
     Examples:
       backout salvage replay 20261204T143012Z-2.4.0 --dry-run
       backout salvage replay 20261204T143012Z-2.4.0 --yes"""
-    incident, folder = _load_incident(_state_dir(config), incident_id)
+    incident_id, incident, folder = load_incident(_state_dir(config), incident_id)
     bundle = _bundle_dir(incident, folder)
     if bundle is None:
         fail(
@@ -240,41 +242,6 @@ def _run_replay(target: Target, bundle: Path, dry_run: bool, renumber: bool = Fa
 
 
 # -- incidents -----------------------------------------------------------------------------------
-
-
-def _state_dir(config: Path | None) -> Path:
-    """The state folder from the config, or ./.backout without one (as resolve_target does)."""
-    try:
-        found = find_config(config)
-        return load_config(found).state_dir.absolute() if found else Path(".backout").absolute()
-    except ConfigError as exc:
-        fail(str(exc), EXIT_USAGE)
-
-
-def _known_incidents(state_dir: Path) -> list[str]:
-    root = state_dir / "incidents"
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if (p / INCIDENT_FILE).is_file())
-
-
-def _load_incident(state_dir: Path, incident_id: str) -> tuple[dict[str, Any], Path]:
-    """incident.json and its folder; exit 2 naming the known incidents when there is none."""
-    known = _known_incidents(state_dir)
-    if incident_id not in known:
-        listed = ", ".join(known) if known else "none yet"
-        fail(
-            f"no incident {incident_id!r} in {state_dir / 'incidents'}; known incidents: {listed}",
-            EXIT_USAGE,
-        )
-    folder = state_dir / "incidents" / incident_id
-    try:
-        incident = json.loads((folder / INCIDENT_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        fail(f"{folder / INCIDENT_FILE} is not readable JSON: {exc}", EXIT_USAGE)
-    if not isinstance(incident, dict):
-        fail(f"{folder / INCIDENT_FILE} is not an incident record (a JSON object)", EXIT_USAGE)
-    return incident, folder
 
 
 def _bundle_dir(incident: dict[str, Any], folder: Path) -> Path | None:

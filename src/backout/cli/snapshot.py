@@ -12,7 +12,7 @@ from backout.flows.journals import refuse_if_pending
 from backout.brain.manifest import Manifest, SnapshotError, SnapshotStore
 from backout.brain.restore import RestoreRequest, restore_commands, restore_snapshot
 from backout.brain.restore import restore_journals
-from backout.brain.retention import PrunePlan, named_in, plan_prune
+from backout.brain.retention import OPERATOR_PIN, PrunePlan, named_in, plan_prune, plan_unpin
 from backout.brain.snapshot import create_snapshot, verify_snapshot
 from backout.cli.common import (BrainOpt, ConfigOpt, DeploymentOpt, DryRunOpt, IntoOpt, JsonOpt, YesOpt, confirm,
                                 emit_json, handle_errors, human_age, human_bytes, or_word, progress_bar, target_from,
@@ -23,6 +23,7 @@ from backout.config import Target
 from backout.errors import EXIT_FAILED, EXIT_REFUSED, BackoutError
 from backout.flows.paths import rollback_journal, upgrade_journal, watch_state
 from backout.history import deployment_state, load_restore_point
+from backout.ledger import Ledger
 from backout.lock import operation_lock
 
 __all__ = ["app"]
@@ -36,11 +37,18 @@ app = Typer(
     no_args_is_help=True,
 )
 
-_ID_HELP = "A snapshot id, as `backout snapshot list` shows them."
+_ID_HELP = ("A snapshot id, as `backout snapshot list` shows them. A unique beginning of one works too, and "
+            "latest names the newest.")
 
 
 def _store(target: Target) -> SnapshotStore:
     return SnapshotStore(target.snapshot_dir)
+
+
+def _resolve(target: Target, ref: str) -> str:
+    """The whole id that ID names (an id, a unique beginning of one, or latest); exit 2 naming the candidates."""
+    with handle_errors():
+        return _store(target).resolve(ref, target.deployment, target.brain)
 
 
 def _running_version(target: Target) -> str | None:
@@ -176,8 +184,9 @@ def show(
     \b
     Examples:
       backout snapshot show 20261204T101500Z-3f9a1c
-      backout snapshot show 20261204T101500Z-3f9a1c --json"""
+      backout snapshot show latest --json"""
     target = target_from(config, deployment, brain, into)
+    snapshot_id = _resolve(target, snapshot_id)
     with handle_errors():
         manifest = _store(target).load(snapshot_id)
     if as_json:
@@ -207,9 +216,11 @@ def verify(
 
     \b
     Examples:
-      backout snapshot verify 20261204T101500Z-3f9a1c"""
+      backout snapshot verify 20261204T101500Z-3f9a1c
+      backout snapshot verify 20261204T10"""
     target = target_from(config, deployment, brain, into)
     store = _store(target)
+    snapshot_id = _resolve(target, snapshot_id)
     with handle_errors(), progress_bar(not as_json) as bar:
         store.check_id(snapshot_id)
         report = verify_snapshot(store, snapshot_id, bar)
@@ -225,10 +236,15 @@ def verify(
 
 def _set_pin(snapshot_id: str, pinned: bool, target: Target, dry_run: bool, as_json: bool) -> None:
     store = _store(target)
+    snapshot_id = _resolve(target, snapshot_id)
     with handle_errors():
         manifest = store.load(snapshot_id)
         if not dry_run:
             manifest.pinned = pinned
+            if pinned:  # pinned by a person: prune's restore-point retention never unpins it
+                manifest.pinned_by = OPERATOR_PIN
+            else:
+                (manifest.model_extra or {}).pop("pinned_by", None)
             store.save(manifest)
     word = ("would be " if dry_run else "") + ("pinned" if pinned else "unpinned")
     emit_json({"id": snapshot_id, "pinned": pinned, "dry_run": dry_run}) if as_json else typer.echo(
@@ -239,11 +255,13 @@ def _set_pin(snapshot_id: str, pinned: bool, target: Target, dry_run: bool, as_j
 def pin(snapshot_id: str = typer.Argument(..., metavar="ID", help=_ID_HELP), dry_run: bool = DryRunOpt, yes: bool = YesOpt,
         as_json: bool = JsonOpt, config: Optional[Path] = ConfigOpt, deployment: Optional[str] = DeploymentOpt,
         brain: Optional[Path] = BrainOpt, into: Optional[Path] = IntoOpt) -> None:
-    """Pin a snapshot so prune never deletes it (harmless, so no confirmation is asked).
+    """Pin a snapshot so prune never deletes it (harmless, so no confirmation is asked). A restore point pinned
+    here is never unpinned by prune's restore-point retention either.
 
     \b
     Examples:
-      backout snapshot pin 20261204T101500Z-3f9a1c"""
+      backout snapshot pin 20261204T101500Z-3f9a1c
+      backout snapshot pin latest"""
     _set_pin(snapshot_id, True, target_from(config, deployment, brain, into), dry_run, as_json)
 
 
@@ -257,6 +275,7 @@ def unpin(snapshot_id: str = typer.Argument(..., metavar="ID", help=_ID_HELP), d
     Examples:
       backout snapshot unpin 20261204T101500Z-3f9a1c --yes"""
     target = target_from(config, deployment, brain, into)
+    snapshot_id = _resolve(target, snapshot_id)
     if not dry_run:
         confirm(f"unpin snapshot {snapshot_id} (prune may then delete it)?", yes)
     _set_pin(snapshot_id, False, target, dry_run, as_json)
@@ -275,14 +294,28 @@ def _needed(target: Target) -> dict[str, str]:
     return needed
 
 
-def _plan(target: Target, store: SnapshotStore, keep_last: int) -> PrunePlan:
+def _plan(target: Target, store: SnapshotStore, keep_last: int, keep_points: int) -> PrunePlan:
+    """Old restore points to unpin first, then what the usual rules keep and delete (as if they were unpinned)."""
     broken = {m.id: why for m, why in store.broken(target.deployment, target.brain)}
-    plan = plan_prune(store.of(target.deployment, target.brain), keep_last, _needed(target), broken)
+    manifests, needed = store.of(target.deployment, target.brain), _needed(target)
+    unpin, held = plan_unpin(Ledger(target).restore_points(), manifests, keep_points, needed)
+    after = [m.model_copy(update={"pinned": False}) if m.id in unpin else m for m in manifests]
+    plan = plan_prune(after, keep_last, {**held, **needed}, broken)
+    plan.unpin = unpin
     plan.leftovers, plan.leftover_bytes = store.leftovers(), store.leftover_bytes()
     return plan
 
 
+def _unpin(store: SnapshotStore, plan: PrunePlan) -> None:
+    for sid in plan.unpin:
+        manifest = store.load(sid)
+        manifest.pinned = False
+        store.save(manifest)
+
+
 def _print_plan(plan: PrunePlan) -> None:
+    for sid, why in plan.unpin.items():
+        typer.echo(f"unpin   {sid}  ({why})")
     for sid, why in plan.keep.items():
         typer.echo(f"keep    {sid}  ({why})")
     for sid in plan.delete:
@@ -297,6 +330,10 @@ def _print_plan(plan: PrunePlan) -> None:
 def prune(
     keep_last: Optional[int] = typer.Option(None, "--keep-last", min=1, metavar="N",
                                             help="Keep the N newest (default: the config's keep_last, or 10)."),
+    keep_restore_points: Optional[int] = typer.Option(
+        None, "--keep-restore-points", min=1, metavar="N",
+        help="Keep the restore points of the last N promoted upgrades pinned (default: the config's "
+        "keep_restore_points, or 3)."),
     dry_run: bool = DryRunOpt,
     yes: bool = YesOpt,
     as_json: bool = JsonOpt,
@@ -309,30 +346,39 @@ def prune(
     rollback, upgrade, watch window or restore names; also deletes broken snapshots and the leftovers of killed
     snapshot runs. Only snapshots of this deployment's brain are touched (a folder may be shared).
 
+    Every upgrade pins its restore point; prune first unpins those older than the restore points of the last
+    keep_restore_points promoted upgrades (never the current restore point, one an upgrade still in its watch
+    window or an interrupted rollback or restore names, nor one pinned with `backout snapshot pin`), then
+    applies the rules above. --dry-run lists what it would unpin and why.
+
     \b
     Examples:
       backout snapshot prune --keep-last 5 --dry-run
-      backout snapshot prune --keep-last 5 --yes"""
+      backout snapshot prune --keep-last 5 --keep-restore-points 2 --yes"""
     target = target_from(config, deployment, brain, into)
     store = _store(target)
-    plan = _plan(target, store, keep_last or target.keep_last)
+    keep_last, keep_points = keep_last or target.keep_last, keep_restore_points or target.keep_restore_points
+    plan = _plan(target, store, keep_last, keep_points)
     if as_json and (dry_run or plan.empty):
         emit_json({**plan.to_dict(), "dry_run": dry_run})
         return
     if not as_json:
         _print_plan(plan)
     if dry_run or plan.empty:
-        typer.echo("nothing deleted" + (" (dry run)" if dry_run else ""))
+        typer.echo("nothing unpinned or deleted" + (" (dry run)" if dry_run else ""))
         return
-    confirm(f"delete {len(plan.delete) + len(plan.broken)} snapshot(s) and {len(plan.leftovers)} leftover file(s) "
-            f"from {store.folder}?", yes)
+    unpin = f"unpin {len(plan.unpin)} old restore point(s), " if plan.unpin else ""
+    confirm(f"{unpin}delete {len(plan.delete) + len(plan.broken)} snapshot(s) and {len(plan.leftovers)} leftover "
+            f"file(s) from {store.folder}?", yes)
     with handle_errors(), operation_lock(deployment_state(target.state_dir, target.deployment), "prune"):
-        plan = _plan(target, store, keep_last or target.keep_last)  # again, under the lock: journals may have come
+        plan = _plan(target, store, keep_last, keep_points)  # again, under the lock: journals may have come
+        _unpin(store, plan)
         for sid in [*plan.delete, *plan.broken]:
             store.remove(sid)
         plan.leftovers = store.clean_leftovers()
     emit_json({**plan.to_dict(), "dry_run": False}) if as_json else typer.echo(
-        f"deleted {len(plan.delete) + len(plan.broken)} snapshot(s) and {len(plan.leftovers)} leftover file(s)")
+        (f"unpinned {len(plan.unpin)} old restore point(s); " if plan.unpin else "")
+        + f"deleted {len(plan.delete) + len(plan.broken)} snapshot(s) and {len(plan.leftovers)} leftover file(s)")
 
 
 def _refuse_if_runtime_runs(target: Target, service_stopped: bool) -> None:
@@ -382,6 +428,7 @@ def restore(
       backout snapshot restore 20261204T101500Z-3f9a1c --reason "bad import at 14:02" --yes"""
     target = target_from(config, deployment, brain, into)
     store = _store(target)
+    snapshot_id = _resolve(target, snapshot_id)
     req = RestoreRequest(store, snapshot_id, target.brain, target.deployment, target.state_dir, reason,
                          service_stopped)
     with handle_errors():

@@ -519,8 +519,10 @@ class RollbackRun:
         except Exception as exc:  # tell people, keep the journal (`--resume`), never loop
             self._failed(str(exc) or type(exc).__name__)
             raise
+        outcome = "rolled-back" if self.verified() else "rolled-back-unverified"
+        self.save_incident(self.incident(outcome))  # after the last step's "running": the record ends with the outcome
         self.journal.finish()
-        return self.result("rolled-back" if self.verified() else "rolled-back-unverified")
+        return self.result(outcome)
 
     def _failed(self, why: str) -> None:
         deliveries = self.notifier.broadcast(self._message(
