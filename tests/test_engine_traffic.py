@@ -124,3 +124,100 @@ def test_summary_render_and_dict() -> None:
     assert json.loads(json.dumps(data))["by_status"] == {"0": 1, "200": 1, "500": 1}
     text = summary.render()
     assert "completed 1" in text and "CONNECTION_ERROR: 1" in text and "p95 60.0 ms" in text
+
+
+# -- what a person sees while it runs --------------------------------------------------------------
+
+
+def test_traffic_progress_lines_without_a_terminal(engines: dict[str, EngineProcess]) -> None:
+    proc = engine_cli("traffic", "--url", engines["2.3.1"].url, "--rate", "10", "--duration", "2.2",
+                      "--progress-every", "0.5", "--json", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("engine traffic: ")]
+    assert len(lines) >= 3, proc.stderr
+    assert all("/22 turns done after" in line and "completed" in line for line in lines), lines
+    assert json.loads(proc.stdout)["completed"] == 22  # stdout stays the summary alone
+
+
+def test_traffic_progress_bar_on_a_terminal(engines: dict[str, EngineProcess]) -> None:
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+
+    from engine_proc import DEFAULT_KEY
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "ENGINE_API_KEY": DEFAULT_KEY, "TERM": "xterm", "COLUMNS": "100"}
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "traffic", "--url", engines["2.3.1"].url,
+                             "--rate", "10", "--duration", "2"], stdout=subprocess.PIPE, stderr=slave, env=env)
+    os.close(slave)
+    seen = b""
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            elif proc.poll() is not None:
+                break
+        out = proc.communicate(timeout=30)[0].decode()
+    finally:
+        os.close(master)
+    screen = seen.decode(errors="replace")
+    assert proc.returncode == 0 and "completed 20" in out
+    assert "traffic" in screen and "━" in screen and "/20" in screen and "failed" in screen, screen[-400:]
+    assert "engine traffic: " not in screen  # the bar, not the lines for logs
+
+
+def test_traffic_ctrl_c_prints_the_summary_so_far_and_exits_130(engines: dict[str, EngineProcess]) -> None:
+    import os
+    import select
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from engine_proc import DEFAULT_KEY
+
+    env = {**os.environ, "ENGINE_API_KEY": DEFAULT_KEY}
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "traffic", "--url", engines["2.3.1"].url, "--rate",
+                             "10", "--duration", "60", "--progress-every", "0.3", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        first = ""
+        while not first.startswith("engine traffic: ") and time.monotonic() < deadline:  # it runs: Ctrl-C now
+            if select.select([proc.stderr], [], [], 0.5)[0]:
+                first = proc.stderr.readline()
+        assert first.startswith("engine traffic: "), first
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert time.monotonic() - started < 10
+    summary = json.loads(out)
+    assert summary["interrupted"] is True and 0 < summary["attempted"] < 600
+    assert summary["completed"] == summary["attempted"] and summary["elapsed_s"] < 30
+    assert f"the summary covers the {summary['attempted']} turns sent before Ctrl-C" in err
+
+
+def test_traffic_with_a_key_the_engine_refuses_exits_1_naming_the_variable(
+        engines: dict[str, EngineProcess]) -> None:
+    proc = engine_cli("traffic", "--url", engines["2.3.1"].url, "--json", "--rate", "10", "--duration", "0.5",
+                      key="not-the-engine-key", timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["by_status"] == {"401": 5} and summary["completed"] == 0
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith("engine: error: ") and "refused every turn (401)" in error
+    assert "set ENGINE_API_KEY" in error

@@ -49,7 +49,7 @@ def test_unfreeze_clears_a_rollback_and_freezing_wins_over_good(tmp_path: Path) 
     assert Ledger(t).standing("2.4.0").standing == "bad"
     _line(t, "unfreeze", "2.4.0", None, reason="fixed")
     assert Ledger(t).standing("2.4.0").standing == "unknown"
-    freeze_version(t, "2.3.1", "found a bug")
+    freeze_version(t, "2.3.1", "found a bug", source="manual")
     judged = Ledger(t).standing("2.3.1")
     assert judged.standing == "bad" and "found a bug" in judged.why
 

@@ -112,7 +112,9 @@ def test_port_in_use_is_refused(deployment: Path, tmp_path: Path) -> None:
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
         out = backout("switch", "2.3.1", "--yes", "--json", "--config", str(deployment), env=ENV)
-    assert out.returncode == 1 and "already in use" in json.loads(out.stdout)["health"]["reason"]
+    # the README's exit codes: a port in use is 2 (usage), refused before anything starts
+    assert out.returncode == 2 and out.stdout == "" and "already in use" in out.stderr, out.stderr
+    assert "nothing was started" in out.stderr
 
 
 def test_stop_leaves_no_orphans(tmp_path: Path) -> None:

@@ -274,7 +274,7 @@ def test_a_version_that_would_leave_its_folder_is_refused(tmp_path: Path, argv: 
 
 def _init(folder: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return backout("init", "--runtime", "process", "--command", "engine serve --release {version} --port {port}",
-                   "--brain", "brain.sqlite", *extra, cwd=folder)
+                   "--port", "8000", "--brain", "brain.sqlite", *extra, cwd=folder)
 
 
 @pytest.mark.parametrize("pair", ["ENGINE_API_KEY=k3y-v4lue", "AD_ENCRYPTION_KEY=abc", "DB_PASSWORD=hunter2",

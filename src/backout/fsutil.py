@@ -20,6 +20,8 @@ from backout.errors import EXIT_REFUSED, EXIT_USAGE, BackoutError
 __all__ = [
     "HostilePath",
     "Progress",
+    "UnusableFolder",
+    "unusable_folder",
     "atomic_write_json",
     "check_component",
     "check_version",
@@ -58,6 +60,70 @@ class HostilePath(BackoutError):
         super().__init__(message, EXIT_REFUSED)
 
 
+class UnusableFolder(BackoutError, OSError):
+    """A folder backout was asked to create cannot exist where it was named (a virtual file system such as
+    /proc, a file where a folder should be, a name the file system refuses): a usage error, exit 2. Still an
+    OSError, for callers that handle those."""
+
+    def __init__(self, message: str, folder: Path, code: int) -> None:
+        OSError.__init__(self, code, message, str(folder))
+        self.exit_code = EXIT_USAGE
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+_VIRTUAL_FS = {"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "securityfs", "tracefs",
+               "pstore", "bpf", "configfs", "fusectl", "mqueue", "hugetlbfs", "efivarfs", "binfmt_misc", "autofs"}
+
+
+def _fs_type(path: Path) -> str | None:
+    """The type of the file system holding `path` (from /proc/self/mountinfo), or None when unknown."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text(encoding="utf-8").splitlines()
+        real = os.path.realpath(path)
+    except OSError:
+        return None
+    best, kind = "", None
+    for line in lines:
+        fields = line.split(" ")
+        if "-" not in fields:
+            continue
+        point = fields[4].encode().decode("unicode_escape") if "\\" in fields[4] else fields[4]
+        after = fields[fields.index("-") + 1]
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, after
+    return kind
+
+
+def unusable_folder(folder: Path, exc: OSError, shown: Path | None = None) -> OSError:
+    """What to raise when creating `folder` failed with `exc`: an UnusableFolder that says which folder
+    (`shown`, when the one created was a work folder beside it), why, and what to do, when no retry could
+    fix it; `exc` itself otherwise (permissions, a full disk: the machine's problem, described elsewhere)."""
+    shown = Path(shown or folder).absolute()
+    parent = Path(folder).absolute().parent
+    if exc.errno == errno.ENOENT and parent.is_dir():
+        kind = _fs_type(parent)
+        why = (f"{parent} is on a '{kind}' file system, which holds no folders of ours" if kind in _VIRTUAL_FS
+               else f"the file system at {parent} does not let folders be made there" + (f" ({kind})" if kind else ""))
+    elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        on_way = next((p for p in [parent, *parent.parents] if os.path.lexists(p) and not p.is_dir()), None)
+        why = f"{on_way} is a file, not a folder" if on_way is not None else f"{parent} is not a folder"
+    elif exc.errno == errno.ENAMETOOLONG:
+        why = "its name is too long for the file system"
+    elif exc.errno in (errno.EINVAL, errno.EILSEQ):
+        why = "the file system refuses its name"
+    elif exc.errno == errno.ELOOP:
+        why = "a symbolic link on the way loops"
+    else:
+        return exc
+    return UnusableFolder(f"cannot create the folder {shown}: {why}; choose a folder on a disk backout can write "
+                          "to (for example one under the current folder) and run the command again; nothing was "
+                          "changed", shown, exc.errno or errno.EINVAL)
+
+
 def is_component(value: str) -> bool:
     """True when `value` is safe as one path component: no `/`, `..`, NUL or leading `.` or `-`."""
     return bool(_NAME.fullmatch(value))
@@ -82,14 +148,25 @@ def ensure_private_dir(path: Path) -> Path:
     A link on the way is followed only where no one else could have planted it."""
     parts = path.absolute().parts
     current = Path(parts[0])
-    for i, part in enumerate(parts[1:], start=2):
-        parent, current = current, current / part
-        if not _make_private_dir(current):
-            _check_existing(current, parent, last=i == len(parts))
+    made: list[Path] = []
+    try:
+        for i, part in enumerate(parts[1:], start=2):
+            parent, current = current, current / part
+            if _make_private_dir(current, wanted=path):
+                made.append(current)
+            else:
+                _check_existing(current, parent, last=i == len(parts), wanted=path)
+    except UnusableFolder:
+        for folder in reversed(made):  # the folders made on the way: nothing is left changed
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+        raise
     return path
 
 
-def _make_private_dir(folder: Path) -> bool:
+def _make_private_dir(folder: Path, wanted: Path | None = None) -> bool:
     """mkdir 0700, then fchmod (the umask may take bits away); False when something is there already."""
     if os.path.lexists(folder):
         return False
@@ -97,6 +174,8 @@ def _make_private_dir(folder: Path) -> bool:
         os.mkdir(folder, 0o700)
     except FileExistsError:
         return False
+    except OSError as exc:
+        raise unusable_folder(folder, exc, wanted) from None
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         os.fchmod(fd, 0o700)
@@ -105,14 +184,17 @@ def _make_private_dir(folder: Path) -> bool:
     return True
 
 
-def _check_existing(folder: Path, parent: Path, last: bool) -> None:
+def _check_existing(folder: Path, parent: Path, last: bool, wanted: Path | None = None) -> None:
     """Refuse a link someone else could have planted; warn once when others may write where backout writes."""
     st = os.lstat(folder)
     if stat.S_ISLNK(st.st_mode):
         _check_link(folder, parent, st)
         st = os.stat(folder)
     if not stat.S_ISDIR(st.st_mode):
-        raise NotADirectoryError(errno.ENOTDIR, "Not a directory; remove it or choose another folder", str(folder))
+        wanted = (wanted or folder).absolute()
+        where = "" if wanted == folder.absolute() else f"cannot use the folder {wanted}: "
+        raise UnusableFolder(f"{where}{folder.absolute()} is a file, not a folder; remove it or choose another "
+                             "folder; nothing was changed", folder, errno.ENOTDIR)
     if last and st.st_mode & 0o002 and not st.st_mode & stat.S_ISVTX and folder not in _WARNED:
         _WARNED.add(folder)
         _log.warning("backout: warning: any user can write in %s (mode %o) and replace backout's files there: "
@@ -291,6 +373,8 @@ def free_bytes(path: Path) -> int:
 def describe_os_error(exc: OSError, where: Path) -> str:
     """A one-line explanation of an OSError with what to do about it; `where` stands in when the error names
     no file."""
+    if isinstance(exc, UnusableFolder):
+        return str(exc)
     where = Path(exc.filename).absolute() if exc.filename else Path(where).absolute()
     if exc.errno == errno.ENOSPC:
         return f"no space left on the device holding {where}; free space there or choose another folder"

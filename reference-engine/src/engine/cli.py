@@ -231,24 +231,58 @@ def traffic(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     key_file: Optional[Path] = typer.Option(None, "--key-file", metavar="FILE",
                                             help="Read the API key from this file."),
+    progress_every: float = typer.Option(10.0, "--progress-every", min=0, metavar="SECONDS",
+                                         help="Without a terminal, a progress line on stderr this often (0: none); "
+                                         "on a terminal a progress bar shows instead."),
 ) -> None:
     """Send realistic traffic (people, facts, feedback, MCP asks) and print a summary.
+
+    Progress goes to stderr while it runs. Ctrl-C stops it early: the turns in flight finish (for
+    at most 5 s), the summary so far is printed, exit 130. Exit 1 when no turn could be sent, or
+    when every answer was 401/403 (the key is not the Engine's).
 
     \b
     Examples:
       engine traffic --url http://127.0.0.1:8000 --rate 5 --duration 30
       engine traffic --url http://127.0.0.1:8000 --rate 8 --duration 600 --key-file key.txt --json"""
-    from engine.traffic import TrafficPlan, run_traffic
+    import signal
+    import threading
+
+    from engine.traffic import TrafficPlan, TrafficProgress, run_traffic
 
     key = api_key(key_file)
-    summary = run_traffic(TrafficPlan(url=url, key=key, rate=rate, duration=duration, seed=seed,
-                                      poison_every=poison_every))
+    plan = TrafficPlan(url=url, key=key, rate=rate, duration=duration, seed=seed, poison_every=poison_every)
+    stop = threading.Event()
+
+    def interrupt(signum: int, frame: object) -> None:
+        if stop.is_set():  # a second Ctrl-C: do not wait for the turns in flight
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        with TrafficProgress(plan, progress_every) as progress:
+            summary = run_traffic(plan, progress.on_result, stop, grace=5.0)
+    except KeyboardInterrupt:
+        fail("interrupted twice: stopped without waiting for the turns in flight, so there is no summary", 130)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     if as_json:
         typer.echo(json.dumps(summary.as_dict(), indent=2))
     else:
         typer.echo(summary.render())
+    if stop.is_set():
+        typer.echo(f"engine: interrupted: the summary covers the {summary.attempted} turns sent before Ctrl-C",
+                   err=True)
+        raise typer.Exit(130)
     if summary.sent == 0:
         fail(f"no turn could be sent to {url}", code=1)
+    if summary.refused_by_key():
+        source = f"the key in {key_file}" if key_file is not None else "ENGINE_API_KEY"
+        codes = "/".join(str(c) for c in sorted(s for s in summary.by_status if s > 0))
+        fail(f"the Engine at {url} refused every turn ({codes}): it does not accept {source}; set ENGINE_API_KEY "
+             "(or --key-file FILE) to the key the Engine was started with (its ENGINE_API_KEY, or the key whose "
+             "sha256 is its ENGINE_KEY_HASH)", code=1)
 
 
 @app.command()

@@ -15,7 +15,7 @@ from engine.client import AsyncEngineClient, TurnResult
 from engine.releases import POISONED_TASK_ID
 from engine.turn import PEOPLE
 
-__all__ = ["PlannedTurn", "TrafficPlan", "TrafficSummary", "plan_turns", "run_traffic",
+__all__ = ["PlannedTurn", "TrafficPlan", "TrafficProgress", "TrafficSummary", "plan_turns", "run_traffic",
            "run_traffic_async"]
 
 CLIENT_ERROR = "CLIENT_ERROR"  # the client itself failed on a turn (never raised to the caller)
@@ -117,6 +117,7 @@ class TrafficSummary:
     duration: float = 0.0
     seed: int = 0
     poison_every: int = 0
+    interrupted: bool = False  # stopped early (Ctrl-C): the counts cover the turns sent until then
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (status codes become string keys)."""
@@ -129,7 +130,7 @@ class TrafficSummary:
             "latency_p99_ms": self.latency_p99_ms, "latency_max_ms": self.latency_max_ms, "feedback_sent": self.feedback_sent,
             "feedback_failed": self.feedback_failed, "mcp_asks": self.mcp_asks, "elapsed_s": self.elapsed_s,
             "rate": self.rate, "duration": self.duration, "seed": self.seed,
-            "poison_every": self.poison_every,
+            "poison_every": self.poison_every, "interrupted": self.interrupted,
         }
 
     def render(self) -> str:
@@ -149,7 +150,15 @@ class TrafficSummary:
         ]
         if self.failed_by_task:
             rows.append(("failed in", _counts(self.failed_by_task)))
+        if self.interrupted:
+            rows.append(("stopped", f"interrupted after {self.elapsed_s:.1f} s of {self.duration:g} s: "
+                                    f"{self.attempted} of {math.ceil(self.rate * self.duration - 1e-9)} planned turns sent"))
         return "\n".join(f"{name:<10}{value}" for name, value in rows)
+
+    def refused_by_key(self) -> bool:
+        """True when turns got answers and every answer was 401 or 403: the key is wrong or missing."""
+        answered = {status for status in self.by_status if status > 0}
+        return self.sent > 0 and answered <= {401, 403}
 
 
 def _counts(counts: dict[Any, int]) -> str:
@@ -254,12 +263,16 @@ def _summarise(plan: TrafficPlan, tally: _Tally, elapsed: float) -> TrafficSumma
     )
 
 
+_STOP_LOOK_S = 0.1  # how often the schedule looks at `stop` while it waits for the next turn
+
+
 async def run_traffic_async(plan: TrafficPlan, on_result: OnResult | None = None,
-                            stop: threading.Event | None = None) -> TrafficSummary:
+                            stop: threading.Event | None = None, grace: float | None = None) -> TrafficSummary:
     """Send the plan's turns open-loop (on schedule, not waiting for earlier ones) and summarise.
 
     `on_result(turn, result, finished_at)` sees every turn as it ends; setting `stop` ends the run
-    early (turns in flight still finish)."""
+    early: turns in flight still finish, or with `grace` at most that many seconds more (the others
+    are abandoned and not counted)."""
     turns = plan_turns(plan)
     tally = _Tally()
     slots = asyncio.Semaphore(max(1, plan.concurrency))
@@ -268,18 +281,96 @@ async def run_traffic_async(plan: TrafficPlan, on_result: OnResult | None = None
         started = time.perf_counter()
         tasks = []
         for turn in turns:
-            delay = started + turn.at - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            while (delay := started + turn.at - time.perf_counter()) > 0 and not (stop is not None and stop.is_set()):
+                await asyncio.sleep(min(delay, _STOP_LOOK_S) if stop is not None else delay)
             if stop is not None and stop.is_set():
                 break
             tasks.append(asyncio.create_task(_turn(client, slots, turn, tally, on_result)))
-        await asyncio.gather(*tasks)
+        stopped = stop is not None and stop.is_set()
+        if stopped and grace is not None and tasks:
+            _, late = await asyncio.wait(tasks, timeout=grace)
+            for task in late:
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=stopped)
         elapsed = time.perf_counter() - started
-    return _summarise(plan, tally, elapsed)
+    summary = _summarise(plan, tally, elapsed)
+    summary.interrupted = stopped and len(tally.results) < len(turns)
+    return summary
 
 
 def run_traffic(plan: TrafficPlan, on_result: OnResult | None = None,
-                stop: threading.Event | None = None) -> TrafficSummary:
+                stop: threading.Event | None = None, grace: float | None = None) -> TrafficSummary:
     """Run the plan to completion (or until `stop`) on a fresh event loop and return its summary."""
-    return asyncio.run(run_traffic_async(plan, on_result, stop))
+    return asyncio.run(run_traffic_async(plan, on_result, stop, grace))
+
+
+class TrafficProgress:
+    """How a long run is going, on stderr: a progress bar on a terminal; otherwise one line every `every`
+    seconds (none when `every` is 0). Use as a context manager; pass `on_result` to run_traffic."""
+
+    def __init__(self, plan: TrafficPlan, every: float = 10.0, stream: Any = None) -> None:
+        import sys
+
+        self.plan, self.every = plan, every
+        self.stream = stream if stream is not None else sys.stderr
+        self.total = plan.total_turns
+        self.done = self.ok = 0
+        self.statuses: Counter[int] = Counter()
+        self._lock = threading.Lock()
+        self._started = time.monotonic()
+        self._quit = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._bar: Any = None
+        self._task: Any = None
+
+    def on_result(self, turn: PlannedTurn, result: TurnResult, at: float) -> None:
+        """Count one finished turn (called from the traffic's event loop)."""
+        with self._lock:
+            self.done += 1
+            self.ok += bool(result.ok)
+            if not result.ok:
+                self.statuses[result.status] += 1
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done, failed=self.done - self.ok)
+
+    def line(self) -> str:
+        """The progress as one line of text."""
+        with self._lock:
+            done, ok, statuses = self.done, self.ok, dict(self.statuses)
+        failed = done - ok
+        why = ", ".join(f"{'no answer' if k == 0 else k}: {v}" for k, v in sorted(statuses.items()))
+        return (f"engine traffic: {done}/{self.total} turns done after {time.monotonic() - self._started:.0f} s of "
+                f"{self.plan.duration:g} s: {ok} completed, {failed} failed" + (f" ({why})" if why else ""))
+
+    def __enter__(self) -> "TrafficProgress":
+        self._started = time.monotonic()
+        if self._terminal():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(TextColumn("traffic"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("turns, {task.fields[failed]} failed"), TimeElapsedColumn(),
+                                 console=Console(file=self.stream), transient=True)
+            self._task = self._bar.add_task("traffic", total=self.total, failed=0)
+            self._bar.start()
+        elif self.every > 0:
+            self._thread = threading.Thread(target=self._lines, name="traffic-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._quit.set()
+        if self._thread is not None:
+            self._thread.join(1)
+        if self._bar is not None:
+            self._bar.stop()
+
+    def _terminal(self) -> bool:
+        try:
+            return bool(self.stream.isatty())
+        except (AttributeError, ValueError):
+            return False
+
+    def _lines(self) -> None:
+        while not self._quit.wait(self.every):
+            print(self.line(), file=self.stream, flush=True)

@@ -24,6 +24,7 @@ from typing import Any
 
 from backout.brain.bundle_files import create_private, encode, read_jsonl, write_json_file
 from backout.brain.tables import TableMark, connect_readonly, has_rowid, quote_ident, user_tables
+from backout.fsutil import UnusableFolder, ensure_private_dir, unusable_folder
 from backout.profiles import engine, engine_bundle
 from backout.profiles.engine_bundle import ENGINE_BUNDLE_FORMAT, MEMORY_IMPORT_FILE
 
@@ -418,22 +419,19 @@ def _file_name(table: str, used: set[str]) -> str:
 
 
 def _make_work_dir(out_dir: Path) -> Path:
-    """A private sibling of out_dir; renamed into place only once complete."""
-    _make_private_parents(out_dir.parent)
-    work = out_dir.parent / f".{out_dir.name}.partial-{secrets.token_hex(4)}"
-    os.mkdir(work, 0o700)
+    """A private sibling of out_dir; renamed into place only once complete. A bundle folder that cannot be made
+    where it was named (under /proc, below a file) is a SalvageError that says which and why."""
+    try:
+        ensure_private_dir(out_dir.parent)
+        work = out_dir.parent / f".{out_dir.name}.partial-{secrets.token_hex(4)}"
+        try:
+            os.mkdir(work, 0o700)
+        except OSError as exc:
+            raise unusable_folder(work, exc, out_dir) from None
+    except UnusableFolder as exc:
+        raise SalvageError(str(exc)) from None
     os.chmod(work, 0o700)
     return work
-
-
-def _make_private_parents(folder: Path) -> None:
-    missing = []
-    while not folder.exists():
-        missing.append(folder)
-        folder = folder.parent
-    for path in reversed(missing):
-        os.mkdir(path, 0o700)
-        os.chmod(path, 0o700)
 
 
 def _publish(work: Path, out_dir: Path) -> None:

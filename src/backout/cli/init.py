@@ -9,6 +9,7 @@ import re
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
+from urllib.parse import urlsplit
 
 import typer
 
@@ -134,6 +135,50 @@ def _config_files(pairs: list[str], ports: list[str], command: str) -> dict[str,
     return {"config_files": files or None, "ports": named or None}
 
 
+_BRACED = re.compile(r"\{([A-Za-z_]+)(?::[^{}]*)?\}")  # what the process runtime reads as a placeholder
+
+
+def _refuse_unset_placeholders(templates: dict[str, str | None], section: dict[str, object], base: Path,
+                               health_url: str | None) -> None:
+    """Refuse (exit 2, nothing written) a template whose placeholder would be empty or unknown at every start:
+    {port} without --port, {port:NAME} without --named-port NAME=PORT, a misspelt placeholder."""
+    from backout.runtime.templates import PLACEHOLDER, names_in
+
+    files = [(f"--config-file {f['template']}", _read_template(base, str(f["template"])))
+             for f in section.get("config_files") or []]  # type: ignore[union-attr]
+    named = section.get("ports") or {}
+    for flag, text in [*templates.items(), *files]:
+        if not text:
+            continue
+        if not flag.startswith("--config-file"):  # config files keep every other brace (YAML, JSON) as it is
+            unknown = [m[0] for m in _BRACED.finditer(text) if not PLACEHOLDER.fullmatch(m[0])]
+            if unknown:
+                fail(f"{flag} uses {unknown[0]}, which is not a placeholder (they are {{version}}, {{brain}}, "
+                     "{port}, {state}, {config} and {port:NAME}); fix it and run init again; nothing was written",
+                     EXIT_USAGE)
+        for name in sorted(names_in(text)):
+            if name == "port" and section.get("port") is None:
+                try:
+                    seen = urlsplit(health_url).port if health_url else None
+                except ValueError:
+                    seen = None
+                example = f"--port {seen} (the port --health-url names)" if seen else "--port 8000"
+                fail(f"{flag} uses {{port}}, but no --port says which port the service listens on, so it would be "
+                     f"started with an empty port: add {example}; nothing was written", EXIT_USAGE)
+            if name.startswith("port:") and name[5:] not in named:  # type: ignore[operator]
+                fail(f"{flag} uses {{{name}}}, but no --named-port {name[5:]}=PORT sets that port: add one; "
+                     "nothing was written", EXIT_USAGE)
+
+
+def _read_template(base: Path, template: str) -> str | None:
+    """A config file template's text (relative to the config's folder, like backout.toml's paths), or None."""
+    path = Path(template) if Path(template).is_absolute() else base / template
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def _profile(name: str | None, brain: Path) -> "Detected":
     """The named profile, or the one the brain's tables show (generic without a brain)."""
     from backout.profiles import Detected, ProfileError, detect, profile_named
@@ -205,6 +250,8 @@ def init(
             fail("--runtime process needs --command TEMPLATE and --brain PATH", EXIT_USAGE)
         section: dict[str, object] = {"command": command, "check": check, "port": port, "migrate": migrate}
         section.update(_config_files(config_file, named_port, command))
+        _refuse_unset_placeholders({"--command": command, "--check": check, "--migrate": migrate},
+                                   section, output.parent, health_url)
     elif runtime == "compose":
         from backout.runtime.compose_file import detect
 

@@ -16,7 +16,8 @@ from backout.flows.rollback import Mode, RollbackRequest, decide_rollback
 from backout.flows.journals import resume_journal
 from backout.flows.paths import rollback_journal
 from backout.flows.rollback_run import RollbackRun, new_journal
-from backout.freeze import freeze_version, unfreeze_version
+from backout.cli.framework import errors as click_errors
+from backout.freeze import freeze_version, frozen_versions, unfreeze_version
 from backout.history import Change, History, deployment_state
 from backout.journal import Journal
 from backout.lock import operation_lock
@@ -196,10 +197,13 @@ def _print_failure(run: RollbackRun, why: str) -> None:
 
 
 def freeze(
-    version: str = typer.Argument(..., callback=version_arg, metavar="VERSION",
-                                help="Version to refuse in upgrades and switches."),
-    reason: str = typer.Option(..., "--reason", metavar="TEXT",
-                               help="Why, kept with the freeze and in the history."),
+    ctx: typer.Context,
+    version: Optional[str] = typer.Argument(None, callback=version_arg, metavar="VERSION",
+                                          help="Version to refuse in upgrades and switches."),
+    reason: Optional[str] = typer.Option(None, "--reason", metavar="TEXT",
+                                         help="Why, kept with the freeze and in the history."),
+    list_frozen: bool = typer.Option(False, "--list", help="List the frozen versions instead: who froze each (by "
+                                     "hand, a rollback, or backout.toml), when and why."),
     dry_run: bool = DryRunOpt,
     yes: bool = YesOpt,
     as_json: bool = JsonOpt,
@@ -210,15 +214,58 @@ def freeze(
 
     \b
     Examples:
-      backout freeze 2.4.0 --reason "corrupts threads with emoji (INC-231)" --yes"""
+      backout freeze 2.4.0 --reason "corrupts threads with emoji (INC-231)" --yes
+      backout freeze --list"""
+    if list_frozen:
+        if version is not None or reason is not None:
+            fail("freeze --list takes no VERSION and no --reason; see `backout freeze --help`", EXIT_USAGE)
+        target = target_from(config, deployment, None)
+        with handle_errors():
+            _list_frozen(target, as_json)
+        return
+    for name, value in (("version", version), ("reason", reason)):
+        if value is None:  # the same sentence as any other missing argument
+            raise click_errors.MissingParameter(ctx=ctx, param=next(p for p in ctx.command.params if p.name == name))
+    assert version is not None and reason is not None
     target = target_from(config, deployment, None)
     if dry_run:
         emit_json({"dry_run": True, "freeze": version}) if as_json else typer.echo(f"would freeze {version}")
         return
     confirm(f"freeze {version} for {target.deployment}?", yes)
     with handle_errors():
-        freeze_version(target, version, reason)
-    emit_json({"frozen": version, "reason": reason}) if as_json else typer.echo(f"{version} frozen: {reason}")
+        earlier = freeze_version(target, version, reason, source="manual")
+    if earlier is not None:
+        said = f"{version} was frozen already ({_frozen_by(earlier)}: {earlier.get('reason')}); kept as it was"
+        emit_json({"frozen": version, "already": True, "source": earlier.get("source"),
+                   "reason": earlier.get("reason"), "detail": said}) if as_json else typer.echo(said)
+        return
+    emit_json({"frozen": version, "already": False, "source": "manual", "reason": reason}) if as_json else \
+        typer.echo(f"{version} frozen: {reason}")
+
+
+def _frozen_by(entry: dict[str, Any]) -> str:
+    source = entry.get("source")
+    return {"manual": "by hand", "rollback": "by a rollback", "config": "in backout.toml"}.get(str(source),
+                                                                                               str(source or "?"))
+
+
+def _list_frozen(target: Any, as_json: bool) -> None:
+    """`freeze --list`: every frozen version with who froze it, when and why."""
+    every = frozen_versions(target)
+    rows = [{"version": v, "source": e.get("source"), "reason": e.get("reason"), "at": e.get("at"),
+             "incident": e.get("incident")} for v, e in sorted(every.items())]
+    if as_json:
+        emit_json({"deployment": target.deployment, "frozen": rows})
+        return
+    if not rows:
+        typer.echo(f"no version of {target.deployment} is frozen")
+        return
+    width = max(len("VERSION"), *(len(r["version"]) for r in rows))
+    typer.echo(f"{'VERSION':<{width}}  {'FROZEN':<13}  {'SINCE':<20}  REASON")
+    for r in rows:
+        since = str(r["at"] or "-")[:19].replace("T", " ")
+        incident = f" (incident {r['incident']})" if r["incident"] else ""
+        typer.echo(f"{r['version']:<{width}}  {_frozen_by(r):<13}  {since:<20}  {r['reason'] or '-'}{incident}")
 
 
 def unfreeze(
@@ -233,18 +280,37 @@ def unfreeze(
 ) -> None:
     """Lift the freeze a rollback put on VERSION, saying why; recorded in the history.
 
+    A version that is not frozen but was judged bad (it failed to start, or was rolled back from) is
+    judged unknown again; one that is neither is left alone (exit 0, nothing to do).
+
     \b
     Examples:
       backout unfreeze 2.4.0 --reason "2.4.0 rebuilt with the fix for INC-231" --yes"""
+    from backout.ledger import Ledger
+
     target = target_from(config, deployment, None)
+    with handle_errors():
+        frozen = frozen_versions(target).get(version)
+        judged = Ledger(target).standing(version)
+    if frozen is None and judged.standing != "bad":
+        said = f"{version} is not frozen; nothing to do"
+        emit_json({"unfrozen": None, "version": version, "frozen": False, "dry_run": dry_run, "detail": said}) \
+            if as_json else typer.echo(said)
+        return
     if dry_run:
         emit_json({"dry_run": True, "unfreeze": version}) if as_json else typer.echo(f"would unfreeze {version}")
         return
     confirm(f"unfreeze {version} for {target.deployment}?", yes)
     with handle_errors():
         was = unfreeze_version(target, version)
+        why = was.get("reason") if was is not None else f"not frozen, but judged bad: {judged.why}"
         History(target.state_dir).append(Change(deployment=target.deployment, kind="unfreeze", from_version=version,
                                                 to_version=None, outcome="ok", reason=reason,
-                                                detail=f"unfrozen {version} (was: {was.get('reason')})"))
-    emit_json({"unfrozen": version, "was": was, "reason": reason}) if as_json else \
-        typer.echo(f"{version} unfrozen (it was frozen: {was.get('reason')})")
+                                                detail=f"unfrozen {version} (was: {why})"))
+    if as_json:
+        emit_json({"unfrozen": version, "was": was, "judged": judged.to_dict() if was is None else None,
+                   "reason": reason})
+    elif was is not None:
+        typer.echo(f"{version} unfrozen (it was frozen {_frozen_by(was)}: {was.get('reason')})")
+    else:
+        typer.echo(f"{version} was not frozen, but it was judged bad ({judged.why}); it is unknown again")

@@ -102,7 +102,9 @@ def collect_status(target: Target, verify: bool = False) -> dict[str, Any]:
         if running is not None:
             out["running"] = running.to_dict()
             out["rollback_target"] = _rollback_target(target, ledger, running)
-        out["frozen"] = sorted(frozen_versions(target))
+        frozen = frozen_versions(target)
+        out["frozen"] = sorted(frozen)
+        out["frozen_by"] = {v: frozen[v].get("source") for v in sorted(frozen)}  # manual, rollback or config
     out["pending"] = [p.to_dict() for p in pending_operations(target)]
     if target.health_url:
         out["health"] = target.probe(timeout=5).to_dict()
@@ -180,7 +182,9 @@ def status(
         typer.echo(f"rollback to  {target_['version']} ({target_['source']})" if target_["version"]
                    else f"rollback to  nothing: {target_['why_not']}")
     if data.get("frozen"):
-        typer.echo(f"frozen       {', '.join(data['frozen'])}")
+        by = {"manual": "by hand", "rollback": "by a rollback", "config": "in backout.toml"}
+        typer.echo("frozen       " + ", ".join(f"{v} ({by.get(str(data.get('frozen_by', {}).get(v)), '?')})"
+                                               for v in data["frozen"]))
     for pending in data["pending"]:
         typer.echo(f"PENDING      {pending['detail']}: finish with `{pending['finish']}`"
                    + (f" or abandon with `{pending['abandon']}`" if pending["abandon"] else ""))

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backout.config import Target
-from backout.errors import EXIT_REFUSED, BackoutError
+from backout.errors import EXIT_REFUSED, EXIT_USAGE, BackoutError
 from backout.evidence import Redactor, secrets_of
 from backout.ledger import Ledger
-from backout.runtime.base import Runtime
+from backout.runtime.base import Runtime, port_free
 from backout.runtime.trial import cached_trial, remember_trial, schema_key, trial_boot, trial_possible
 
 __all__ = ["Proof", "TargetRefused", "prove_target"]
@@ -94,6 +94,11 @@ def _trial(target: Target, runtime: Runtime, version: str) -> Proof:
     cached_as = f"{version}+migrate" if _migrates(target) else version
     trial = cached_trial(target, cached_as, key)
     if trial is None:
+        port = target.require_settings().rollback.trial_port
+        if port and not port_free(port):
+            raise BackoutError(f"the trial port {port} (`rollback.trial_port` in backout.toml) is already in use by "
+                               "another process, so no trial boot can prove the target starts: stop that process or "
+                               "choose another trial_port; nothing was stopped", EXIT_USAGE)
         trial = trial_boot(target, runtime, version, skeleton_enough=True, migrate=True)
         if not (trial.skeleton and trial.healthy):  # a pass on the schema alone is no pass for a rollback
             remember_trial(target, cached_as, key, trial, Redactor(secrets_of(target.require_settings())).obj)

@@ -409,7 +409,7 @@ class RollbackRun:
         """`backout upgrade` refuses the bad version until it is unfrozen with a reason."""
         if self.d.from_version:
             freeze_version(self.target, self.d.from_version, f"rolled back: {self.d.signals.symptom}",
-                           self.d.incident_id)
+                           self.d.incident_id, source="rollback")
         return {"detail": f"{self.d.from_version} frozen"}
 
     def verified(self) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 from backout.brain.schema import SchemaError, stamp
 from backout.commands import recording
 from backout.config import Target
+from backout.errors import EXIT_USAGE
 from backout.flows.prove import Proof, prove_target
 from backout.history import Change, History, deployment_state
 from backout.journal import fault_point
@@ -72,7 +73,12 @@ class SwitchPlan:
 def plan_switch(target: Target, runtime: Runtime, version: str, force: bool = False) -> SwitchPlan:
     """Refuse early (judged bad, unavailable, does not start), then return the commands a switch would run."""
     settings = target.require_settings()
-    proof = prove_target(target, runtime, version, force, something_runs=runtime.current().running)
+    running = runtime.current().running
+    if not running:  # what runs holds its own port; a port held by anything else would fail the start
+        taken = runtime.port_taken()
+        if taken:
+            raise RuntimeFailure(f"{taken}; nothing was started", EXIT_USAGE)
+    proof = prove_target(target, runtime, version, force, something_runs=running)
     return SwitchPlan(runtime.switch_commands(version, settings.drain_timeout.total_seconds()), proof)
 
 

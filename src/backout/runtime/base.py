@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import socket
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,7 +16,18 @@ from backout.profiles import generic
 from backout.profiles.model import Profile
 from backout.signals.health import HealthProbe, probe
 
-__all__ = ["Availability", "Command", "Current", "HealthWait", "Runtime", "RuntimeFailure", "StopResult"]
+__all__ = ["Availability", "Command", "Current", "HealthWait", "Runtime", "RuntimeFailure", "StopResult", "port_free"]
+
+
+def port_free(port: int) -> bool:
+    """Whether a listener could bind `port` on the loopback address now (one listening on any address holds it)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 class RuntimeFailure(BackoutError):
@@ -92,10 +104,29 @@ class Runtime(abc.ABC):
         self.brain = brain
         self.profile = profile  # how health is judged and what a refused database looks like
         self.started_at: datetime | None = None  # set by start(): the logs of this start begin here
+        self.throwaway = False  # a trial boot's twin: its logs are removed with it, so none are named
 
     def start_logs(self, tail: int = 20) -> list[str]:
         """The last lines logged since the current version was started."""
         return self.logs(since=self.started_at, tail=tail)
+
+    def log_location(self) -> str | None:
+        """Where an operator reads the whole service log (a file, or the command that prints it); None when
+        the runtime keeps none that outlives it."""
+        return None
+
+    def port_taken(self) -> str | None:
+        """When nothing of this deployment runs: a port it is to listen on that another process holds, in
+        words (what and what to do), else None."""
+        return None
+
+    def _failed_start(self, reason: str, tail: list[str], quote: bool = True) -> str:
+        """A failed start's reason with the service's own last words and where its whole log is."""
+        said = next((line.strip() for line in reversed(tail) if line.strip() and not line.startswith("--- backout:")),
+                    None)
+        where = None if self.throwaway else self.log_location()
+        return (reason + (f"; its last log line: {said[:300]}" if quote and said else "")
+                + (f"; the service's log: {where}" if where else ""))
 
     @abc.abstractmethod
     def current(self) -> Current:
@@ -162,9 +193,9 @@ class Runtime(abc.ABC):
             if code is not None:
                 tail = self.start_logs()
                 said = self.profile.refusal_line(tail, self.brain.name, exited=code != 0)
-                return HealthWait(False, time.monotonic() - start, last,
-                                  f"exited with code {code} before it was healthy"
-                                  + (f"; it refused the database: {said}" if said else ""), tail)
+                return HealthWait(False, time.monotonic() - start, last, self._failed_start(
+                    f"exited with code {code} before it was healthy"
+                    + (f"; it refused the database: {said}" if said else ""), tail, quote=not said), tail)
             last = self.health_probe(timeout=min(10.0, max(0.5, deadline - time.monotonic())))
             if last is None:
                 return HealthWait(True, time.monotonic() - start, None, "running (no health URL configured)")
@@ -175,10 +206,11 @@ class Runtime(abc.ABC):
                 looked = time.monotonic()
                 said = self.profile.refusal_line(self.start_logs(tail=50))
             if said is not None:
-                return HealthWait(False, time.monotonic() - start, last, f"refuses to serve: {said}",
-                                  self.start_logs())
-            if time.monotonic() >= deadline:
                 return HealthWait(False, time.monotonic() - start, last,
-                                  f"not healthy in time: {last.reason()}", self.start_logs())
+                                  self._failed_start(f"refuses to serve: {said}", [], quote=False), self.start_logs())
+            if time.monotonic() >= deadline:
+                tail = self.start_logs()
+                return HealthWait(False, time.monotonic() - start, last,
+                                  self._failed_start(f"not healthy in time: {last.reason()}", tail), tail)
             time.sleep(self.poll_interval)
 

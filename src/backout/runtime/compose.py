@@ -281,6 +281,10 @@ class ComposeRuntime(Runtime):
             return None
         return int(state.get("ExitCode", -1))
 
+    def log_location(self) -> str | None:
+        """The command that prints the service's whole log."""
+        return f"`{shlex.join(self._compose('logs', '--no-color', self.service))}`"
+
     def logs(self, since: datetime | None = None, tail: int | None = None) -> list[str]:
         """`docker compose logs` of the service."""
         args = ["logs", "--no-color", "--no-log-prefix"]

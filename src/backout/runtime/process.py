@@ -9,7 +9,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from backout.brain.liveness import lock_holders
 from backout.config import ProcessSettings
@@ -25,9 +25,9 @@ from backout.fsutil import atomic_write_json, ensure_private_dir
 from backout.commands import SPAWN, Command, perform, run_command
 from backout.profiles import generic
 from backout.profiles.model import Profile
-from backout.runtime.base import Availability, Current, Runtime, RuntimeFailure, StopResult
+from backout.runtime.base import Availability, Current, Runtime, RuntimeFailure, StopResult, port_free
 from backout.runtime.env import env_names, service_env
-from backout.runtime.templates import PLACEHOLDER, fill, render_config_files
+from backout.runtime.templates import PLACEHOLDER, fill, names_in, render_config_files
 
 __all__ = ["ProcessRuntime", "CLEAN_EXIT_CODES", "template_argv"]
 
@@ -115,7 +115,27 @@ class ProcessRuntime(Runtime):
                 "state": str(self.state), "config": str(self.config_dir)}
 
     def _argv(self, template: str, version: str) -> tuple[str, ...]:
+        if self.settings.port is None and "port" in names_in(template):
+            try:
+                guess = urlsplit(self.health_url).port if self.health_url else None
+            except ValueError:
+                guess = None
+            raise RuntimeFailure(f"command template {template!r} uses {{port}}, but the process table in backout.toml "
+                                 f"sets no `port`: add `port = {guess or 'PORT'}` (the port the service listens on"
+                                 + (", as health_url says" if guess else "") + "); nothing was started", EXIT_USAGE)
         return template_argv(template, self._values(version), self.settings.ports)
+
+    def log_location(self) -> str | None:
+        """The service log file (every start appends to it)."""
+        return str(self.log_file.absolute())
+
+    def port_taken(self) -> str | None:
+        """The configured port (or a named one) when another process listens on it."""
+        for name, port in [("port", self.settings.port), *((f"ports.{n}", p) for n, p in self.settings.ports.items())]:
+            if isinstance(port, int) and port and not port_free(port):
+                return (f"port {port} (`{name}` in backout.toml) is already in use by another process, not by a version "
+                        "backout started: stop that process or change the port in backout.toml")
+        return None
 
     def _render_command(self, version: str) -> Command:
         files = self.settings.config_files
@@ -204,14 +224,9 @@ class ProcessRuntime(Runtime):
 
     def _refuse_if_taken(self) -> None:
         port = self.settings.port
-        if port:
-            with socket.socket() as sock:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    raise RuntimeFailure(f"port {port} is already in use by another process; stop it or change "
-                                         "`port` in backout.toml", EXIT_USAGE) from None
+        if isinstance(port, int) and port and not port_free(port):
+            raise RuntimeFailure(f"port {port} is already in use by another process; stop it or change "
+                                 "`port` in backout.toml", EXIT_USAGE)
         if self.brain.exists():
             holders = lock_holders(self.brain)
             if holders:

@@ -298,6 +298,7 @@ def _trial_process(target: Target, version: str, copy: Path, port: int, url: str
     ports = {name: _free_port() for name in settings.process.ports}  # every named port a spare one too
     trial = ProcessRuntime(settings.process.model_copy(update={"port": port, "ports": ports}), copy, url,
                            folder / "runtime", profile=target.profile)
+    trial.throwaway = True  # its log goes with its folder: the failure quotes it instead of naming it
     how = f"process on port {port} against a copy of the brain"
     try:
         trial.start(version, migrate=migrate)
@@ -363,6 +364,7 @@ def _trial_container(target: Target, runtime: Runtime, version: str, copy: Path,
     project = re.sub(r"[^a-z0-9_-]", "", f"{project_name(settings.compose)}-trial-{folder.name[-8:]}")
     atomic_write_json(folder / "trial.json", {"project": project})  # so a killed run's trial can be taken down
     trial = _trial_runtime(target, project, override, data / Path(inside).name, folder / "runtime", url)
+    trial.throwaway = True  # the project is removed afterwards, its logs with it
     override.write_text(_override(service, trial.image(version), str(_port_variable(settings)), port, data,
                                   str(Path(inside).parent)), encoding="utf-8")
     how = f"container in compose project {project}, port {port}, against a copy of the brain"
