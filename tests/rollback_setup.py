@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from backout_cli import backout, backout_json
 from engine.client import EngineClient
+from engine.traffic import TrafficPlan, run_traffic
 from engine.turn import PEOPLE
 from engine_proc import DEFAULT_KEY, free_port
 
@@ -101,3 +104,40 @@ def notifications(config: Path) -> list[dict[str, Any]]:
     """Messages the file channel recorded."""
     path = config.parent / "notifications.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+LIVE_SETTINGS = f"""
+[deployments.{{name}}.verdict]
+window = "8s"
+min_requests = 25
+sustained_windows = 2
+health_failures = 2
+health_duration = "4s"
+baseline_window = "60s"
+
+[deployments.{{name}}.upgrade]
+watch = "{{watch}}"
+check_every = "3s"
+"""
+LIVE_EVALS = f"""
+[deployments.{{name}}.evals]
+command = "{sys.executable} -m engine.cli eval --url {{{{url}}}} --json {{{{out}}}} --quiet"
+pass_env = ["ENGINE_API_KEY"]
+"""
+
+
+def live_deployment(folder: Path, watch: str, evals: bool = True) -> Path:
+    """A deployment for upgrades under traffic: short verdict windows, evals (unless not wanted), 200 ms turns;
+    the config path."""
+    settings = LIVE_SETTINGS + (LIVE_EVALS if evals else "")
+    config = init_process(folder, settings.replace("{watch}", watch))
+    config.write_text(config.read_text().replace("ENGINE_TURN_MS = \"20\"", "ENGINE_TURN_MS = \"200\""))
+    return config
+
+
+def traffic(url: str, seconds: float) -> threading.Thread:
+    """`engine traffic` at 10 turns/s for `seconds`, in a thread (join it to wait)."""
+    plan = TrafficPlan(url=url, key=DEFAULT_KEY, rate=10, duration=seconds, seed=int(time.time()))
+    thread = threading.Thread(target=run_traffic, args=(plan,), daemon=True)
+    thread.start()
+    return thread

@@ -227,3 +227,34 @@ def test_windows_split_by_time() -> None:
     split = windows(samples, 2.0, 4.0, end=14.0)
     assert [[s.ts for s in w] for w in split] == [[2, 3, 4, 5], [6, 7, 8, 9], []]
     assert windows([], 0.0, 60.0, end=0.0) == []
+
+
+def _scenario_verdict(name: str):  # type: ignore[no-untyped-def]
+    scenario = load_scenario(Path(__file__).parent / "scenarios" / f"{name}.json")
+    return decide(scenario.observations, scenario.policy)
+
+
+def _row(verdict, signal: str):  # type: ignore[no-untyped-def]
+    return next(row for row in verdict.evidence if row.signal == signal)
+
+
+def test_a_row_that_waits_says_why_not_too_little_data() -> None:
+    # 20% of the newest window against 0.4%: plenty of data, one bad window of the two needed
+    assert _row(_scenario_verdict("errors-just-started"), "errors").verdict == "not sustained yet (1 of 2 windows)"
+    assert _row(_scenario_verdict("errors-improving"), "errors").verdict == "improving"
+    assert _row(_scenario_verdict("sparse-data"), "errors").verdict == "too little data"
+
+
+def test_a_trigger_on_falling_windows_says_improving_too_slowly() -> None:
+    scenario = load_scenario(Path(__file__).parent / "scenarios" / "errors-sustained.json")
+    obs = scenario.observations
+    # the newest minute keeps two errors in three: 12% falls to 7.5%, far from halving the excess
+    last = [r for r in obs.requests if r.ts > obs.now - 60 and r.error]
+    eased = {id(r) for r in last[::3]}
+    requests = [replace(r, status=200) if id(r) in eased else r for r in obs.requests]
+    verdict = decide(replace(obs, requests=requests), scenario.policy)
+    assert verdict.decision == "roll-back", verdict.reason
+    assert "improving too slowly (12% → 7.5%)" in verdict.reason, verdict.reason
+    steady = _scenario_verdict("errors-late-onset")
+    assert steady.decision == "roll-back" and steady.reason.endswith("not improving")
+    assert "→" not in _scenario_verdict("errors-sustained").reason  # 12% → 12% is not a fall

@@ -5,59 +5,23 @@ migration, so 2.3.1 cannot read their brain: the brain goes back too)."""
 from __future__ import annotations
 
 import json
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from backout_cli import backout, backout_json
-from engine.traffic import TrafficPlan, run_traffic
-from engine_proc import DEFAULT_KEY
-from rollback_setup import ENV, init_process, rows_of, url_of
+from rollback_setup import ENV, live_deployment, rows_of, traffic, url_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.rehearsal]
-
-SETTINGS = f"""
-[deployments.{{name}}.verdict]
-window = "8s"
-min_requests = 25
-sustained_windows = 2
-health_failures = 2
-health_duration = "4s"
-baseline_window = "60s"
-
-[deployments.{{name}}.evals]
-command = "{sys.executable} -m engine.cli eval --url {{{{url}}}} --json {{{{out}}}} --quiet"
-pass_env = ["ENGINE_API_KEY"]
-
-[deployments.{{name}}.upgrade]
-watch = "{{watch}}"
-check_every = "3s"
-"""
-
-
-def _deployment(folder: Path, watch: str) -> Path:
-    config = init_process(folder, SETTINGS.replace("{watch}", watch))
-    config.write_text(config.read_text().replace("ENGINE_TURN_MS = \"20\"", "ENGINE_TURN_MS = \"200\""))
-    return config
-
-
-def _traffic(url: str, seconds: float) -> threading.Thread:
-    plan = TrafficPlan(url=url, key=DEFAULT_KEY, rate=10, duration=seconds, seed=int(time.time()))
-    thread = threading.Thread(target=run_traffic, args=(plan,), daemon=True)
-    thread.start()
-    return thread
 
 
 def _upgrade_under_traffic(folder: Path, build: str, watch: str = "90s",
                            *extra: str) -> tuple[Path, int, list[dict]]:
-    config = _deployment(folder, watch)
+    config = live_deployment(folder, watch)
     cfg = ["--config", str(config)]
     assert backout_json("switch", "2.3.1", "--yes", *cfg, env=ENV)["healthy"]
-    _traffic(url_of(config), 12).join()  # the baseline the upgrade records
-    load = _traffic(url_of(config), 60)
+    traffic(url_of(config), 12).join()  # the baseline the upgrade records
+    load = traffic(url_of(config), 60)
     out = backout("upgrade", build, "--yes", "--json", *extra, *cfg, env=ENV, timeout=400)
     load.join(90)
     events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]

@@ -23,7 +23,7 @@ from backout.fsutil import check_version, describe_os_error
 __all__ = [
     "ConfigOpt", "DeploymentOpt", "BrainOpt", "IntoOpt", "JsonOpt", "YesOpt", "DryRunOpt",
     "utc_time", "time_and_age", "yes_no", "or_word",
-    "abandon_journal", "fail", "version_arg", "emit_json", "target_from", "progress_bar", "confirm", "human_bytes", "human_age", "handle_errors",
+    "abandon_journal", "fail", "version_arg", "emit_json", "target_from", "progress_bar", "confirm", "human_bytes", "human_age", "handle_errors", "say",
 ]
 
 ConfigOpt = typer.Option(None, "--config", "-c", metavar="FILE", readable=False, help="backout.toml to use (default: ./backout.toml or $BACKOUT_CONFIG).")
@@ -35,6 +35,12 @@ YesOpt = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
 DryRunOpt = typer.Option(False, "--dry-run", help="Show what would be done and change nothing.")
 
 err_console = Console(stderr=True, highlight=False)
+
+
+def say(line: str) -> None:
+    """A line for a person on stderr; on a terminal it goes above any progress bar or live view instead of
+    through it. Never wrapped or styled: the text is as written."""
+    err_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:

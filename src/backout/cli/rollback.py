@@ -9,7 +9,7 @@ import typer
 
 from backout.cli.common import (abandon_journal, ConfigOpt, DeploymentOpt, DryRunOpt, JsonOpt, YesOpt, confirm, emit_json, fail,
                                 handle_errors, human_age, human_bytes, progress_bar, target_from)
-from backout.cli.common import version_arg
+from backout.cli.common import say, version_arg
 from backout.errors import EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE
 from backout.flows.decisions import RollbackDecision
 from backout.flows.rollback import Mode, RollbackRequest, decide_rollback
@@ -103,7 +103,7 @@ def _run(target: Any, runtime: Any, journal: Journal, as_json: bool) -> None:
     def show(step: Step, phase: str) -> None:
         if not as_json and phase == "done":
             entry = journal.data.get("timeline", [])[-1]
-            typer.echo(f"  done {step.name:<12} {entry['seconds']:>6.1f}s  {entry['detail']}", err=True)
+            say(f"  done {step.name:<12} {entry['seconds']:>6.1f}s  {entry['detail']}")
 
     with progress_bar(not as_json) as bar:
         run = RollbackRun(target, runtime, journal, bar)

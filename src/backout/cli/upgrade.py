@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
+from rich.console import Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from backout.cli.common import (abandon_journal, ConfigOpt, DeploymentOpt, DryRunOpt, JsonOpt, YesOpt, confirm, fail,
                                 handle_errors, human_bytes, progress_bar, target_from)
-from backout.cli.common import emit_json, version_arg
+from backout.cli.common import emit_json, err_console, say, version_arg
 from backout.config import Target, parse_duration
 from backout.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_REFUSED, EXIT_ROLL_BACK, EXIT_USAGE
 from backout.flows.decisions import UpgradeDecision
@@ -22,7 +23,7 @@ from backout.flows.journals import resume_journal
 from backout.flows.paths import upgrade_journal
 from backout.flows.upgrade import preflight
 from backout.flows.upgrade_run import UpgradeRun
-from backout.flows.watch import WatchEvent, load_watch, promote, watch
+from backout.flows.watch import WatchEvent, load_watch, promote, rollback_step_events, watch
 from backout.history import deployment_state
 from backout.journal import Journal
 from backout.lock import operation_lock
@@ -168,7 +169,7 @@ def _step_printer(as_json: bool, journal: Journal, prefix: str = "") -> Any:
             _event({"event": "step", "step": step.name,
                     **{k: entry[k] for k in ("started_at", "finished_at", "seconds", "outcome", "detail")}})
         else:
-            typer.echo(f"  {prefix}done {step.name:<16} {entry['seconds']:>6.1f}s  {entry['detail']}", err=True)
+            say(f"  {prefix}done {step.name:<16} {entry['seconds']:>6.1f}s  {entry['detail']}")
     return show
 
 
@@ -176,24 +177,20 @@ def _run(target: Target, runtime: Runtime, journal: Journal, as_json: bool) -> d
     with progress_bar(not as_json) as bar:
         run = UpgradeRun(target, runtime, journal, bar)
         if not as_json:
-            typer.echo("upgrading…", err=True)
+            say("upgrading…")
         result = run.run(_step_printer(as_json, journal), _rollback_printer(as_json))
     if as_json:
         _event({"event": "upgraded" if result["outcome"] == "watching" else "upgrade-failed", **result})
     elif result["outcome"] == "watching":
-        typer.echo(f"{result['to_version']} is healthy; restore point {result['restore_point']['version']} + "
-                   f"snapshot {result['restore_point']['snapshot_id']} (pinned)", err=True)
+        say(f"{result['to_version']} is healthy; restore point {result['restore_point']['version']} + "
+            f"snapshot {result['restore_point']['snapshot_id']} (pinned)")
     return result
 
 
 def _rollback_printer(as_json: bool) -> Any:
-    def show(step: Step, phase: str) -> None:
-        if phase == "done":
-            if as_json:
-                _event({"event": "rollback-step", "step": step.name})
-            else:
-                typer.echo(f"  rollback: done {step.name}", err=True)
-    return show
+    def show(event: WatchEvent) -> None:
+        _event(event.to_dict()) if as_json else say(f"  rollback: {event.detail}")
+    return rollback_step_events(show)
 
 
 def _finish(result: dict[str, Any], as_json: bool) -> None:
@@ -223,45 +220,55 @@ def _watch(target: Target, runtime: Runtime, auto: bool, as_json: bool) -> None:
 
 
 class _WatchView:
-    """A live table on a terminal; one line per check otherwise; JSON lines with --json."""
+    """On a terminal: a live table whose countdown ticks between checks, then, once the window ends, what
+    followed (the rollback's steps) as lines. One line per event otherwise; JSON lines with --json."""
 
     def __init__(self, target: Target, as_json: bool) -> None:
         self.as_json = as_json
-        self.console = Console(stderr=True)
-        self.live = Live(console=self.console, refresh_per_second=2, transient=False) \
-            if self.console.is_terminal and not as_json else None
         self.target = target
         self.last: WatchEvent | None = None
+        self.table: WatchEvent | None = None  # the last event with a verdict: what the table shows
+        self.live = Live(console=err_console, get_renderable=self._render, refresh_per_second=2, transient=False) \
+            if err_console.is_terminal and not as_json else None
 
     def __enter__(self) -> "_WatchView":
         if self.live:
-            self.live.__enter__()
+            self.live.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.live:
-            self.live.__exit__(None, None, None)
+            self.live.stop()
 
     def show(self, event: WatchEvent) -> None:
         self.last = event
+        if event.verdict:
+            self.table = event
         if self.as_json:
             _event(event.to_dict())
-        elif self.live:
-            self.live.update(self._table(event))
+        elif self.live and self.live.is_started:
+            self.live.refresh()
+            if event.event != "check":  # the window is over: the last table stays, what follows comes as lines
+                self.live.stop()
+        elif event.event == "rollback-step":
+            say(f"  rollback: {event.detail}")
         else:
             decision = (event.verdict or {}).get("decision", "")
-            typer.echo(f"  watch {event.left_s:>6.0f}s left  {event.event:<8} {decision:<12} {event.detail}", err=True)
+            say(f"  watch {event.left_s:>6.0f}s left  {event.event:<8} {decision:<12} {event.detail}")
 
-    def _table(self, event: WatchEvent) -> Table:
+    def _render(self) -> Group:
+        event = self.table
+        if event is None:
+            return Group(Text(f"watching {self.target.deployment}: waiting for the first verdict…"))
         verdict = event.verdict or {}
-        table = Table(title=f"watching {self.target.deployment}: {event.left_s:.0f}s left — "
+        left = max(0.0, event.left_s - (time.time() - event.at)) if self.last is event else event.left_s
+        table = Table(title=f"watching {self.target.deployment}: {left:.0f}s left — "
                             f"{str(verdict.get('decision', '')).upper()}", title_justify="left")
         for column in ("signal", "baseline", "now", "test", "verdict"):
             table.add_column(column)
         for row in verdict.get("evidence", []):
             table.add_row(row["signal"], row["baseline"], row["now"], row["test"], row["verdict"])
-        table.caption = event.detail
-        return table
+        return Group(table, Text((self.last or event).detail))  # the reason wraps at the left edge
 
     def summary(self, outcome: str, rollback: dict[str, Any] | None) -> None:
         if outcome == "promoted":
@@ -269,7 +276,7 @@ class _WatchView:
         elif rollback:
             r = rollback["result"]
             typer.echo(f"ROLLED BACK: {r['from_version']} -> {r['to_version']} ({r['layer']} layer, "
-                       f"{r['outcome']}) because {self.last.verdict['reason'] if self.last and self.last.verdict else '?'}")
+                       f"{r['outcome']}) because {self.table.verdict['reason'] if self.table and self.table.verdict else '?'}")
             typer.echo(f"  why this layer  {r['layer_reason']}")
             typer.echo(f"  incident        {r['incident_folder']}")
         elif self.last:

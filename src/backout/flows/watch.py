@@ -22,17 +22,18 @@ from backout.flows.rollback_run import rollback_now
 from backout.flows.paths import watch_state
 from backout.history import Change, History, deployment_state
 from backout.lock import operation_lock
+from backout.plan import Step
 from backout.runtime.base import Runtime
 from backout.signals.model import EvalRun
 
-__all__ = ["WatchEvent", "load_watch", "promote", "watch"]
+__all__ = ["WatchEvent", "load_watch", "promote", "rollback_step_events", "watch"]
 
 
 @dataclass
 class WatchEvent:
     """One thing that happened while watching (streamed as a JSON line with --json)."""
 
-    event: str  # "check", "rollback", "advice", "promoted"
+    event: str  # "check", "rollback", "rollback-step", "advice", "promoted", "ended"
     left_s: float
     verdict: dict[str, Any] | None = None
     detail: str = ""
@@ -98,6 +99,20 @@ def watch(target: Target, runtime: Runtime, auto_rollback: bool, on_event: Calla
         sleep(min(every, max(0.5, left)))
 
 
+def rollback_step_events(on_event: Callable[[WatchEvent], None]) -> Callable[[Step, str], None]:
+    """Each finished step of the rollback as a "rollback-step" event (its name, seconds and title)."""
+    began: dict[str, float] = {}
+
+    def show(step: Step, phase: str) -> None:
+        if phase == "start":
+            began[step.name] = time.monotonic()
+            return
+        seconds = round(time.monotonic() - began.get(step.name, time.monotonic()), 1)
+        on_event(WatchEvent("rollback-step", 0.0, None, f"done {step.name:<12} {seconds:>6.1f}s  {step.title}",
+                            {"step": step.name, "seconds": seconds}))
+    return show
+
+
 def _promote_if_current(target: Target, runtime: Runtime, state: dict[str, Any], verdict: dict[str, Any],
                         on_event: Callable[[WatchEvent], None]) -> tuple[str, dict[str, Any] | None]:
     with operation_lock(deployment_state(target.state_dir, target.deployment), "promote"):
@@ -120,7 +135,8 @@ def _roll_back(target: Target, runtime: Runtime, state: dict[str, Any], verdict:
         return "roll-back-advised", None
     on_event(WatchEvent("rollback", left, verdict, f"rolling back to {state['previous']}: {verdict['reason']}"))
     done = rollback_now(target, runtime, RollbackRequest(to_version=state["previous"], reason=verdict["reason"],
-                                                         snapshot_id=(state.get("restore_point") or {}).get("snapshot_id")))
+                                                         snapshot_id=(state.get("restore_point") or {}).get("snapshot_id")),
+                        on_step=rollback_step_events(on_event))
     watch_state(target).unlink(missing_ok=True)
     outcome = done["result"]["outcome"]
     return ("rolled-back" if outcome == "rolled-back" else f"rollback-{outcome}"), done

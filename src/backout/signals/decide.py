@@ -165,8 +165,9 @@ def judge_health(obs: Observations, policy: Policy) -> SignalResult:
         row = EvidenceRow("health", "—", f"{PROVIDER} in error", test,
                           "not counted: llm_provider alone points at the provider, not the release")
         return SignalResult(row, "not counted", notes[0], notes, fine=True)
-    row = EvidenceRow("health", "—", f"{len(probes)} probes ok", test, "ok")
-    return SignalResult(row, "ok", f"health: {len(probes)} probes ok", fine=True)
+    said = f"{len(probes)} probe{'' if len(probes) == 1 else 's'} ok"
+    row = EvidenceRow("health", "—", said, test, "ok")
+    return SignalResult(row, "ok", f"health: {said}", fine=True)
 
 
 def _provider_notes(probes: Sequence[HealthSample]) -> tuple[str, ...]:
@@ -340,7 +341,7 @@ def _metric_line(metric: _Metric, a: _Assessment, policy: Policy) -> str:
     if a.kind == "trigger":
         ratio = f" ({_ratio(a.recent_level, a.base_level)})" if metric is LATENCY else ""
         return (f"{metric.label} {metric.show(a.recent_level)} vs {base} baseline{ratio} "
-                f"for {_dur(a.bad_windows * a.width)}, not improving")
+                f"for {_dur(a.bad_windows * a.width)}, {_trend(metric, a)}")
     if a.kind == "improving":
         prev, last = (metric.show(v) if v is not None else "?" for v in a.levels[-2:])
         return f"{metric.label} {last} vs {base} baseline, improving ({prev} → {last})"
@@ -353,6 +354,28 @@ def _metric_line(metric: _Metric, a: _Assessment, policy: Policy) -> str:
         last = a.levels[-1] if a.levels and a.levels[-1] is not None else a.now_level
         return f"{metric.label} back to {metric.show(last)} vs {base} baseline: {_recovered_note(a)}"
     return f"{metric.label} {metric.show(a.now_level)} vs {base} baseline over {a.now_n} requests"
+
+
+def _trend(metric: _Metric, a: _Assessment) -> str:
+    """How the last two windows of a trigger moved: falling, yet not halving the excess, is "improving too slowly"."""
+    prev, last = (a.levels[-2:] if len(a.levels) >= 2 else [None, None])
+    if prev is not None and last is not None and last < prev and metric.show(last) != metric.show(prev):
+        return f"improving too slowly ({metric.show(prev)} → {metric.show(last)})"
+    return "not improving"
+
+
+def _row_verdict(a: _Assessment, state: State, policy: Policy) -> str:
+    """The evidence row's word for a metric still being watched: why it has not triggered (yet)."""
+    if a.kind == "pending" and not a.bad_windows:
+        return "not sustained yet (no full window yet)"
+    if a.kind == "pending":
+        return "not yet significant" if a.bad_windows >= policy.sustained_windows else \
+            f"not sustained yet ({a.bad_windows} of {policy.sustained_windows} windows)"
+    if a.kind == "improving":
+        return "improving"
+    if a.kind == "no baseline":
+        return "no baseline yet"
+    return state
 
 
 def _recovered_note(a: _Assessment) -> str:
@@ -400,7 +423,7 @@ def _metric_result(metric: _Metric, a: _Assessment, policy: Policy, obs: Observa
         notes += (f"{metric.name}: {_recovered_note(a)}",)
     if local and state == "ok":
         state = "not counted"
-    verdict = f"not counted: {local or _recovered_note(a)}" if state == "not counted" else state
+    verdict = f"not counted: {local or _recovered_note(a)}" if state == "not counted" else _row_verdict(a, state, policy)
     fine = state in ("ok", "not counted")
     return SignalResult(_metric_row(metric, a, verdict), state, f"{local}; {line}" if local else line, notes,
                         a.needs if state == "too little data" else None, fine)
