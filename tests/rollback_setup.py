@@ -18,6 +18,11 @@ from engine_proc import DEFAULT_KEY, free_port
 
 BIN = Path(sys.executable).parent
 ENV = {"ENGINE_API_KEY": DEFAULT_KEY}
+SHORT_WATCH = """
+[deployments.{name}.upgrade]
+watch = "3s"
+check_every = "1s"
+"""
 ROLLBACK_SETTINGS = """
 api_key = {{ env = "ENGINE_API_KEY" }}
 

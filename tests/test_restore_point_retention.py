@@ -15,13 +15,7 @@ from pathlib import Path
 import pytest
 
 from backout_cli import backout, backout_json
-from rollback_setup import ENV, init_process
-
-WATCH = """
-[deployments.{name}.upgrade]
-watch = "3s"
-check_every = "1s"
-"""
+from rollback_setup import ENV, SHORT_WATCH as WATCH, init_process
 
 
 @pytest.fixture
@@ -29,8 +23,9 @@ def config(tmp_path: Path):  # type: ignore[no-untyped-def]
     config = init_process(tmp_path, WATCH)
     text = config.read_text()
     assert "keep_last = 10 " in text
-    config.write_text(text.replace("keep_last = 10 ", "keep_last = 1 ").replace(
-        "[deployments.engine.snapshots]\n", "[deployments.engine.snapshots]\nkeep_restore_points = 1\n"))
+    assert "keep_restore_points = 3 " in text  # what init writes
+    config.write_text(text.replace("keep_last = 10 ", "keep_last = 1 ").replace("keep_restore_points = 3 ",
+                                                                                "keep_restore_points = 1 "))
     assert backout_json("switch", "2.3.0", "--yes", "--config", str(config), env=ENV)["healthy"]
     yield config
     backout("stop", "--yes", "--config", str(config), env=ENV)

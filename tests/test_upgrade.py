@@ -16,13 +16,7 @@ import pytest
 from backout_cli import backout, backout_json
 from engine.client import EngineClient
 from engine_proc import DEFAULT_KEY
-from rollback_setup import ENV, init_process, rows_of, turns, url_of
-
-WATCH = """
-[deployments.{name}.upgrade]
-watch = "3s"
-check_every = "1s"
-"""
+from rollback_setup import ENV, SHORT_WATCH as WATCH, init_process, rows_of, turns, url_of
 
 
 @pytest.fixture

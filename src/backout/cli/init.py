@@ -104,6 +104,7 @@ def render_config(name: str, brain: str, health_url: str | None, runtime: str, s
         "",
         f"[deployments.{name}.snapshots]",
         "keep_last = 10      # prune keeps these, every pinned one and the restore point",
+        "keep_restore_points = 3  # restore points of the last 3 promoted upgrades stay pinned",
         'max_age = "24h"     # older snapshots are flagged STALE',
         "",
         f"[deployments.{name}.salvage]",
