@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -146,3 +149,24 @@ def traffic(url: str, seconds: float) -> threading.Thread:
     thread = threading.Thread(target=run_traffic, args=(plan,), daemon=True)
     thread.start()
     return thread
+
+
+def upgrade_then_ctrl_c(config: Path, version: str) -> tuple[list[str], str]:
+    """`backout upgrade VERSION --json --watch 40s`, interrupted (SIGINT) at its first verdict: the JSON lines it
+    printed and its stderr. The window opens at the switch after the rollback's pre-arm (a trial boot with its smoke
+    requests), which on two busy cores took most of a 20 s window: so 40 s."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKOUT_")} | ENV
+    child = subprocess.Popen([sys.executable, "-m", "backout", "upgrade", version, "--yes", "--json", "--watch", "40s",
+                              "--config", str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    assert child.stdout is not None and child.stderr is not None
+    seen = []
+    for line in child.stdout:
+        seen.append(line)
+        if '"event": "check"' in line:
+            break
+    child.send_signal(signal.SIGINT)
+    code = child.wait(60)
+    stderr = child.stderr.read()
+    assert code == 130, "".join(seen)[-3000:] + stderr
+    return seen, stderr

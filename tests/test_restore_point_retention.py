@@ -6,16 +6,12 @@ still in its watch window, or one a person pinned."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from backout_cli import backout, backout_json
-from rollback_setup import ENV, SHORT_WATCH as WATCH, init_process
+from rollback_setup import ENV, SHORT_WATCH as WATCH, init_process, upgrade_then_ctrl_c
 
 
 @pytest.fixture
@@ -100,17 +96,7 @@ def test_prune_unpins_restore_points_older_than_the_last_promoted_upgrades(confi
     assert listed == [current, old]  # keep_last = 1: the online snapshots went
 
     # An upgrade stopped in its watch window is not promoted: its restore point and the last promoted one stay.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKOUT_")} | ENV
-    child = subprocess.Popen([sys.executable, "-m", "backout", "upgrade", "2.4.1", "--yes", "--json", "--watch", "40s",
-                              *cfg], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert child.stdout is not None
-    seen = []
-    for line in child.stdout:
-        seen.append(line)
-        if '"event": "check"' in line:
-            break
-    child.send_signal(signal.SIGINT)
-    assert child.wait(60) == 130, "".join(seen)[-3000:]
+    seen, _ = upgrade_then_ctrl_c(config, "2.4.1")
     watching = next(json.loads(line) for line in seen if '"event": "upgraded"' in line)["snapshot_final"]["id"]
     plan = backout_json("snapshot", "prune", "--dry-run", *cfg)
     assert plan["unpin"] == {}

@@ -16,7 +16,7 @@ import pytest
 from backout_cli import backout, backout_json
 from engine.client import EngineClient
 from engine_proc import DEFAULT_KEY
-from rollback_setup import ENV, SHORT_WATCH as WATCH, init_process, rows_of, turns, url_of
+from rollback_setup import ENV, SHORT_WATCH as WATCH, init_process, rows_of, turns, upgrade_then_ctrl_c, url_of
 
 
 @pytest.fixture
@@ -181,23 +181,8 @@ def test_a_stale_rollback_is_not_resumed_blindly(config: Path) -> None:
 
 
 def test_ctrl_c_stops_watching_and_backout_watch_resumes(config: Path) -> None:
-    import signal
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKOUT_")} | ENV
-    child = subprocess.Popen([sys.executable, "-m", "backout", "upgrade", "2.4.0", "--yes", "--json", "--watch", "40s",
-                              *_cfg(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert child.stdout is not None
-    seen = []
-    for line in child.stdout:
-        seen.append(line)
-        # The window opens at the switch and the rollback's pre-arm (a trial boot with its smoke requests)
-        # comes first: on two busy cores it took most of a 20 s window, so the window is 40 s.
-        if '"event": "check"' in line:
-            break
-    child.send_signal(signal.SIGINT)
-    assert child.wait(60) == 130, "".join(seen)[-3000:] + (child.stderr.read() if child.stderr else "")
-    assert "backout watch" in (child.stderr.read() if child.stderr else "")
+    _, stderr = upgrade_then_ctrl_c(config, "2.4.0")
+    assert "backout watch" in stderr
     status = backout_json("status", *_cfg(config), env=ENV)
     assert status["running"]["version"] == "2.4.0" and status["health"]["ok"]  # nothing was touched
     plan = backout_json("watch", "--dry-run", "--json", *_cfg(config), env=ENV)["plan"]

@@ -7,6 +7,7 @@ default drill), or, for any other service, the requests of the staging deploymen
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 import bisect
 import itertools
 import threading
@@ -48,7 +49,7 @@ class Turn:
     latency_ms: float
 
 
-class Traffic:
+class Traffic(ABC):
     """Open-loop traffic at `rate` per second until stopped; subclasses say what one turn is."""
 
     def __init__(self, rate: float) -> None:
@@ -65,8 +66,9 @@ class Traffic:
         self._thread.start()
         return self
 
+    @abstractmethod
     def _run(self) -> None:
-        raise NotImplementedError
+        """Send turns at the rate until stopped (what one turn is, the subclass says)."""
 
     def stop(self) -> None:
         """Stop sending; turns in flight finish."""
